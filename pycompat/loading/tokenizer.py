@@ -1,0 +1,202 @@
+"""Text <-> token ids, on Hugging Face's `tokenizers` library.
+
+Built either from a ``tokenizer.json`` or from a GGUF file's vocabulary,
+merges and pre-tokenizer name, so that both give the ids llama.cpp gives.
+Special tokens written in the text (``<|im_start|>`` in a rendered chat
+template) are always recognised as the special tokens they name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers.decoders import DecodeStream
+
+from pycompat.loading.errors import ModelFileError
+
+log = logging.getLogger(__name__)
+
+# Pre-tokenizer split rules by GGUF `tokenizer.ggml.pre` name, as llama.cpp defines
+# them. Each list is applied in order; the last rule is the byte-level word split.
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LLAMA3 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_SINGLE_DIGITS = r"\p{N}"
+PRE_TOKENIZER_RULES = {
+    "default": [_GPT2],
+    "gpt-2": [_GPT2],
+    "gpt2": [_GPT2],
+    "smollm": [_SINGLE_DIGITS, _GPT2],
+    "starcoder": [_SINGLE_DIGITS, _GPT2],
+    "refact": [_SINGLE_DIGITS, _GPT2],
+    "llama3": [_LLAMA3],
+    "llama-bpe": [_LLAMA3],
+    "llama-v3": [_LLAMA3],
+    "qwen2": [_QWEN2],
+}
+
+# Token texts that end a turn in common chat formats. llama.cpp also stops on
+# these when the vocabulary marks them as control tokens.
+_END_OF_TURN_TEXTS = {"<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|end|>", "<end_of_turn>", "</s>", "<|eom_id|>"}
+
+# GGUF token types.
+_CONTROL, _USER_DEFINED = 3, 4
+
+
+class Tokenizer:
+    """Encodes and decodes text for one model.
+
+    Args:
+        tk: the underlying `tokenizers.Tokenizer`, with special tokens registered.
+        bos_id: the beginning-of-sequence token, if the model has one.
+        add_bos: whether prompts start with ``bos_id``.
+        stop_ids: token ids that end generation (EOS and end-of-turn tokens).
+    """
+
+    def __init__(self, tk: tokenizers.Tokenizer, bos_id: int | None, add_bos: bool, stop_ids: set[int]):
+        self._tk = tk
+        self.bos_id = bos_id
+        self.add_bos = add_bos and bos_id is not None
+        self.stop_ids = frozenset(stop_ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tk.get_vocab_size(with_added_tokens=True)
+
+    def token_text(self, token_id: int) -> str | None:
+        return self._tk.id_to_token(token_id)
+
+    @property
+    def bos_text(self) -> str:
+        return (self.token_text(self.bos_id) or "") if self.bos_id is not None else ""
+
+    @property
+    def eos_text(self) -> str:
+        return next((self.token_text(i) or "" for i in sorted(self.stop_ids)), "")
+
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Token ids of ``text``, special tokens in it parsed as such.
+
+        A BOS is prepended when the model wants one (or ``add_bos`` says so)
+        and the text does not already begin with it.
+        """
+        ids = self._tk.encode(text, add_special_tokens=False).ids
+        want_bos = self.add_bos if add_bos is None else add_bos and self.bos_id is not None
+        if want_bos and (not ids or ids[0] != self.bos_id):
+            ids.insert(0, self.bos_id)
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ``ids``, special tokens left out."""
+        return self._tk.decode(ids, skip_special_tokens=True)
+
+    def decoder(self) -> IncrementalDecoder:
+        return IncrementalDecoder(self._tk)
+
+    # --- construction -----------------------------------------------------------------
+
+    @classmethod
+    def from_gguf(cls, path: Path, md: dict[str, Any]) -> Tokenizer:
+        kind = md.get("tokenizer.ggml.model")
+        if kind != "gpt2":
+            raise ModelFileError(path, f"tokenizer model {kind!r} is not supported from GGUF yet (byte-level BPE, 'gpt2', is)")
+        tokens: list[str] = md.get("tokenizer.ggml.tokens") or []
+        merges: list[str] = md.get("tokenizer.ggml.merges") or []
+        types: list[int] = md.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+        if not tokens or len(types) != len(tokens):
+            raise ModelFileError(path, "tokenizer vocabulary is missing or inconsistent")
+        vocab = {tok: i for i, tok in enumerate(tokens)}
+        pairs = []
+        for m in merges:
+            left, sep, right = m.partition(" ")
+            if not sep:
+                raise ModelFileError(path, f"malformed merge {m!r}")
+            pairs.append((left, right))
+        tk = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, ignore_merges=False))
+
+        pre = md.get("tokenizer.ggml.pre", "default")
+        rules = PRE_TOKENIZER_RULES.get(pre)
+        if rules is None:
+            log.warning("%s: unknown pre-tokenizer %r, splitting words as GPT-2 does", path, pre)
+            rules = [_GPT2]
+        tk.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in rules]
+            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+        tk.decoder = decoders.ByteLevel()
+        special = [i for i, t in enumerate(types) if t in (_CONTROL, _USER_DEFINED)]
+        tk.add_special_tokens([AddedToken(tokens[i], special=types[i] == _CONTROL, normalized=False) for i in special])
+
+        stop_ids = {md[k] for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id") if k in md}
+        stop_ids |= {i for i in special if tokens[i] in _END_OF_TURN_TEXTS}
+        bos = md.get("tokenizer.ggml.bos_token_id")
+        return cls(tk, bos, bool(md.get("tokenizer.ggml.add_bos_token", False)), stop_ids)
+
+    @classmethod
+    def from_hf_dir(cls, directory: Path, tokenizer_config: dict, generation_config: dict) -> Tokenizer:
+        path = directory / "tokenizer.json"
+        try:
+            tk = tokenizers.Tokenizer.from_file(str(path))
+        except FileNotFoundError:
+            raise ModelFileError(path, "missing (a model directory needs tokenizer.json)") from None
+        except Exception as e:  # the library raises a bare Exception for malformed files
+            raise ModelFileError(path, f"unreadable tokenizer: {e}") from None
+
+        def token_id(entry: Any) -> int | None:
+            text = entry.get("content") if isinstance(entry, dict) else entry
+            return tk.token_to_id(text) if isinstance(text, str) else None
+
+        bos = token_id(tokenizer_config.get("bos_token"))
+        stop_ids = set()
+        eos = generation_config.get("eos_token_id", token_id(tokenizer_config.get("eos_token")))
+        stop_ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        for text in _END_OF_TURN_TEXTS:
+            tid = tk.token_to_id(text)
+            if tid is not None and text in {t.content for t in tk.get_added_tokens_decoder().values() if t.special}:
+                stop_ids.add(tid)
+        # Whether the tokenizer's own post-processor would start prompts with BOS.
+        probe = tk.encode("a", add_special_tokens=True).ids
+        add_bos = bool(tokenizer_config.get("add_bos_token", bos is not None and probe[:1] == [bos]))
+        return cls(tk, bos, add_bos, stop_ids)
+
+    def to_json(self) -> str:
+        """tokenizer.json text (used by `pycompat convert`)."""
+        return self._tk.to_str()
+
+
+class IncrementalDecoder:
+    """Turns generated ids into text pieces, never splitting a UTF-8 character:
+    a token that ends mid-character yields nothing until the character completes."""
+
+    def __init__(self, tk: tokenizers.Tokenizer):
+        self._tk = tk
+        self._stream = DecodeStream(skip_special_tokens=True)
+
+    def push(self, token_id: int) -> str:
+        return self._stream.step(self._tk, token_id) or ""
+
+
+def read_json(path: Path, required: bool = False) -> dict:
+    """A JSON object from ``path``; {} if absent and not required."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if required:
+            raise ModelFileError(path, "missing") from None
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(path, f"unreadable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(path, "is not a JSON object")
+    return data

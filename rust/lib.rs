@@ -1,0 +1,15 @@
+//! pycompat's compute kernel: a Llama-family forward pass over weights kept in
+//! their file formats, and token sampling.
+//!
+//! The core (everything but `py`) is plain Rust and tests with `cargo test`.
+//! `py` holds every PyO3 item; it is built only with the `python` feature.
+
+pub mod kv_cache;
+pub mod model;
+pub mod ops;
+pub mod quant;
+pub mod sampler;
+pub mod tensor;
+
+#[cfg(feature = "python")]
+mod py;

@@ -1,0 +1,253 @@
+//! The Llama-family decoder: embeddings, `n_layers` × (RMSNorm → grouped-query
+//! attention with RoPE → residual, RMSNorm → SwiGLU MLP → residual), final
+//! RMSNorm, LM head. Covers SmolLM2, TinyLlama, Llama 2/3 and Mistral-style
+//! configurations.
+//!
+//! Tensors are named as in GGUF (`blk.N.attn_q.weight`, ...); the Python loader
+//! maps Hugging Face names onto these.
+//!
+//! The entry point, `Model::forward`, takes a batch: several sequences, each
+//! with its own KV cache and its new tokens (a whole prompt, or one decoded
+//! token). This first version runs them one after another.
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+
+use crate::kv_cache::KvCache;
+use crate::ops::{axpy, dot, matmul, rms_norm, rope_angles, rope_rotate, softmax, swiglu};
+use crate::tensor::Tensor;
+
+#[derive(Debug)]
+pub struct KernelError(pub String);
+
+impl std::fmt::Display for KernelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, KernelError> {
+    Err(KernelError(msg.into()))
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_dim: usize,
+    pub vocab_size: usize,
+    pub norm_eps: f32,
+    /// Rotary pairs are (i, i + rot/2) when true (Hugging Face layout), (2i, 2i+1) otherwise (GGUF llama).
+    pub rope_neox: bool,
+    /// Inverse frequency of each rotary pair: rot/2 values, scaling (linear, llama3) already applied.
+    pub rope_inv_freq: Vec<f32>,
+    pub max_seq_len: usize,
+}
+
+impl Config {
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    fn validate(&self) -> Result<(), KernelError> {
+        let positive = [self.dim, self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim, self.ffn_dim, self.vocab_size];
+        if positive.contains(&0) || self.max_seq_len == 0 {
+            return err(format!("config has a zero size: {self:?}"));
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            return err(format!("{} heads do not divide into {} KV heads", self.n_heads, self.n_kv_heads));
+        }
+        if self.rope_inv_freq.len() * 2 > self.head_dim {
+            return err(format!("{} rotary pairs do not fit a head of {}", self.rope_inv_freq.len(), self.head_dim));
+        }
+        Ok(())
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>, // (dim)
+    wq: Tensor,          // (n_heads · head_dim, dim)
+    wk: Tensor,          // (n_kv_heads · head_dim, dim)
+    wv: Tensor,          // (n_kv_heads · head_dim, dim)
+    wo: Tensor,          // (dim, n_heads · head_dim)
+    ffn_norm: Vec<f32>,  // (dim)
+    w_gate: Tensor,      // (ffn_dim, dim)
+    w_up: Tensor,        // (ffn_dim, dim)
+    w_down: Tensor,      // (dim, ffn_dim)
+}
+
+pub struct Model {
+    pub cfg: Config,
+    embed: Tensor,           // (vocab, dim)
+    layers: Vec<Layer>,
+    out_norm: Vec<f32>,      // (dim)
+    lm_head: Option<Tensor>, // (vocab, dim); None when tied to `embed`
+}
+
+/// One sequence of a batch: its cache, its new tokens, and whether logits are
+/// wanted for every new token (teacher forcing) or only the last.
+pub struct SeqInput<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+    pub all_logits: bool,
+}
+
+impl Model {
+    /// Builds the model from tensors named as in GGUF. Checks every shape.
+    pub fn new(cfg: Config, mut tensors: HashMap<String, Tensor>) -> Result<Model, KernelError> {
+        cfg.validate()?;
+        let (d, q, kv, f, v) = (cfg.dim, cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim, cfg.vocab_size);
+        let tied = !tensors.contains_key("output.weight");
+        let mut take = |name: &str, rows: usize, cols: usize| -> Result<Tensor, KernelError> {
+            let t = tensors.remove(name).ok_or_else(|| KernelError(format!("missing tensor {name}")))?;
+            if (t.rows, t.cols) != (rows, cols) {
+                return err(format!("tensor {name} is [{}, {}], expected [{rows}, {cols}]", t.rows, t.cols));
+            }
+            Ok(t)
+        };
+        let embed = take("token_embd.weight", v, d)?;
+        let out_norm = take("output_norm.weight", 1, d)?.to_f32();
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: take(&n("attn_norm"), 1, d)?.to_f32(),
+                wq: take(&n("attn_q"), q, d)?,
+                wk: take(&n("attn_k"), kv, d)?,
+                wv: take(&n("attn_v"), kv, d)?,
+                wo: take(&n("attn_output"), d, q)?,
+                ffn_norm: take(&n("ffn_norm"), 1, d)?.to_f32(),
+                w_gate: take(&n("ffn_gate"), f, d)?,
+                w_up: take(&n("ffn_up"), f, d)?,
+                w_down: take(&n("ffn_down"), d, f)?,
+            });
+        }
+        let lm_head = if tied { None } else { Some(take("output.weight", v, d)?) };
+        Ok(Model { cfg, embed, layers, out_norm, lm_head })
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.n_layers, self.cfg.kv_dim())
+    }
+
+    /// Runs one step over a batch. Returns, per sequence, the logits of its
+    /// last new token (vocab values) or of every new token (tokens × vocab).
+    /// Inputs are all checked before any cache changes.
+    pub fn forward(&self, batch: &mut [SeqInput]) -> Result<Vec<Vec<f32>>, KernelError> {
+        for (i, s) in batch.iter().enumerate() {
+            if s.tokens.is_empty() {
+                return err(format!("sequence {i} has no new tokens"));
+            }
+            if let Some(bad) = s.tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+                return err(format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab_size));
+            }
+            let total = s.cache.len() + s.tokens.len();
+            if total > self.cfg.max_seq_len {
+                return err(format!("sequence {i} would hold {total} tokens, the context is {}", self.cfg.max_seq_len));
+            }
+        }
+        Ok(batch.iter_mut().map(|s| self.forward_one(s.cache, s.tokens, s.all_logits)).collect())
+    }
+
+    fn forward_one(&self, cache: &mut KvCache, tokens: &[u32], all_logits: bool) -> Vec<f32> {
+        let c = &self.cfg;
+        let (n, dim, hd, q_dim, kv_dim) = (tokens.len(), c.dim, c.head_dim, c.q_dim(), c.kv_dim());
+        let pos0 = cache.len();
+
+        let mut x = vec![0f32; n * dim];
+        for (row, &tok) in x.chunks_exact_mut(dim).zip(tokens) {
+            self.embed.dequantize_row(tok as usize, row);
+        }
+
+        let half = c.rope_inv_freq.len();
+        let (mut cos, mut sin) = (vec![0f32; n * half], vec![0f32; n * half]);
+        for i in 0..n {
+            let span = i * half..(i + 1) * half;
+            rope_angles(pos0 + i, &c.rope_inv_freq, &mut cos[span.clone()], &mut sin[span]);
+        }
+
+        let mut xn = vec![0f32; n * dim];
+        let (mut q, mut k, mut v) = (vec![0f32; n * q_dim], vec![0f32; n * kv_dim], vec![0f32; n * kv_dim]);
+        let mut attn = vec![0f32; n * q_dim];
+        let mut proj = vec![0f32; n * dim];
+        let (mut gate, mut up) = (vec![0f32; n * c.ffn_dim], vec![0f32; n * c.ffn_dim]);
+
+        for (l, layer) in self.layers.iter().enumerate() {
+            rms_norm(&x, &layer.attn_norm, c.norm_eps, &mut xn);
+            matmul(&layer.wq, &xn, n, &mut q);
+            matmul(&layer.wk, &xn, n, &mut k);
+            matmul(&layer.wv, &xn, n, &mut v);
+            for i in 0..n {
+                let (cs, sn) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
+                for head in q[i * q_dim..(i + 1) * q_dim].chunks_exact_mut(hd) {
+                    rope_rotate(head, cs, sn, c.rope_neox);
+                }
+                for head in k[i * kv_dim..(i + 1) * kv_dim].chunks_exact_mut(hd) {
+                    rope_rotate(head, cs, sn, c.rope_neox);
+                }
+            }
+            cache.keys[l].extend_from_slice(&k);
+            cache.values[l].extend_from_slice(&v);
+            self.attention(&q, &cache.keys[l], &cache.values[l], pos0, n, &mut attn);
+            matmul(&layer.wo, &attn, n, &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+
+            rms_norm(&x, &layer.ffn_norm, c.norm_eps, &mut xn);
+            matmul(&layer.w_gate, &xn, n, &mut gate);
+            matmul(&layer.w_up, &xn, n, &mut up);
+            swiglu(&mut gate, &up);
+            matmul(&layer.w_down, &gate, n, &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+        }
+        cache.advance(n);
+
+        let first = if all_logits { 0 } else { n - 1 };
+        let rows = n - first;
+        let mut normed = vec![0f32; rows * dim];
+        rms_norm(&x[first * dim..], &self.out_norm, c.norm_eps, &mut normed);
+        let mut logits = vec![0f32; rows * c.vocab_size];
+        matmul(self.lm_head.as_ref().unwrap_or(&self.embed), &normed, rows, &mut logits);
+        logits
+    }
+
+    /// Causal grouped-query attention of `n` new queries at positions
+    /// `pos0..pos0+n` over the cached keys/values (which already include them).
+    /// q and out: (n, n_heads · head_dim).
+    fn attention(&self, q: &[f32], keys: &[f32], values: &[f32], pos0: usize, n: usize, out: &mut [f32]) {
+        let c = &self.cfg;
+        let (hd, q_dim, kv_dim) = (c.head_dim, c.q_dim(), c.kv_dim());
+        let group = c.n_heads / c.n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+
+        // Heads run in parallel, each into its own (n, head_dim) slab.
+        let mut by_head = vec![0f32; c.n_heads * n * hd];
+        by_head.par_chunks_mut(n * hd).enumerate().for_each(|(h, slab)| {
+            let kv_off = (h / group) * hd;
+            let mut scores = vec![0f32; pos0 + n];
+            for (i, o) in slab.chunks_exact_mut(hd).enumerate() {
+                let ctx = pos0 + i + 1;
+                let qv = &q[i * q_dim + h * hd..][..hd];
+                for (j, s) in scores[..ctx].iter_mut().enumerate() {
+                    *s = dot(qv, &keys[j * kv_dim + kv_off..][..hd]) * scale;
+                }
+                softmax(&mut scores[..ctx]);
+                o.fill(0.0);
+                for (j, &p) in scores[..ctx].iter().enumerate() {
+                    axpy(p, &values[j * kv_dim + kv_off..][..hd], o);
+                }
+            }
+        });
+        for (h, slab) in by_head.chunks_exact(n * hd).enumerate() {
+            for (i, o) in slab.chunks_exact(hd).enumerate() {
+                out[i * q_dim + h * hd..][..hd].copy_from_slice(o);
+            }
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The Python binding, `pycompat._kernel`. Every PyO3 item lives here.
+//!
+//! Only plain values cross: token ids in, token ids or f32 logits (as bytes)
+//! out, weight bytes through the buffer protocol at load. Compute runs with
+//! the GIL released so the server's event loop keeps serving meanwhile.
+
+use std::collections::HashMap;
+
+use pyo3::buffer::PyBuffer;
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::kv_cache::KvCache;
+use crate::model::{Config, KernelError as CoreError, Model, SeqInput};
+use crate::sampler::{Sampler as CoreSampler, SamplingParams};
+use crate::tensor::{DType, Tensor};
+
+create_exception!(_kernel, KernelError, PyException, "An invalid model or request reached the kernel.");
+
+fn kernel_err(e: impl std::fmt::Display) -> PyErr {
+    KernelError::new_err(e.to_string())
+}
+
+impl From<CoreError> for PyErr {
+    fn from(e: CoreError) -> PyErr {
+        kernel_err(e)
+    }
+}
+
+fn item<'py, T: for<'a> FromPyObject<'a, 'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<T> {
+    match d.get_item(key)? {
+        Some(v) => v.extract::<T>().map_err(|_| kernel_err(format!("config[{key:?}] has the wrong type"))),
+        None => Err(kernel_err(format!("config is missing {key:?}"))),
+    }
+}
+
+fn config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<Config> {
+    Ok(Config {
+        dim: item(d, "dim")?,
+        n_layers: item(d, "n_layers")?,
+        n_heads: item(d, "n_heads")?,
+        n_kv_heads: item(d, "n_kv_heads")?,
+        head_dim: item(d, "head_dim")?,
+        ffn_dim: item(d, "ffn_dim")?,
+        vocab_size: item(d, "vocab_size")?,
+        norm_eps: item(d, "norm_eps")?,
+        rope_neox: item(d, "rope_neox")?,
+        rope_inv_freq: item(d, "rope_inv_freq")?,
+        max_seq_len: item(d, "max_seq_len")?,
+    })
+}
+
+/// A sequence's KV cache. Used by one step at a time.
+#[pyclass(module = "pycompat._kernel")]
+struct Sequence {
+    cache: KvCache,
+}
+
+#[pymethods]
+impl Sequence {
+    fn __len__(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Forgets cached positions from `length` on.
+    fn truncate(&mut self, length: usize) {
+        self.cache.truncate(length);
+    }
+}
+
+/// A request's sampling parameters and seeded random generator.
+#[pyclass(module = "pycompat._kernel")]
+struct Sampler {
+    inner: CoreSampler,
+}
+
+#[pymethods]
+impl Sampler {
+    #[new]
+    #[pyo3(signature = (temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=0))]
+    fn new(temperature: f32, top_p: f32, top_k: usize, min_p: f32, seed: u64) -> Self {
+        let params = SamplingParams { temperature, top_p, top_k, min_p };
+        Sampler { inner: CoreSampler::new(params, seed) }
+    }
+}
+
+/// Model weights and configuration, shared read-only by all steps.
+#[pyclass(module = "pycompat._kernel", frozen)]
+struct KernelModel {
+    inner: Model,
+}
+
+fn f32_bytes<'py>(py: Python<'py>, v: &[f32]) -> Bound<'py, PyBytes> {
+    let mut raw = Vec::with_capacity(v.len() * 4);
+    v.iter().for_each(|x| raw.extend_from_slice(&x.to_le_bytes()));
+    PyBytes::new(py, &raw)
+}
+
+#[pymethods]
+impl KernelModel {
+    /// `tensors`: (name, dtype name, shape, buffer of raw bytes) for each weight,
+    /// named as in GGUF. Bytes are copied once into the kernel's own memory.
+    #[new]
+    fn new(py: Python<'_>, config: &Bound<'_, PyDict>, tensors: Vec<(String, String, Vec<usize>, PyBuffer<u8>)>) -> PyResult<Self> {
+        let cfg = config_from_dict(config)?;
+        let mut map = HashMap::with_capacity(tensors.len());
+        for (name, dtype_name, shape, buffer) in tensors {
+            let dtype = DType::parse(&dtype_name).ok_or_else(|| kernel_err(format!("{name}: unsupported dtype {dtype_name}")))?;
+            let (rows, cols) = match shape[..] {
+                [c] => (1, c),
+                [r, c] => (r, c),
+                _ => return Err(kernel_err(format!("{name}: shape {shape:?} is not 1-D or 2-D"))),
+            };
+            let tensor = Tensor::new(dtype, rows, cols, buffer.to_vec(py)?).map_err(|e| kernel_err(format!("{name}: {e}")))?;
+            map.insert(name, tensor);
+        }
+        Ok(KernelModel { inner: py.detach(|| Model::new(cfg, map))? })
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.cfg.vocab_size
+    }
+
+    #[getter]
+    fn max_seq_len(&self) -> usize {
+        self.inner.cfg.max_seq_len
+    }
+
+    fn new_sequence(&self) -> Sequence {
+        Sequence { cache: self.inner.new_cache() }
+    }
+
+    /// One forward step over a batch of (sequence, new token ids).
+    /// Returns per sequence the f32 logits, as bytes, of its last new token,
+    /// or of every new token when `all_logits` (tokens × vocab, row-major).
+    #[pyo3(signature = (batch, all_logits=false))]
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        mut batch: Vec<(PyRefMut<'py, Sequence>, Vec<u32>)>,
+        all_logits: bool,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let mut inputs: Vec<SeqInput> = batch
+            .iter_mut()
+            .map(|(seq, tokens)| SeqInput { cache: &mut seq.cache, tokens, all_logits })
+            .collect();
+        let logits = py.detach(|| self.inner.forward(&mut inputs))?;
+        Ok(logits.iter().map(|l| f32_bytes(py, l)).collect())
+    }
+
+    /// One forward step over a batch of (sequence, new token ids, sampler);
+    /// returns the next token chosen for each sequence.
+    fn step<'py>(&self, py: Python<'py>, mut batch: Vec<(PyRefMut<'py, Sequence>, Vec<u32>, PyRefMut<'py, Sampler>)>) -> PyResult<Vec<u32>> {
+        let mut inputs = Vec::with_capacity(batch.len());
+        let mut samplers = Vec::with_capacity(batch.len());
+        for (seq, tokens, sampler) in batch.iter_mut() {
+            inputs.push(SeqInput { cache: &mut seq.cache, tokens, all_logits: false });
+            samplers.push(&mut sampler.inner);
+        }
+        let chosen = py.detach(|| -> Result<Vec<u32>, CoreError> {
+            let logits = self.inner.forward(&mut inputs)?;
+            Ok(logits.iter().zip(samplers.iter_mut()).map(|(l, s)| s.sample(l)).collect())
+        })?;
+        Ok(chosen)
+    }
+}
+
+#[pymodule]
+fn _kernel(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<KernelModel>()?;
+    m.add_class::<Sequence>()?;
+    m.add_class::<Sampler>()?;
+    m.add("KernelError", m.py().get_type::<KernelError>())?;
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! Choosing the next token from logits: greedy, or temperature with top-k,
+//! top-p (nucleus) and min-p filtering, driven by a seeded generator so the
+//! same seed always gives the same tokens on any machine.
+
+/// xoshiro256** seeded through splitmix64: small, fast, and the same on every platform.
+#[derive(Clone, Debug)]
+pub struct Rng {
+    s: [u64; 4],
+}
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        let mut z = seed;
+        let mut next = || {
+            z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut x = z;
+            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            x ^ (x >> 31)
+        };
+        Rng { s: [next(), next(), next(), next()] }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.s;
+        let out = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        out
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 1.0 disables nucleus filtering.
+    pub top_p: f32,
+    /// 0 disables top-k filtering.
+    pub top_k: usize,
+    /// 0.0 disables min-p filtering.
+    pub min_p: f32,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, min_p: 0.0 }
+    }
+}
+
+/// A request's sampling state: its parameters and its generator.
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    pub params: SamplingParams,
+    rng: Rng,
+}
+
+/// Index of the largest value; the lowest index wins ties, as a stable argmax should.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+// How many of the most likely tokens to try before sorting the whole vocabulary
+// for top-p: the nucleus almost always lies within them.
+const NUCLEUS_FIRST_TRY: usize = 512;
+
+impl Sampler {
+    pub fn new(params: SamplingParams, seed: u64) -> Sampler {
+        Sampler { params, rng: Rng::new(seed) }
+    }
+
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let p = &self.params;
+        if p.temperature <= 0.0 || p.top_k == 1 || logits.len() == 1 {
+            return argmax(logits);
+        }
+        let inv_t = 1.0 / p.temperature;
+        // Candidates as (index, probability), most likely first once ordered.
+        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l * inv_t)).collect();
+        let by_prob_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+
+        if p.top_k > 0 && p.top_k < cand.len() {
+            cand.select_nth_unstable_by(p.top_k - 1, by_prob_desc);
+            cand.truncate(p.top_k);
+        }
+        // Softmax over the candidates (numerators only; the sum normalizes below).
+        let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0f64;
+        for c in cand.iter_mut() {
+            c.1 = (c.1 - max).exp();
+            total += c.1 as f64;
+        }
+        if p.min_p > 0.0 {
+            // The most likely candidate has numerator exactly 1 after the max shift.
+            cand.retain(|c| c.1 >= p.min_p);
+            total = cand.iter().map(|c| c.1 as f64).sum();
+        }
+        if p.top_p < 1.0 {
+            total = self.keep_nucleus(&mut cand, total, by_prob_desc);
+        }
+        let mut u = self.rng.next_f64() * total;
+        for &(i, w) in &cand {
+            u -= w as f64;
+            if u < 0.0 {
+                return i;
+            }
+        }
+        cand.last().map(|c| c.0).unwrap_or_else(|| argmax(logits))
+    }
+
+    /// Keeps the smallest most-likely prefix whose mass reaches top_p; returns its mass.
+    fn keep_nucleus(
+        &self,
+        cand: &mut Vec<(u32, f32)>,
+        total: f64,
+        order: impl Fn(&(u32, f32), &(u32, f32)) -> std::cmp::Ordering + Copy,
+    ) -> f64 {
+        let target = self.params.top_p as f64 * total;
+        let try_first = NUCLEUS_FIRST_TRY.min(cand.len());
+        if try_first < cand.len() {
+            cand.select_nth_unstable_by(try_first - 1, order);
+        }
+        cand[..try_first].sort_unstable_by(order);
+        let mut mass = 0f64;
+        for (n, c) in cand[..try_first].iter().enumerate() {
+            mass += c.1 as f64;
+            if mass >= target {
+                cand.truncate(n + 1);
+                return mass;
+            }
+        }
+        // Rare: a very flat distribution. Order everything and keep going.
+        cand[try_first..].sort_unstable_by(order);
+        for n in try_first..cand.len() {
+            mass += cand[n].1 as f64;
+            if mass >= target {
+                cand.truncate(n + 1);
+                return mass;
+            }
+        }
+        mass
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(temperature: f32, top_p: f32, top_k: usize, min_p: f32) -> SamplingParams {
+        SamplingParams { temperature, top_p, top_k, min_p }
+    }
+
+    #[test]
+    fn greedy_picks_first_maximum() {
+        let mut s = Sampler::new(params(0.0, 1.0, 0, 0.0), 1);
+        assert_eq!(s.sample(&[0.1, 3.0, 3.0, -1.0]), 1);
+    }
+
+    #[test]
+    fn same_seed_same_tokens() {
+        let logits: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1000) as f32 / 300.0).collect();
+        let run = |seed| {
+            let mut s = Sampler::new(params(1.0, 0.95, 0, 0.0), seed);
+            (0..50).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(42), run(42));
+        assert_ne!(run(42), run(43));
+    }
+
+    #[test]
+    fn filters_exclude_unlikely_tokens() {
+        // Token 0 has most of the mass; token 1 is next; the rest are tiny.
+        let logits = [5.0, 4.0, 0.0, 0.0, 0.0];
+        let mut top_k = Sampler::new(params(1.0, 1.0, 2, 0.0), 7);
+        let mut top_p = Sampler::new(params(1.0, 0.5, 0, 0.0), 7);
+        let mut min_p = Sampler::new(params(1.0, 1.0, 0, 0.2), 7);
+        for _ in 0..500 {
+            assert!(top_k.sample(&logits) < 2);
+            assert_eq!(top_p.sample(&logits), 0);
+            assert!(min_p.sample(&logits) < 2);
+        }
+    }
+
+    #[test]
+    fn temperature_one_follows_the_distribution() {
+        let logits = [0.0f32, (3.0f32).ln()]; // probabilities 1/4, 3/4
+        let mut s = Sampler::new(params(1.0, 1.0, 0, 0.0), 3);
+        let ones = (0..20000).filter(|_| s.sample(&logits) == 1).count();
+        assert!((ones as f64 / 20000.0 - 0.75).abs() < 0.02, "{ones}");
+    }
+}

@@ -1,0 +1,104 @@
+//! Weight matrices kept in their file's format (f32, f16, bf16 or a ggml block
+//! format), with row access and row dequantization.
+//!
+//! A matrix is stored row-major: `rows` rows of `cols` elements, each row a
+//! whole number of blocks. Rows are what the kernels stream through: the
+//! matrix-vector product dequantizes one row at a time into a small buffer.
+
+use crate::quant;
+
+/// Element formats. The block geometry matches ggml's so GGUF bytes are used as they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    /// 32 values: f16 scale `d`, 32 × i8. value = d·q
+    Q8_0,
+    /// 32 values: f16 scale `d`, 16 bytes of nibbles. value = d·(q − 8)
+    Q4_0,
+    /// 32 values: f16 scale `d`, f16 min `m`, 16 bytes of nibbles. value = d·q + m
+    Q4_1,
+}
+
+impl DType {
+    pub fn parse(name: &str) -> Option<DType> {
+        Some(match name {
+            "F32" => DType::F32,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            "Q8_0" => DType::Q8_0,
+            "Q4_0" => DType::Q4_0,
+            "Q4_1" => DType::Q4_1,
+            _ => return None,
+        })
+    }
+
+    /// (elements per block, bytes per block)
+    pub fn block(self) -> (usize, usize) {
+        match self {
+            DType::F32 => (1, 4),
+            DType::F16 | DType::BF16 => (1, 2),
+            DType::Q8_0 => (32, 34),
+            DType::Q4_0 => (32, 18),
+            DType::Q4_1 => (32, 20),
+        }
+    }
+
+    /// Bytes taken by `n` elements, or None if `n` is not a whole number of blocks.
+    pub fn nbytes(self, n: usize) -> Option<usize> {
+        let (elems, bytes) = self.block();
+        (n % elems == 0).then(|| n / elems * bytes)
+    }
+}
+
+/// A 2-D weight matrix (a vector is a matrix of one row).
+pub struct Tensor {
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    row_bytes: usize,
+    data: Vec<u8>,
+}
+
+impl Tensor {
+    /// Wraps raw bytes; fails with a message if their length does not match the shape.
+    pub fn new(dtype: DType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Tensor, String> {
+        let row_bytes = dtype
+            .nbytes(cols)
+            .ok_or_else(|| format!("{cols} columns is not a whole number of {dtype:?} blocks"))?;
+        if data.len() != row_bytes * rows {
+            return Err(format!(
+                "{dtype:?} [{rows}, {cols}] needs {} bytes, got {}",
+                row_bytes * rows,
+                data.len()
+            ));
+        }
+        Ok(Tensor { dtype, rows, cols, row_bytes, data })
+    }
+
+    pub fn from_f32(rows: usize, cols: usize, values: &[f32]) -> Tensor {
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Tensor::new(DType::F32, rows, cols, data).expect("shape matches")
+    }
+
+    #[inline(always)]
+    pub fn row(&self, r: usize) -> &[u8] {
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// Writes row `r` as f32 into `out` (length `cols`).
+    #[inline(always)]
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        quant::dequantize(self.dtype, self.row(r), out);
+    }
+
+    /// The whole tensor as f32 (for small tensors: norms, tests).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        for (r, chunk) in out.chunks_mut(self.cols.max(1)).enumerate() {
+            self.dequantize_row(r, chunk);
+        }
+        out
+    }
+}
