@@ -1,10 +1,13 @@
 //! One sequence's attention cache: the keys and values of every token it has
 //! seen, per layer. The forward pass appends to it; `truncate` rolls it back.
+//!
+//! Entries are f16 (as bit patterns), as in llama.cpp's default cache: half the
+//! memory and bandwidth of f32, and the same rounding as our peer.
 
 pub struct KvCache {
     /// Per layer: (position, kv_heads · head_dim), row-major.
-    pub(crate) keys: Vec<Vec<f32>>,
-    pub(crate) values: Vec<Vec<f32>>,
+    pub(crate) keys: Vec<Vec<u16>>,
+    pub(crate) values: Vec<Vec<u16>>,
     kv_dim: usize,
     len: usize,
 }

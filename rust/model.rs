@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 
 use crate::kv_cache::KvCache;
-use crate::ops::{axpy, dot, matmul, rms_norm, rope_angles, rope_rotate, softmax, swiglu};
+use crate::ops::{axpy_f16, dot_f16, matmul, rms_norm, rope_angles, rope_rotate, softmax, swiglu};
+use crate::quant::{f32_to_f16, round_to_f16};
 use crate::tensor::Tensor;
 
 #[derive(Debug)]
@@ -193,8 +194,8 @@ impl Model {
                     rope_rotate(head, cs, sn, c.rope_neox);
                 }
             }
-            cache.keys[l].extend_from_slice(&k);
-            cache.values[l].extend_from_slice(&v);
+            cache.keys[l].extend(k.iter().map(|&x| f32_to_f16(x)));
+            cache.values[l].extend(v.iter().map(|&x| f32_to_f16(x)));
             self.attention(&q, &cache.keys[l], &cache.values[l], pos0, n, &mut attn);
             matmul(&layer.wo, &attn, n, &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
@@ -220,7 +221,10 @@ impl Model {
     /// Causal grouped-query attention of `n` new queries at positions
     /// `pos0..pos0+n` over the cached keys/values (which already include them).
     /// q and out: (n, n_heads · head_dim).
-    fn attention(&self, q: &[f32], keys: &[f32], values: &[f32], pos0: usize, n: usize, out: &mut [f32]) {
+    ///
+    /// Rounding follows llama.cpp's (non-flash) attention, which multiplies in f16:
+    /// queries and the softmax weights are rounded to f16 before meeting the f16 cache.
+    fn attention(&self, q: &[f32], keys: &[u16], values: &[u16], pos0: usize, n: usize, out: &mut [f32]) {
         let c = &self.cfg;
         let (hd, q_dim, kv_dim) = (c.head_dim, c.q_dim(), c.kv_dim());
         let group = c.n_heads / c.n_kv_heads;
@@ -231,16 +235,19 @@ impl Model {
         by_head.par_chunks_mut(n * hd).enumerate().for_each(|(h, slab)| {
             let kv_off = (h / group) * hd;
             let mut scores = vec![0f32; pos0 + n];
+            let mut qv = vec![0f32; hd];
             for (i, o) in slab.chunks_exact_mut(hd).enumerate() {
                 let ctx = pos0 + i + 1;
-                let qv = &q[i * q_dim + h * hd..][..hd];
+                for (a, b) in qv.iter_mut().zip(&q[i * q_dim + h * hd..][..hd]) {
+                    *a = round_to_f16(*b);
+                }
                 for (j, s) in scores[..ctx].iter_mut().enumerate() {
-                    *s = dot(qv, &keys[j * kv_dim + kv_off..][..hd]) * scale;
+                    *s = dot_f16(&qv, &keys[j * kv_dim + kv_off..][..hd]) * scale;
                 }
                 softmax(&mut scores[..ctx]);
                 o.fill(0.0);
                 for (j, &p) in scores[..ctx].iter().enumerate() {
-                    axpy(p, &values[j * kv_dim + kv_off..][..hd], o);
+                    axpy_f16(round_to_f16(p), &values[j * kv_dim + kv_off..][..hd], o);
                 }
             }
         });

@@ -168,8 +168,23 @@ impl KernelModel {
     }
 }
 
+/// Dequantizes `count` elements of `dtype` from `data` into f32 bytes
+/// (used by `pycompat convert`, so conversion decodes exactly as inference does).
+#[pyfunction]
+fn dequantize<'py>(py: Python<'py>, dtype: &str, data: PyBuffer<u8>, count: usize) -> PyResult<Bound<'py, PyBytes>> {
+    let dtype = DType::parse(dtype).ok_or_else(|| kernel_err(format!("unsupported dtype {dtype}")))?;
+    let raw = data.to_vec(py)?;
+    if dtype.nbytes(count) != Some(raw.len()) {
+        return Err(kernel_err(format!("{} bytes are not {count} elements of {dtype:?}", raw.len())));
+    }
+    let mut out = vec![0f32; count];
+    py.detach(|| crate::quant::dequantize(dtype, &raw, &mut out));
+    Ok(f32_bytes(py, &out))
+}
+
 #[pymodule]
 fn _kernel(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_class::<KernelModel>()?;
     m.add_class::<Sequence>()?;
     m.add_class::<Sampler>()?;

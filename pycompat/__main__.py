@@ -1,0 +1,5 @@
+import sys
+
+from pycompat.cli import main
+
+sys.exit(main())

@@ -1,0 +1,130 @@
+"""Reading request bodies: JSON parsing and typed, range-checked fields.
+
+Each route lists the fields it implements; fields OpenAI defines for the route
+but that we do not implement yet are accepted and ignored; anything else is a
+400 naming the field, so a typo never silently changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from pycompat.api.errors import APIError, invalid_type, invalid_value, missing
+
+MAX_JSON_DEPTH = 64
+MAX_STOP_STRINGS = 4
+
+
+def parse_json_object(body: bytes) -> dict:
+    """The request body as a JSON object, or a 400."""
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise APIError(400, f"We could not parse the JSON body of your request: {e}. Send a JSON object with Content-Type: application/json.") from None
+    if not isinstance(value, dict):
+        raise APIError(400, "The request body must be a JSON object.")
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise APIError(400, f"The request body nests deeper than {MAX_JSON_DEPTH} levels.")
+    return value
+
+
+def _depth(value: Any) -> int:
+    # Iterative, so a hostile body cannot exhaust the stack here either.
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > MAX_JSON_DEPTH:
+            break
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+    return deepest
+
+
+class Params:
+    """Typed access to a request body's fields. ``null`` counts as absent."""
+
+    def __init__(self, body: dict, implemented: set[str], ignored: set[str]):
+        unknown = [k for k in body if k not in implemented and k not in ignored]
+        if unknown:
+            raise APIError(400, f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0], code="unknown_parameter")
+        self._body = body
+
+    def _get(self, name: str, required: bool) -> Any:
+        value = self._body.get(name)
+        if value is None and required:
+            raise missing(name)
+        return value
+
+    def string(self, name: str, required: bool = False) -> str | None:
+        value = self._get(name, required)
+        if value is not None and not isinstance(value, str):
+            raise invalid_type(name, "a string", value)
+        return value
+
+    def boolean(self, name: str, default: bool = False) -> bool:
+        value = self._get(name, False)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise invalid_type(name, "a boolean", value)
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        value = self._get(name, False)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise invalid_type(name, "a decimal", value)
+        if value < low:
+            raise APIError(400, f"Invalid '{name}': decimal below minimum value. Expected a value >= {low:g}, but got {value} instead.", param=name, code="decimal_below_min_value")
+        if value > high:
+            raise APIError(400, f"Invalid '{name}': decimal above maximum value. Expected a value <= {high:g}, but got {value} instead.", param=name, code="decimal_above_max_value")
+        return float(value)
+
+    def integer(self, name: str, low: int, high: int | None = None) -> int | None:
+        value = self._get(name, False)
+        if value is None:
+            return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise invalid_type(name, "an integer", value)
+        if value < low:
+            raise APIError(400, f"Invalid '{name}': integer below minimum value. Expected a value >= {low}, but got {value} instead.", param=name, code="integer_below_min_value")
+        if high is not None and value > high:
+            raise APIError(400, f"Invalid '{name}': integer above maximum value. Expected a value <= {high}, but got {value} instead.", param=name, code="integer_above_max_value")
+        return value
+
+    def stop(self, name: str = "stop") -> list[str]:
+        value = self._get(name, False)
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+            raise invalid_type(name, "a string or an array of strings", value)
+        if len(value) > MAX_STOP_STRINGS:
+            raise invalid_value(name, f"array too long. Expected an array with maximum length {MAX_STOP_STRINGS}, but got an array with length {len(value)} instead.")
+        return value
+
+    def stream_include_usage(self, stream: bool) -> bool:
+        """``stream_options.include_usage``; stream_options is only allowed with stream."""
+        value = self._get("stream_options", False)
+        if value is None:
+            return False
+        if not isinstance(value, dict):
+            raise invalid_type("stream_options", "an object", value)
+        if not stream:
+            raise invalid_value("stream_options", "stream_options are only allowed when 'stream' is true.")
+        include = value.get("include_usage", False)
+        if not isinstance(include, bool):
+            raise invalid_type("stream_options.include_usage", "a boolean", include)
+        return include
+
+    def raw(self, name: str) -> Any:
+        return self._body.get(name)

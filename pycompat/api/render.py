@@ -1,0 +1,38 @@
+"""JSON responses and the guard that keeps a failing stream well-formed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+
+from pycompat.api import sse
+from pycompat.api.errors import APIError
+from pycompat.http.messages import Response
+
+log = logging.getLogger(__name__)
+
+
+def json_response(body: dict, status: int = 200) -> Response:
+    return Response(status, json.dumps(body, ensure_ascii=False).encode())
+
+
+def error_response(e: APIError) -> Response:
+    return Response(e.status, e.body())
+
+
+def sse_response(events: AsyncIterator[bytes]) -> Response:
+    return Response(200, content_type=sse.CONTENT_TYPE, headers=list(sse.HEADERS), stream=_guarded(events))
+
+
+async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Passes events through; if producing one fails, the client gets an error
+    event (which the OpenAI SDKs raise as an APIError) instead of a cut stream."""
+    try:
+        async for e in events:
+            yield e
+    except APIError as e:
+        yield sse.event(e.to_dict())
+    except Exception:
+        log.exception("stream failed")
+        yield sse.event(APIError(500, "The server had an error while generating the response.").to_dict())
