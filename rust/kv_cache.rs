@@ -1,20 +1,82 @@
 //! One sequence's attention cache: the keys and values of every token it has
 //! seen, per layer. The forward pass appends to it; `truncate` rolls it back.
 //!
-//! Entries are f16 (as bit patterns), as in llama.cpp's default cache: half the
-//! memory and bandwidth of f32, and the same rounding as our peer.
+//! Entries are f16 for models with f16 or block-quantized weights, as in
+//! llama.cpp's default cache: half the memory and bandwidth, and the same
+//! rounding as our peer. All-f32 models keep an f32 cache and exact attention.
+
+use crate::quant::{f16_to_f32, f32_to_f16};
+
+/// Element type of a cache: how a value is stored and read back.
+pub trait KvElem: Copy + Send + Sync + 'static {
+    /// Whether attention rounds its f32 operands (queries, softmax weights) to
+    /// this precision before meeting the cache, as llama.cpp's f16 path does.
+    const ROUNDS: bool;
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl KvElem for f32 {
+    const ROUNDS: bool = false;
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+/// An f16 value as its bit pattern.
+#[derive(Clone, Copy)]
+pub struct F16(pub u16);
+
+impl KvElem for F16 {
+    const ROUNDS: bool = true;
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        F16(f32_to_f16(v))
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16_to_f32(self.0)
+    }
+}
+
+/// Per layer: (position, kv_heads · head_dim), row-major.
+pub struct Layers<T> {
+    pub keys: Vec<Vec<T>>,
+    pub values: Vec<Vec<T>>,
+}
+
+impl<T: KvElem> Layers<T> {
+    fn new(n_layers: usize) -> Self {
+        Layers { keys: vec![Vec::new(); n_layers], values: vec![Vec::new(); n_layers] }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        for layer in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            layer.truncate(len);
+        }
+    }
+}
+
+pub enum Store {
+    F32(Layers<f32>),
+    F16(Layers<F16>),
+}
 
 pub struct KvCache {
-    /// Per layer: (position, kv_heads · head_dim), row-major.
-    pub(crate) keys: Vec<Vec<u16>>,
-    pub(crate) values: Vec<Vec<u16>>,
+    pub(crate) store: Store,
     kv_dim: usize,
     len: usize,
 }
 
 impl KvCache {
-    pub fn new(n_layers: usize, kv_dim: usize) -> KvCache {
-        KvCache { keys: vec![Vec::new(); n_layers], values: vec![Vec::new(); n_layers], kv_dim, len: 0 }
+    pub fn new(n_layers: usize, kv_dim: usize, f16: bool) -> KvCache {
+        let store = if f16 { Store::F16(Layers::new(n_layers)) } else { Store::F32(Layers::new(n_layers)) };
+        KvCache { store, kv_dim, len: 0 }
     }
 
     /// Tokens whose keys and values are cached.
@@ -30,8 +92,10 @@ impl KvCache {
     pub fn truncate(&mut self, len: usize) {
         if len < self.len {
             self.len = len;
-            for layer in self.keys.iter_mut().chain(self.values.iter_mut()) {
-                layer.truncate(len * self.kv_dim);
+            let n = len * self.kv_dim;
+            match &mut self.store {
+                Store::F32(l) => l.truncate(n),
+                Store::F16(l) => l.truncate(n),
             }
         }
     }
@@ -39,6 +103,5 @@ impl KvCache {
     /// Called by the forward pass once every layer has appended `n` positions.
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
-        debug_assert!(self.keys.iter().all(|k| k.len() == self.len * self.kv_dim));
     }
 }

@@ -14,9 +14,9 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
-use crate::kv_cache::KvCache;
-use crate::ops::{axpy_f16, dot_f16, matmul, rms_norm, rope_angles, rope_rotate, softmax, swiglu};
-use crate::quant::{f32_to_f16, round_to_f16};
+use crate::kv_cache::{KvCache, KvElem, Layers, Store};
+use crate::ops::{axpy_kv, dot_kv, matmul, rms_norm, rope_angles, rope_rotate, softmax, swiglu};
+use crate::quant::round_to_f16;
 use crate::tensor::Tensor;
 
 #[derive(Debug)]
@@ -47,6 +47,8 @@ pub struct Config {
     /// Inverse frequency of each rotary pair: rot/2 values, scaling (linear, llama3) already applied.
     pub rope_inv_freq: Vec<f32>,
     pub max_seq_len: usize,
+    /// Keep the KV cache in f16 (llama.cpp's default) rather than f32.
+    pub kv_f16: bool,
 }
 
 impl Config {
@@ -135,7 +137,7 @@ impl Model {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.cfg.n_layers, self.cfg.kv_dim())
+        KvCache::new(self.cfg.n_layers, self.cfg.kv_dim(), self.cfg.kv_f16)
     }
 
     /// Runs one step over a batch. Returns, per sequence, the logits of its
@@ -194,9 +196,10 @@ impl Model {
                     rope_rotate(head, cs, sn, c.rope_neox);
                 }
             }
-            cache.keys[l].extend(k.iter().map(|&x| f32_to_f16(x)));
-            cache.values[l].extend(v.iter().map(|&x| f32_to_f16(x)));
-            self.attention(&q, &cache.keys[l], &cache.values[l], pos0, n, &mut attn);
+            match &mut cache.store {
+                Store::F32(layers) => self.append_and_attend(layers, l, &q, &k, &v, pos0, n, &mut attn),
+                Store::F16(layers) => self.append_and_attend(layers, l, &q, &k, &v, pos0, n, &mut attn),
+            }
             matmul(&layer.wo, &attn, n, &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
 
@@ -218,13 +221,21 @@ impl Model {
         logits
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn append_and_attend<T: KvElem>(&self, layers: &mut Layers<T>, l: usize, q: &[f32], k: &[f32], v: &[f32], pos0: usize, n: usize, out: &mut [f32]) {
+        layers.keys[l].extend(k.iter().map(|&x| T::from_f32(x)));
+        layers.values[l].extend(v.iter().map(|&x| T::from_f32(x)));
+        self.attention(q, &layers.keys[l], &layers.values[l], pos0, n, out);
+    }
+
     /// Causal grouped-query attention of `n` new queries at positions
     /// `pos0..pos0+n` over the cached keys/values (which already include them).
     /// q and out: (n, n_heads · head_dim).
     ///
-    /// Rounding follows llama.cpp's (non-flash) attention, which multiplies in f16:
-    /// queries and the softmax weights are rounded to f16 before meeting the f16 cache.
-    fn attention(&self, q: &[f32], keys: &[u16], values: &[u16], pos0: usize, n: usize, out: &mut [f32]) {
+    /// With an f16 cache, rounding follows llama.cpp's (non-flash) attention, which
+    /// multiplies in f16: queries and softmax weights are rounded to f16 first.
+    fn attention<T: KvElem>(&self, q: &[f32], keys: &[T], values: &[T], pos0: usize, n: usize, out: &mut [f32]) {
+        let round = |x: f32| if T::ROUNDS { round_to_f16(x) } else { x };
         let c = &self.cfg;
         let (hd, q_dim, kv_dim) = (c.head_dim, c.q_dim(), c.kv_dim());
         let group = c.n_heads / c.n_kv_heads;
@@ -239,15 +250,15 @@ impl Model {
             for (i, o) in slab.chunks_exact_mut(hd).enumerate() {
                 let ctx = pos0 + i + 1;
                 for (a, b) in qv.iter_mut().zip(&q[i * q_dim + h * hd..][..hd]) {
-                    *a = round_to_f16(*b);
+                    *a = round(*b);
                 }
                 for (j, s) in scores[..ctx].iter_mut().enumerate() {
-                    *s = dot_f16(&qv, &keys[j * kv_dim + kv_off..][..hd]) * scale;
+                    *s = dot_kv(&qv, &keys[j * kv_dim + kv_off..][..hd]) * scale;
                 }
                 softmax(&mut scores[..ctx]);
                 o.fill(0.0);
                 for (j, &p) in scores[..ctx].iter().enumerate() {
-                    axpy_f16(round_to_f16(p), &values[j * kv_dim + kv_off..][..hd], o);
+                    axpy_kv(round(p), &values[j * kv_dim + kv_off..][..hd], o);
                 }
             }
         });

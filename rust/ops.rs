@@ -9,7 +9,8 @@
 //!   body; the choice is made once per call from the CPU's features.
 //! - Rows are split across rayon's persistent pool in chunks of at least 16.
 
-use crate::quant::{dot_q8, f16_to_f32, Q8Activations};
+use crate::kv_cache::KvElem;
+use crate::quant::{dot_q8, Q8Activations};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -41,26 +42,26 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc[0] + tail
 }
 
-/// Dot product of f32 values with f16 ones (bit patterns), accumulated in f32.
+/// Dot product of f32 values with cache entries, accumulated in f32.
 #[inline(always)]
-pub fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
+pub fn dot_kv<T: KvElem>(a: &[f32], b: &[T]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for l in 0..8 {
-            acc[l] += x[l] * f16_to_f32(y[l]);
+            acc[l] += x[l] * y[l].to_f32();
         }
     }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * f16_to_f32(*y)).sum();
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y.to_f32()).sum();
     acc.iter().sum::<f32>() + tail
 }
 
-/// `out[i] += a * x[i]` for f16 `x` (bit patterns).
+/// `out[i] += a * x[i]` for cache entries `x`.
 #[inline(always)]
-pub fn axpy_f16(a: f32, x: &[u16], out: &mut [f32]) {
+pub fn axpy_kv<T: KvElem>(a: f32, x: &[T], out: &mut [f32]) {
     for (o, v) in out.iter_mut().zip(x) {
-        *o += a * f16_to_f32(*v);
+        *o += a * v.to_f32();
     }
 }
 

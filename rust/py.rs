@@ -49,6 +49,7 @@ fn config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<Config> {
         rope_neox: item(d, "rope_neox")?,
         rope_inv_freq: item(d, "rope_inv_freq")?,
         max_seq_len: item(d, "max_seq_len")?,
+        kv_f16: item(d, "kv_f16")?,
     })
 }
 

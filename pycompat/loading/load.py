@@ -72,7 +72,9 @@ def load_model(path: str | Path | None = None, context_length: int | None = None
     defaults = spec.sampling_defaults or (DEFAULT_MODEL_SAMPLING if path is None else {})
     try:
         n_ctx = min(context_length or spec.context_length, spec.context_length)
-        config = dict(spec.weights.config, max_seq_len=n_ctx)
+        # An f16 cache, as llama.cpp keeps, unless every weight is f32 (then attention is exact too).
+        kv_f16 = any(dtype != "F32" for _, dtype, shape, _ in spec.weights.tensors if len(shape) == 2)
+        config = dict(spec.weights.config, max_seq_len=n_ctx, kv_f16=kv_f16)
         # The kernel copies the bytes out of the mapped files; they are released after.
         tensors = [(name, dtype, list(shape), memoryview(data).cast("B")) for name, dtype, shape, data in spec.weights.tensors]
         try:

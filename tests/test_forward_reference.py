@@ -1,0 +1,117 @@
+"""The Rust forward pass against the numpy reference (tests/reference.py) on
+small random models, loaded through the real GGUF and safetensors loaders:
+logits over a prefill and several decode steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import reference
+from pycompat import _kernel
+from pycompat.loading.load import load_model
+from tiny_models import TinyConfig, byte_vocab, random_weights, reference_config, reference_weights, write_gguf_model, write_hf_model
+
+VOCAB = len(byte_vocab()[0])
+# Sizes that are multiples of nothing useful: heads of 10, an MLP of 100.
+ODD = TinyConfig(dim=60, n_layers=3, n_heads=6, n_kv_heads=2, ffn_dim=100)
+# Block formats need rows that are whole 32-element blocks.
+BLOCKY = TinyConfig(dim=96, n_layers=2, n_heads=6, n_kv_heads=3, ffn_dim=160, tied=True)
+PROMPT = [5, 77, 201, 13, 250, 9, 140, 33, 61]
+
+
+def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+def kernel_logits(model, prompt: list[int], decode: list[int]) -> np.ndarray:
+    """Logits for every prompt position (one prefill call), then one per decode step."""
+    seq = model.kernel.new_sequence()
+    (pre,) = model.kernel.forward([(seq, prompt)], all_logits=True)
+    rows = list(np.frombuffer(pre, np.float32).reshape(len(prompt), -1))
+    for tok in decode:
+        (step,) = model.kernel.forward([(seq, [tok])])
+        rows.append(np.frombuffer(step, np.float32))
+    return np.array(rows)
+
+
+def check_against_reference(model, cfg: TinyConfig, stored: dict, tol: float) -> None:
+    decode = [17, 3, 260, 42]
+    ours = kernel_logits(model, PROMPT, decode)
+    ref = reference.forward(reference_config(cfg, VOCAB), reference_weights(stored), PROMPT + decode)
+    err = rel_err(ours, ref)
+    assert err < tol, f"largest relative difference {err:.2e}"
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("shards", [1, 3])
+def test_safetensors_f32_matches_reference(tmp_path, tied, shards):
+    cfg = TinyConfig(**{**ODD.__dict__, "tied": tied})
+    stored = write_hf_model(tmp_path / "m", cfg, random_weights(cfg, VOCAB, seed=1), "F32", shards=shards)
+    check_against_reference(load_model(tmp_path / "m"), cfg, stored, 1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16"])
+def test_safetensors_half_precision_matches_reference(tmp_path, dtype):
+    # The reference gets the same rounded weights; what differs is the f16 KV
+    # cache (llama.cpp's default) that half-precision models get.
+    stored = write_hf_model(tmp_path / "m", ODD, random_weights(ODD, VOCAB, seed=2), dtype)
+    check_against_reference(load_model(tmp_path / "m"), ODD, stored, 3e-3)
+
+
+def test_gguf_f32_matches_reference(tmp_path):
+    # GGUF permutes Q/K rows and rotates adjacent pairs: same model, same logits.
+    stored = write_gguf_model(tmp_path / "m.gguf", ODD, random_weights(ODD, VOCAB, seed=3), "F32")
+    check_against_reference(load_model(tmp_path / "m.gguf"), ODD, stored, 1e-4)
+
+
+@pytest.mark.parametrize("kind", ["F16", "Q8_0", "Q4_0", "Q4_1"])
+def test_gguf_block_formats_match_reference(tmp_path, kind):
+    # Block formats multiply 8-bit-rounded activations (as llama.cpp does), so logits
+    # move by about a percent; the reference uses the dequantized weights.
+    stored = write_gguf_model(tmp_path / "m.gguf", BLOCKY, random_weights(BLOCKY, VOCAB, seed=4), kind)
+    tol = 3e-3 if kind == "F16" else 3e-2
+    check_against_reference(load_model(tmp_path / "m.gguf"), BLOCKY, stored, tol)
+
+
+def test_gguf_and_safetensors_give_the_same_logits(tmp_path):
+    weights = random_weights(ODD, VOCAB, seed=5)
+    write_gguf_model(tmp_path / "m.gguf", ODD, weights, "F32")
+    write_hf_model(tmp_path / "hf", ODD, weights, "F32")
+    a = kernel_logits(load_model(tmp_path / "m.gguf"), PROMPT, [1, 2])
+    b = kernel_logits(load_model(tmp_path / "hf"), PROMPT, [1, 2])
+    assert rel_err(a, b) < 1e-5
+
+
+def test_batch_of_sequences_equals_each_alone(tmp_path):
+    write_hf_model(tmp_path / "m", ODD, random_weights(ODD, VOCAB, seed=6), "F32")
+    model = load_model(tmp_path / "m")
+    alone = [np.frombuffer(model.kernel.forward([(model.kernel.new_sequence(), p)])[0], np.float32) for p in (PROMPT, [7, 8])]
+    together = model.kernel.forward([(model.kernel.new_sequence(), PROMPT), (model.kernel.new_sequence(), [7, 8])])
+    for a, t in zip(alone, together):
+        np.testing.assert_array_equal(a, np.frombuffer(t, np.float32))
+
+
+def test_kernel_rejects_bad_inputs_without_touching_the_cache(tmp_path):
+    write_hf_model(tmp_path / "m", ODD, random_weights(ODD, VOCAB, seed=7), "F32")
+    model = load_model(tmp_path / "m", context_length=16)
+    seq = model.kernel.new_sequence()
+    model.kernel.forward([(seq, [1, 2, 3])])
+    with pytest.raises(_kernel.KernelError, match="outside the vocabulary"):
+        model.kernel.forward([(seq, [VOCAB + 5])])
+    with pytest.raises(_kernel.KernelError, match="context is 16"):
+        model.kernel.forward([(seq, list(range(14)))])
+    with pytest.raises(_kernel.KernelError, match="no new tokens"):
+        model.kernel.forward([(seq, [])])
+    assert len(seq) == 3
+
+
+def test_truncate_rolls_back_the_cache(tmp_path):
+    write_hf_model(tmp_path / "m", ODD, random_weights(ODD, VOCAB, seed=8), "F32")
+    model = load_model(tmp_path / "m")
+    seq = model.kernel.new_sequence()
+    model.kernel.forward([(seq, PROMPT)])
+    (first,) = model.kernel.forward([(seq, [9])])
+    seq.truncate(len(PROMPT))
+    (again,) = model.kernel.forward([(seq, [9])])
+    assert first == again
