@@ -1,0 +1,55 @@
+"""Validation of response bodies against OpenAI's own OpenAPI spec
+(../shared/openai-openapi/openapi.yaml), the contract we implement.
+
+Two adjustments make the spec checkable with a JSON Schema validator:
+``nullable: true`` (OpenAPI 3.0 style, still used in places) becomes an
+explicit null alternative, and every object schema that lists its
+properties is closed (no other properties), so a misspelt or invented
+field fails the test instead of passing silently.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "openai-openapi" / "openapi.yaml"
+
+
+def _adjust(node):
+    if isinstance(node, list):
+        return [_adjust(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _adjust(v) for k, v in node.items()}
+    if node.pop("nullable", False):
+        node = {"anyOf": [node, {"type": "null"}]}
+        return node
+    if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node:
+        node["additionalProperties"] = False
+    return node
+
+
+@functools.lru_cache(maxsize=1)
+def _spec() -> dict:
+    with open(SPEC_PATH) as f:
+        raw = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    spec = copy.deepcopy(raw)
+    spec["components"]["schemas"] = {k: _adjust(v) for k, v in raw["components"]["schemas"].items()}
+    return spec
+
+
+@functools.lru_cache(maxsize=None)
+def _validator(name: str) -> jsonschema.Draft202012Validator:
+    spec = _spec()
+    schema = {"$ref": f"#/components/schemas/{name}", "components": spec["components"]}
+    return jsonschema.Draft202012Validator(schema)
+
+
+def validate(name: str, body: dict) -> None:
+    """Raises jsonschema.ValidationError if ``body`` is not a valid ``name`` (a component schema)."""
+    _validator(name).validate(body)
