@@ -3,3 +3,49 @@ from pathlib import Path
 
 # Test helpers (reference.py, tiny_models.py, openapi.py) import as top-level modules.
 sys.path.insert(0, str(Path(__file__).parent))
+
+import re
+import subprocess
+import time
+
+import pytest
+
+SERVER_CONTEXT = 1024  # small, so the context-overflow tests need small prompts
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory):
+    """A real `pycompat serve` of the default model on a free loopback port; yields http://127.0.0.1:PORT/v1."""
+    log_path = tmp_path_factory.mktemp("server") / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pycompat", "serve", "--port", "0", "--alias", "gpt-3.5-turbo", "--context-length", str(SERVER_CONTEXT)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            text = log_path.read_text()
+            match = re.search(r"serving .* at (http://\S+/v1)", text)
+            if match:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{text}")
+            time.sleep(0.1)
+        yield match.group(1)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        output = log_path.read_text()
+        assert "Traceback" not in output, f"the server logged a traceback:\n{output}"
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The bundled SmolLM2 loaded in this process (for kernel-level tests)."""
+    from pycompat.loading.load import load_model
+
+    return load_model(context_length=2048)

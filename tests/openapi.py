@@ -53,3 +53,14 @@ def _validator(name: str) -> jsonschema.Draft202012Validator:
 def validate(name: str, body: dict) -> None:
     """Raises jsonschema.ValidationError if ``body`` is not a valid ``name`` (a component schema)."""
     _validator(name).validate(body)
+
+
+def validate_completion_chunk(chunk: dict) -> None:
+    """A /v1/completions stream chunk. The spec reuses CreateCompletionResponse, whose
+    finish_reason may not be null, but OpenAI's API sends null in every chunk before the
+    last (and clients rely on it), so that one field is checked by hand."""
+    chunk = copy.deepcopy(chunk)
+    for choice in chunk.get("choices", []):
+        if choice.get("finish_reason", "absent") is None:
+            choice["finish_reason"] = "stop"  # a valid value, so the rest is still checked
+    validate("CreateCompletionResponse", chunk)
