@@ -62,4 +62,8 @@ class App:
         return await result if hasattr(result, "__await__") else result
 
     async def _health(self, request: Request) -> Response:
-        return json_response({"status": "ok", "models": [m.ids[0] for m in self.registry.models]})
+        return json_response({
+            "status": "ok",
+            "models": [m.ids[0] for m in self.registry.models],
+            "generating": sum(m.engine.active for m in self.registry.models),
+        })

@@ -54,6 +54,7 @@ class Engine:
     def __init__(self, model: LoadedModel):
         self.model = model
         self._step_lock = trio.Lock()
+        self.active = 0  # generations in progress (shown by /health)
 
     def check_fits(self, prompt_tokens: int, max_tokens: int | None) -> None:
         """Raises ContextOverflow unless the prompt leaves room for at least one token
@@ -78,22 +79,26 @@ class Engine:
         sampler = _kernel.Sampler(opts.temperature, opts.top_p, opts.top_k, opts.min_p, seed % (1 << 64))
         decoder, stops = tokenizer.decoder(), StopMatcher(opts.stop)
 
-        new_tokens, generated, reason = prompt, 0, "length"
-        while generated < budget:
-            async with self._step_lock:
-                (token,) = await trio.to_thread.run_sync(kernel.step, [(sequence, new_tokens, sampler)])
-            if token in tokenizer.stop_ids:
-                reason = "stop"
-                break
-            generated += 1
-            text = stops.push(decoder.push(token))
-            if text:
-                yield TextPiece(text)
-            if stops.stopped:
-                reason = "stop"
-                break
-            new_tokens = [token]
-        rest = stops.flush()
-        if rest:
-            yield TextPiece(rest)
-        yield Finished(reason, len(prompt), generated)
+        self.active += 1
+        try:
+            new_tokens, generated, reason = prompt, 0, "length"
+            while generated < budget:
+                async with self._step_lock:
+                    (token,) = await trio.to_thread.run_sync(kernel.step, [(sequence, new_tokens, sampler)])
+                if token in tokenizer.stop_ids:
+                    reason = "stop"
+                    break
+                generated += 1
+                text = stops.push(decoder.push(token))
+                if text:
+                    yield TextPiece(text)
+                if stops.stopped:
+                    reason = "stop"
+                    break
+                new_tokens = [token]
+            rest = stops.flush()
+            if rest:
+                yield TextPiece(rest)
+            yield Finished(reason, len(prompt), generated)
+        finally:
+            self.active -= 1
