@@ -49,3 +49,12 @@ def default_model():
     from pycompat.loading.load import load_model
 
     return load_model(context_length=2048)
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_model():
+    """llama.cpp (through llama-cpp-python) on the bundled GGUF; the peer tests skip without it."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from pycompat.loading.load import default_model_path
+
+    return llama_cpp.Llama(model_path=str(default_model_path()), n_ctx=2048, n_batch=1024, logits_all=True, n_threads=2, verbose=False)

@@ -255,7 +255,7 @@ def _encode_value(value: Any) -> tuple[int, bytes]:
 
 
 def write_gguf(path: str | Path, metadata: dict[str, Any], tensors: list[tuple[str, str, tuple[int, ...], bytes]]) -> None:
-    """Write a GGUF v3 file. ``tensors`` holds (name, ggml type name, shape, raw bytes)."""
+    """Write a GGUF v3 file. ``tensors`` holds (name, ggml type name or id, shape, raw bytes)."""
     alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
     with open(path, "wb") as f:
         _write_gguf(f, metadata, tensors, alignment)
@@ -273,7 +273,8 @@ def _write_gguf(f: BinaryIO, metadata: dict[str, Any], tensors: list, alignment:
         ne = list(reversed(shape))
         f.write(struct.pack("<Q", len(nraw)) + nraw + struct.pack("<I", len(ne)))
         f.write(struct.pack(f"<{len(ne)}Q", *ne))
-        f.write(struct.pack("<IQ", GGML_TYPE_BY_NAME[type_name].id, offset))
+        type_id = type_name if isinstance(type_name, int) else GGML_TYPE_BY_NAME[type_name].id
+        f.write(struct.pack("<IQ", type_id, offset))
         offset += -(-len(data) // alignment) * alignment
     f.write(b"\0" * (-f.tell() % alignment))
     for _, _, _, data in tensors:

@@ -1,0 +1,60 @@
+"""`pycompat convert`: the bundled GGUF as a Hugging Face directory gives the
+same model through the safetensors path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import reference
+from pycompat import _kernel
+from pycompat.loading.convert import convert_gguf_to_hf
+from pycompat.loading.gguf_model import load_gguf
+from pycompat.loading.load import default_model_path, load_model
+
+PROMPT = "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("converted") / "smollm2-f32"
+    convert_gguf_to_hf(default_model_path(), out, "f32")
+    return out
+
+
+def logits(model, ids):
+    (raw,) = model.kernel.forward([(model.kernel.new_sequence(), ids)], all_logits=True)
+    return np.frombuffer(raw, np.float32).reshape(len(ids), -1)
+
+
+def test_converted_directory_matches_the_numpy_reference(converted, default_model):
+    # f32 conversion is exact, so the safetensors path must equal the reference on the
+    # GGUF's dequantized weights (which checks the Q/K un-permutation too).
+    spec = load_gguf(default_model_path())
+    weights = {name: np.frombuffer(_kernel.dequantize(dtype, memoryview(data).cast("B"), int(np.prod(shape))), np.float32).reshape(shape)
+               for name, dtype, shape, data in spec.weights.tensors}
+    config = dict(spec.weights.config)
+    spec.release()
+    ids = default_model.tokenizer.encode(PROMPT)[:12]
+    ref = reference.forward(config, weights, ids)
+    ours = logits(load_model(converted), ids)
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-4
+
+
+def test_converted_directory_agrees_with_the_gguf(converted, default_model):
+    hf = load_model(converted)
+    assert hf.tokenizer.encode(PROMPT) == default_model.tokenizer.encode(PROMPT)
+    assert hf.chat_template.render([{"role": "user", "content": "hi"}]) == default_model.chat_template.render([{"role": "user", "content": "hi"}])
+    assert hf.tokenizer.stop_ids == default_model.tokenizer.stop_ids
+    ids = default_model.tokenizer.encode(PROMPT)
+    a, b = logits(hf, ids), logits(default_model, ids)
+    # The GGUF path rounds activations to 8 bits (as llama.cpp does); the f32 directory does not.
+    assert np.abs(a - b).max() / np.abs(a).max() < 0.05
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.9
+
+
+def test_f16_and_bf16_conversions_load(tmp_path, default_model):
+    ids = default_model.tokenizer.encode(PROMPT)
+    for dtype in ("f16", "bf16"):
+        out = convert_gguf_to_hf(default_model_path(), tmp_path / dtype, dtype)
+        assert logits(load_model(out), ids).argmax(1)[-1] == logits(default_model, ids).argmax(1)[-1]

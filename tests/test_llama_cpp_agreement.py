@@ -1,0 +1,82 @@
+"""Our kernel against llama.cpp (llama-cpp-python) on the same GGUF: greedy
+tokens and teacher-forced next-token predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pycompat import _kernel
+
+pytestmark = pytest.mark.peer
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a short poem about autumn.",
+    "Explain what a CPU does in one sentence.",
+    "List three fruits.",
+    "How do I boil an egg?",
+]
+TEXT = (Path(__file__).parent / "data" / "english.txt").read_text()
+
+
+def our_greedy(model, prompt_ids: list[int], n: int) -> list[int]:
+    seq, sampler, out, new = model.kernel.new_sequence(), _kernel.Sampler(temperature=0.0), [], prompt_ids
+    for _ in range(n):
+        (token,) = model.kernel.step([(seq, new, sampler)])
+        out.append(token)
+        new = [token]
+    return out
+
+
+def test_greedy_first_8_tokens_match_on_at_least_4_of_5_prompts(default_model, llama_cpp_model):
+    same = 0
+    for prompt in PROMPTS:
+        ids = default_model.tokenizer.encode(default_model.chat_template.render([{"role": "user", "content": prompt}]))
+        theirs = []
+        for token in llama_cpp_model.generate(ids, temp=0.0, top_k=1, reset=True):
+            theirs.append(token)
+            if len(theirs) == 8:
+                break
+        same += our_greedy(default_model, ids, 8) == theirs
+    print(f"greedy agreement with llama.cpp: {same} of {len(PROMPTS)} prompts (first 8 tokens identical)")
+    assert same >= 4
+
+
+def logits_of_llama_cpp(llama, ids: list[int], one_at_a_time: bool) -> np.ndarray:
+    llama.reset()
+    if one_at_a_time:
+        for t in ids:
+            llama.eval([t])
+    else:
+        llama.eval(ids)
+    return np.array(llama.scores[: len(ids)])
+
+
+def test_teacher_forced_argmax_agrees_with_llama_cpp(default_model, llama_cpp_model):
+    ids = default_model.tokenizer.encode(TEXT)
+    assert len(ids) >= 500
+    (raw,) = default_model.kernel.forward([(default_model.kernel.new_sequence(), ids)], all_logits=True)
+    ours = np.frombuffer(raw, np.float32).reshape(len(ids), -1)
+    batch = logits_of_llama_cpp(llama_cpp_model, ids, one_at_a_time=False)
+    sequential = logits_of_llama_cpp(llama_cpp_model, ids, one_at_a_time=True)
+    agree = float((ours.argmax(1) == batch.argmax(1)).mean())
+    # llama.cpp disagrees with itself (one batch vs token by token) at a few percent of
+    # positions on this Q4_1 model: many next-token choices are near-ties, and its two
+    # paths round differently. We must agree with it at least as well as it agrees with itself.
+    self_agree = float((batch.argmax(1) == sequential.argmax(1)).mean())
+    print(f"teacher-forced argmax agreement over {len(ids)} tokens: ours vs llama.cpp {agree:.2%}; "
+          f"llama.cpp batch vs its own token-by-token {self_agree:.2%}")
+    assert agree >= min(0.98, self_agree)
+
+    def mean_logprob(logits: np.ndarray) -> float:
+        x = logits[:-1].astype(np.float64)
+        x = x - x.max(1, keepdims=True)
+        x = x - np.log(np.exp(x).sum(1, keepdims=True))
+        return float(x[np.arange(len(ids) - 1), ids[1:]].mean())
+
+    ours_lp, theirs_lp = mean_logprob(ours), mean_logprob(batch)
+    print(f"mean log-probability per token: ours {ours_lp:.4f}, llama.cpp {theirs_lp:.4f}")
+    assert abs(ours_lp - theirs_lp) < 0.01 * abs(theirs_lp)
