@@ -16,7 +16,7 @@ from pycompat.engine.stop import StopMatcher
         (["END"], ["abc", "EN", "x"], ["abc", "", "ENx", ""], False),
         (["END"], ["xxENDyy"], ["xx"], True),
         (["\n\n", "User:"], ["Hi", "\n", "\n", "there"], ["Hi", "", "", ""], True),
-        (["\n\n", "User:"], ["Hi", "\n", "U", "ser:"], ["Hi", "", "", ""], True),
+        (["\n\n", "User:"], ["Hi", "\n", "U", "ser:"], ["Hi", "", "\n", ""], True),
         (["ab", "b"], ["xab"], ["x"], True),  # the earliest match wins
         (["aab"], ["a", "a", "a", "b"], ["", "", "a", ""], True),
         ([""], ["text"], ["text", ""], False),  # empty stop strings are ignored
