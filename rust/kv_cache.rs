@@ -14,6 +14,29 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     const ROUNDS: bool;
     fn from_f32(v: f32) -> Self;
     fn to_f32(self) -> f32;
+
+    /// Σ a[i]·b[i], accumulated in f32.
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[Self]) -> f32 {
+        let mut acc = [0f32; 8];
+        let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        for (x, y) in ca.zip(cb) {
+            for l in 0..8 {
+                acc[l] += x[l] * y[l].to_f32();
+            }
+        }
+        let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y.to_f32()).sum();
+        acc.iter().sum::<f32>() + tail
+    }
+
+    /// out[i] += a·x[i]
+    #[inline(always)]
+    fn axpy(a: f32, x: &[Self], out: &mut [f32]) {
+        for (o, v) in out.iter_mut().zip(x) {
+            *o += a * v.to_f32();
+        }
+    }
 }
 
 impl KvElem for f32 {
@@ -30,6 +53,7 @@ impl KvElem for f32 {
 
 /// An f16 value as its bit pattern.
 #[derive(Clone, Copy)]
+#[repr(transparent)]
 pub struct F16(pub u16);
 
 impl KvElem for F16 {
@@ -41,6 +65,35 @@ impl KvElem for F16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16_to_f32(self.0)
+    }
+
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[Self]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if a.len() % 8 == 0 && is_x86_feature_detected!("f16c") && is_x86_feature_detected!("fma") {
+            // SAFETY: features checked; F16 is a transparent u16 and lengths match.
+            return unsafe { crate::simd_avx2::dot_f16(a, std::slice::from_raw_parts(b.as_ptr() as *const u16, b.len())) };
+        }
+        let mut acc = [0f32; 8];
+        for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+            for l in 0..8 {
+                acc[l] += x[l] * y[l].to_f32();
+            }
+        }
+        let n = a.len() / 8 * 8;
+        acc.iter().sum::<f32>() + a[n..].iter().zip(&b[n..]).map(|(x, y)| x * y.to_f32()).sum::<f32>()
+    }
+
+    #[inline(always)]
+    fn axpy(a: f32, x: &[Self], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if out.len() % 8 == 0 && is_x86_feature_detected!("f16c") && is_x86_feature_detected!("fma") {
+            // SAFETY: as in `dot`.
+            return unsafe { crate::simd_avx2::axpy_f16(a, std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()), out) };
+        }
+        for (o, v) in out.iter_mut().zip(x) {
+            *o += a * v.to_f32();
+        }
     }
 }
 

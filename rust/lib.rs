@@ -9,6 +9,7 @@ pub mod model;
 pub mod ops;
 pub mod quant;
 pub mod sampler;
+pub mod simd_avx2;
 pub mod tensor;
 
 #[cfg(feature = "python")]

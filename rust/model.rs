@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 
 use crate::kv_cache::{KvCache, KvElem, Layers, Store};
-use crate::ops::{axpy_kv, dot_kv, matmul, rms_norm, rope_angles, rope_rotate, softmax, swiglu};
+use crate::ops::{matmul, rms_norm, rope_angles, rope_rotate, softmax, swiglu};
 use crate::quant::round_to_f16;
 use crate::tensor::Tensor;
 
@@ -253,12 +253,12 @@ impl Model {
                     *a = round(*b);
                 }
                 for (j, s) in scores[..ctx].iter_mut().enumerate() {
-                    *s = dot_kv(&qv, &keys[j * kv_dim + kv_off..][..hd]) * scale;
+                    *s = T::dot(&qv, &keys[j * kv_dim + kv_off..][..hd]) * scale;
                 }
                 softmax(&mut scores[..ctx]);
                 o.fill(0.0);
                 for (j, &p) in scores[..ctx].iter().enumerate() {
-                    axpy_kv(round(p), &values[j * kv_dim + kv_off..][..hd], o);
+                    T::axpy(round(p), &values[j * kv_dim + kv_off..][..hd], o);
                 }
             }
         });

@@ -9,8 +9,7 @@
 //!   body; the choice is made once per call from the CPU's features.
 //! - Rows are split across rayon's persistent pool in chunks of at least 16.
 
-use crate::kv_cache::KvElem;
-use crate::quant::{dot_q8, Q8Activations};
+use crate::quant::Q8Activations;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -42,29 +41,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc[0] + tail
 }
 
-/// Dot product of f32 values with cache entries, accumulated in f32.
-#[inline(always)]
-pub fn dot_kv<T: KvElem>(a: &[f32], b: &[T]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l].to_f32();
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y.to_f32()).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `out[i] += a * x[i]` for cache entries `x`.
-#[inline(always)]
-pub fn axpy_kv<T: KvElem>(a: f32, x: &[T], out: &mut [f32]) {
-    for (o, v) in out.iter_mut().zip(x) {
-        *o += a * v.to_f32();
-    }
-}
-
 /// What a weight row is multiplied with: f32 activations (float weights), or
 /// activations quantized to 8 bits (block-quantized weights).
 #[derive(Clone, Copy)]
@@ -73,8 +49,10 @@ enum Acts<'a> {
     Q8(&'a Q8Activations),
 }
 
+type DotQ8 = unsafe fn(crate::tensor::DType, &[u8], &[f32], &[f32], &[i8]) -> f32;
+
 #[inline(always)]
-fn rows_body(w: &Tensor, x: Acts, n_tok: usize, first_row: usize, out: &mut [f32], buf: &mut [f32]) {
+fn rows_body(w: &Tensor, x: Acts, n_tok: usize, first_row: usize, out: &mut [f32], buf: &mut [f32], dot_q8: DotQ8) {
     let k = w.cols;
     for (i, o) in out.chunks_exact_mut(n_tok).enumerate() {
         match x {
@@ -88,7 +66,8 @@ fn rows_body(w: &Tensor, x: Acts, n_tok: usize, first_row: usize, out: &mut [f32
                 let row = w.row(first_row + i);
                 for (t, ov) in o.iter_mut().enumerate() {
                     let (d, s, qs) = q.token(t);
-                    *ov = dot_q8(w.dtype, row, d, s, qs);
+                    // SAFETY: the caller passes a dot product its CPU supports.
+                    *ov = unsafe { dot_q8(w.dtype, row, d, s, qs) };
                 }
             }
         }
@@ -98,11 +77,14 @@ fn rows_body(w: &Tensor, x: Acts, n_tok: usize, first_row: usize, out: &mut [f32
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_avx2(w: &Tensor, x: Acts, n_tok: usize, first_row: usize, out: &mut [f32], buf: &mut [f32]) {
-    rows_body(w, x, n_tok, first_row, out, buf)
+    rows_body(w, x, n_tok, first_row, out, buf, crate::simd_avx2::dot_q8)
 }
 
 fn rows_portable(w: &Tensor, x: Acts, n_tok: usize, first_row: usize, out: &mut [f32], buf: &mut [f32]) {
-    rows_body(w, x, n_tok, first_row, out, buf)
+    unsafe fn portable(dtype: crate::tensor::DType, row: &[u8], d: &[f32], s: &[f32], qs: &[i8]) -> f32 {
+        crate::quant::dot_q8(dtype, row, d, s, qs)
+    }
+    rows_body(w, x, n_tok, first_row, out, buf, portable)
 }
 
 type RowsFn = fn(&Tensor, Acts, usize, usize, &mut [f32], &mut [f32]);
