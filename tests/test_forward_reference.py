@@ -65,12 +65,12 @@ def test_gguf_f32_matches_reference(tmp_path):
     check_against_reference(load_model(tmp_path / "m.gguf"), ODD, stored, 1e-4)
 
 
-@pytest.mark.parametrize("kind", ["F16", "Q8_0", "Q4_0", "Q4_1"])
+@pytest.mark.parametrize("kind", ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1"])
 def test_gguf_block_formats_match_reference(tmp_path, kind):
     # Block formats multiply 8-bit-rounded activations (as llama.cpp does), so logits
     # move by about a percent; the reference uses the dequantized weights.
     stored = write_gguf_model(tmp_path / "m.gguf", BLOCKY, random_weights(BLOCKY, VOCAB, seed=4), kind)
-    tol = 3e-3 if kind == "F16" else 3e-2
+    tol = 3e-3 if kind in ("F16", "BF16") else 3e-2
     check_against_reference(load_model(tmp_path / "m.gguf"), BLOCKY, stored, tol)
 
 

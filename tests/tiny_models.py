@@ -122,6 +122,9 @@ def quantize(values: np.ndarray, kind: str) -> bytes:
         return values.astype("<f4").tobytes()
     if kind == "F16":
         return values.astype("<f2").tobytes()
+    if kind == "BF16":  # round to nearest even, keep the top 16 bits
+        bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2").tobytes()
     blocks = values.reshape(-1, 32).astype(np.float32)
     if kind == "Q8_0":
         d = np.abs(blocks).max(1) / 127
@@ -146,6 +149,8 @@ def dequantize(raw: bytes, kind: str, shape: tuple[int, ...]) -> np.ndarray:
         return np.frombuffer(raw, "<f4").reshape(shape)
     if kind == "F16":
         return np.frombuffer(raw, "<f2").astype(np.float32).reshape(shape)
+    if kind == "BF16":
+        return (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
     width = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}[kind]
     b = np.frombuffer(raw, np.uint8).reshape(-1, width)
     d = b[:, :2].copy().view("<f2").astype(np.float32)

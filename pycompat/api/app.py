@@ -58,8 +58,7 @@ class App:
             response = error_response(APIError(405, f"Method {request.method} is not allowed for {request.path}; use {', '.join(methods)}.", code="method_not_allowed"))
             response.headers.append(("allow", ", ".join(methods)))
             return response
-        result = handler(request)
-        return await result if hasattr(result, "__await__") else result
+        return await handler(request)
 
     async def _health(self, request: Request) -> Response:
         return json_response({

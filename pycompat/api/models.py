@@ -7,9 +7,9 @@ from pycompat.api.render import json_response
 from pycompat.http.messages import Response
 
 
-def list_models(registry: Registry) -> Response:
+async def list_models(registry: Registry) -> Response:
     return json_response(registry.list_object())
 
 
-def retrieve_model(registry: Registry, model_id: str) -> Response:
+async def retrieve_model(registry: Registry, model_id: str) -> Response:
     return json_response(registry.model_object(model_id))

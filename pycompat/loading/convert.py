@@ -87,13 +87,13 @@ def convert_gguf_to_hf(src: str | Path, out_dir: str | Path, dtype: str = "f16")
         "hidden_act": "silu",
         "torch_dtype": {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}[dtype],
         "bos_token_id": tok.bos_id,
-        "eos_token_id": md.get("tokenizer.ggml.eos_token_id"),
+        "eos_token_id": tok.eos_id,
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "tokenizer.json").write_text(tok.to_json())
     token_config = {
         "bos_token": tok.bos_text or None,
-        "eos_token": tok.token_text(md["tokenizer.ggml.eos_token_id"]) if "tokenizer.ggml.eos_token_id" in md else None,
+        "eos_token": tok.eos_text or None,
         "add_bos_token": tok.add_bos,
         "chat_template": spec.chat_template,
     }

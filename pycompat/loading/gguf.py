@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from pycompat.loading.errors import ModelFileError
+from pycompat.loading.errors import ModelFileError, map_file
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -171,15 +171,7 @@ def read_gguf(path: str | Path) -> GGUFFile:
     Raises ModelFileError for anything unreadable, truncated or unsupported.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            if size < 24:
-                raise ModelFileError(path, f"too short to be GGUF ({size} bytes)")
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except OSError as e:
-        raise ModelFileError(path, e.strerror or str(e)) from None
-
+    mm, size = map_file(path, 24, "GGUF")
     buf = memoryview(mm)
     cur = _Cursor(buf, path)
     if bytes(cur.take(4)) != MAGIC:

@@ -8,14 +8,13 @@ is size-capped and every range checked against the file before use.
 from __future__ import annotations
 
 import json
-import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pycompat.loading.errors import ModelFileError
+from pycompat.loading.errors import ModelFileError, map_file
 
 MAX_HEADER_BYTES = 100 << 20  # the format's own limit
 
@@ -34,14 +33,7 @@ class SafeTensor:
 def read_safetensors(path: str | Path) -> dict[str, SafeTensor]:
     """Maps a .safetensors file; returns its tensors as views of the mapping."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            if size < 8:
-                raise ModelFileError(path, f"too short to be safetensors ({size} bytes)")
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except OSError as e:
-        raise ModelFileError(path, e.strerror or str(e)) from None
+    mm, size = map_file(path, 8, "safetensors")
     buf = memoryview(mm)
     (header_len,) = struct.unpack("<Q", buf[:8])
     if header_len > MAX_HEADER_BYTES or 8 + header_len > size:

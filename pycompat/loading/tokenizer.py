@@ -61,14 +61,16 @@ class Tokenizer:
         tk: the underlying `tokenizers.Tokenizer`, with special tokens registered.
         bos_id: the beginning-of-sequence token, if the model has one.
         add_bos: whether prompts start with ``bos_id``.
+        eos_id: the model's end-of-sequence token (what chat templates call eos_token).
         stop_ids: token ids that end generation (EOS and end-of-turn tokens).
     """
 
-    def __init__(self, tk: tokenizers.Tokenizer, bos_id: int | None, add_bos: bool, stop_ids: set[int]):
+    def __init__(self, tk: tokenizers.Tokenizer, bos_id: int | None, add_bos: bool, eos_id: int | None, stop_ids: set[int]):
         self._tk = tk
         self.bos_id = bos_id
         self.add_bos = add_bos and bos_id is not None
-        self.stop_ids = frozenset(stop_ids)
+        self.eos_id = eos_id
+        self.stop_ids = frozenset(stop_ids | ({eos_id} if eos_id is not None else set()))
 
     @property
     def vocab_size(self) -> int:
@@ -83,7 +85,7 @@ class Tokenizer:
 
     @property
     def eos_text(self) -> str:
-        return next((self.token_text(i) or "" for i in sorted(self.stop_ids)), "")
+        return (self.token_text(self.eos_id) or "") if self.eos_id is not None else ""
 
     def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
         """Token ids of ``text``, special tokens in it parsed as such.
@@ -141,7 +143,7 @@ class Tokenizer:
         stop_ids = {md[k] for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id") if k in md}
         stop_ids |= {i for i in special if tokens[i] in _END_OF_TURN_TEXTS}
         bos = md.get("tokenizer.ggml.bos_token_id")
-        return cls(tk, bos, bool(md.get("tokenizer.ggml.add_bos_token", False)), stop_ids)
+        return cls(tk, bos, bool(md.get("tokenizer.ggml.add_bos_token", False)), md.get("tokenizer.ggml.eos_token_id"), stop_ids)
 
     @classmethod
     def from_hf_dir(cls, directory: Path, tokenizer_config: dict, generation_config: dict) -> Tokenizer:
@@ -158,9 +160,9 @@ class Tokenizer:
             return tk.token_to_id(text) if isinstance(text, str) else None
 
         bos = token_id(tokenizer_config.get("bos_token"))
-        stop_ids = set()
-        eos = generation_config.get("eos_token_id", token_id(tokenizer_config.get("eos_token")))
-        stop_ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        eos_id = token_id(tokenizer_config.get("eos_token"))
+        eos = generation_config.get("eos_token_id", eos_id)
+        stop_ids = {i for i in (eos if isinstance(eos, list) else [eos]) if isinstance(i, int)}
         for text in _END_OF_TURN_TEXTS:
             tid = tk.token_to_id(text)
             if tid is not None and text in {t.content for t in tk.get_added_tokens_decoder().values() if t.special}:
@@ -168,7 +170,9 @@ class Tokenizer:
         # Whether the tokenizer's own post-processor would start prompts with BOS.
         probe = tk.encode("a", add_special_tokens=True).ids
         add_bos = bool(tokenizer_config.get("add_bos_token", bos is not None and probe[:1] == [bos]))
-        return cls(tk, bos, add_bos, stop_ids)
+        if eos_id is None and stop_ids:
+            eos_id = min(stop_ids)
+        return cls(tk, bos, add_bos, eos_id, stop_ids)
 
     def to_json(self) -> str:
         """tokenizer.json text (used by `pycompat convert`)."""
