@@ -10,6 +10,9 @@ from pathlib import Path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+# Bounds a request that sets no max_tokens and never meets a stop token (small
+# models do loop): at the model's full 8192 that is minutes of generation.
+DEFAULT_CONTEXT = 2048
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,8 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on; 0 picks a free one (default: {DEFAULT_PORT})")
     serve.add_argument("--alias", action="append", default=[], metavar="NAME",
                        help="another model id for the same model, e.g. gpt-3.5-turbo for tools that hard-code one (repeatable)")
-    serve.add_argument("--context-length", type=int, metavar="N",
-                       help="most tokens (prompt + completion) per request (default and maximum: the model's own)")
+    serve.add_argument("--context-length", type=int, default=DEFAULT_CONTEXT, metavar="N",
+                       help=f"most tokens (prompt + completion) per request; a request without max_tokens may "
+                       f"generate up to it (default: {DEFAULT_CONTEXT}, or the model's own context if smaller; "
+                       "at most the model's own)")
     defaults = serve.add_argument_group("sampling defaults", "used when a request leaves the field out "
                                         "(otherwise: the model's recommended values, then OpenAI's defaults)")
     defaults.add_argument("--temperature", type=float, metavar="T")
