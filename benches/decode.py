@@ -72,8 +72,8 @@ def main() -> None:
     print(f"machine: {cpu}, {threads} threads; {platform.platform()}")
     print(f"llama.cpp build: {llama_print_system_info().decode().strip()}")
     print(f"model: {path.name}; prompt {len(prompt)} tokens; {args.decode} greedy tokens; {args.reps} repetitions; medians\n")
-    print(f"| engine | prefill tok/s | decode tok/s |")
-    print(f"|---|---|---|")
+    print("| engine | prefill tok/s | decode tok/s |")
+    print("|---|---|---|")
     med = {name: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs)) for name, rs in results.items()}
     for name, (pre, dec) in med.items():
         print(f"| {name} | {pre:.1f} | {dec:.1f} |")

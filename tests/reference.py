@@ -39,7 +39,7 @@ def forward(cfg: dict, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarra
     x = w["token_embd.weight"][tokens].astype(np.float64)
     mask = np.triu(np.full((n, n), -np.inf), 1)
     for layer in range(cfg["n_layers"]):
-        p = lambda name: w[f"blk.{layer}.{name}.weight"].astype(np.float64)
+        p = lambda name, layer=layer: w[f"blk.{layer}.{name}.weight"].astype(np.float64)
         h = rms_norm(x, p("attn_norm"), eps)
         q = rotate((h @ p("attn_q").T).reshape(n, nh, hd), pos, inv_freq, cfg["rope_neox"])
         k = rotate((h @ p("attn_k").T).reshape(n, nkv, hd), pos, inv_freq, cfg["rope_neox"])
