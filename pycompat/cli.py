@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     defaults.add_argument("--top-p", type=float, metavar="P")
     defaults.add_argument("--top-k", type=int, metavar="K")
     defaults.add_argument("--min-p", type=float, metavar="P")
+    serve.add_argument("--threads", type=int, metavar="N",
+                       help="compute threads (default: the number of cores available to the process)")
     serve.add_argument("--max-body-mb", type=float, default=8, metavar="MB", help="largest request body accepted, in MiB (default: 8)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity (default: info)")
 
@@ -69,15 +71,21 @@ def _serve(args: argparse.Namespace) -> int:
     from pycompat.http.server import Limits, serve
     from pycompat.loading.load import DEFAULT_MODEL_ID, default_model_path, load_model
 
+    from pycompat import _kernel
+
     log = logging.getLogger("pycompat")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit("pycompat: error: --threads must be at least 1")
+        _kernel.set_threads(args.threads)
     path = Path(args.model) if args.model else default_model_path()
     model_id = DEFAULT_MODEL_ID if args.model is None else (path.name if path.is_dir() else path.stem)
     model = load_model(args.model, context_length=args.context_length)
     for name in ("temperature", "top_p", "top_k", "min_p"):
         if getattr(args, name) is not None:
             model.sampling_defaults[name] = getattr(args, name)
-    log.info("loaded %s from %s in %.1f s (context %d tokens, sampling defaults %s)",
-             model.name, path, model.load_seconds, model.context_length, model.sampling_defaults or "OpenAI's")
+    log.info("loaded %s from %s in %.1f s (context %d tokens, %d threads, sampling defaults %s)",
+             model.name, path, model.load_seconds, model.context_length, _kernel.threads(), model.sampling_defaults or "OpenAI's")
     ids = [model_id] + [a for a in args.alias if a != model_id]
     registry = Registry([ServedModel(ids, Engine(model), int(path.stat().st_mtime))])
     limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)))

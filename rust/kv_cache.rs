@@ -72,7 +72,12 @@ impl KvElem for F16 {
         #[cfg(target_arch = "x86_64")]
         if a.len() % 8 == 0 && is_x86_feature_detected!("f16c") && is_x86_feature_detected!("fma") {
             // SAFETY: features checked; F16 is a transparent u16 and lengths match.
-            return unsafe { crate::simd_avx2::dot_f16(a, std::slice::from_raw_parts(b.as_ptr() as *const u16, b.len())) };
+            return unsafe {
+                crate::simd_avx2::dot_f16(
+                    a,
+                    std::slice::from_raw_parts(b.as_ptr() as *const u16, b.len()),
+                )
+            };
         }
         let mut acc = [0f32; 8];
         for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
@@ -81,15 +86,27 @@ impl KvElem for F16 {
             }
         }
         let n = a.len() / 8 * 8;
-        acc.iter().sum::<f32>() + a[n..].iter().zip(&b[n..]).map(|(x, y)| x * y.to_f32()).sum::<f32>()
+        acc.iter().sum::<f32>()
+            + a[n..]
+                .iter()
+                .zip(&b[n..])
+                .map(|(x, y)| x * y.to_f32())
+                .sum::<f32>()
     }
 
     #[inline(always)]
     fn axpy(a: f32, x: &[Self], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if out.len() % 8 == 0 && is_x86_feature_detected!("f16c") && is_x86_feature_detected!("fma") {
+        if out.len() % 8 == 0 && is_x86_feature_detected!("f16c") && is_x86_feature_detected!("fma")
+        {
             // SAFETY: as in `dot`.
-            return unsafe { crate::simd_avx2::axpy_f16(a, std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()), out) };
+            return unsafe {
+                crate::simd_avx2::axpy_f16(
+                    a,
+                    std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()),
+                    out,
+                )
+            };
         }
         for (o, v) in out.iter_mut().zip(x) {
             *o += a * v.to_f32();
@@ -105,7 +122,10 @@ pub struct Layers<T> {
 
 impl<T: KvElem> Layers<T> {
     fn new(n_layers: usize) -> Self {
-        Layers { keys: vec![Vec::new(); n_layers], values: vec![Vec::new(); n_layers] }
+        Layers {
+            keys: vec![Vec::new(); n_layers],
+            values: vec![Vec::new(); n_layers],
+        }
     }
 
     fn truncate(&mut self, len: usize) {
@@ -128,8 +148,16 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(n_layers: usize, kv_dim: usize, f16: bool) -> KvCache {
-        let store = if f16 { Store::F16(Layers::new(n_layers)) } else { Store::F32(Layers::new(n_layers)) };
-        KvCache { store, kv_dim, len: 0 }
+        let store = if f16 {
+            Store::F16(Layers::new(n_layers))
+        } else {
+            Store::F32(Layers::new(n_layers))
+        };
+        KvCache {
+            store,
+            kv_dim,
+            len: 0,
+        }
     }
 
     /// Tokens whose keys and values are cached.

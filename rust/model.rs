@@ -12,10 +12,9 @@
 
 use std::collections::HashMap;
 
-use rayon::prelude::*;
-
 use crate::kv_cache::{KvCache, KvElem, Layers, Store};
 use crate::ops::{matmul, rms_norm, rope_angles, rope_rotate, softmax, swiglu};
+use crate::pool::{self, SendPtr};
 use crate::quant::round_to_f16;
 use crate::tensor::Tensor;
 
@@ -60,15 +59,30 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), KernelError> {
-        let positive = [self.dim, self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim, self.ffn_dim, self.vocab_size];
+        let positive = [
+            self.dim,
+            self.n_layers,
+            self.n_heads,
+            self.n_kv_heads,
+            self.head_dim,
+            self.ffn_dim,
+            self.vocab_size,
+        ];
         if positive.contains(&0) || self.max_seq_len == 0 {
             return err(format!("config has a zero size: {self:?}"));
         }
         if self.n_heads % self.n_kv_heads != 0 {
-            return err(format!("{} heads do not divide into {} KV heads", self.n_heads, self.n_kv_heads));
+            return err(format!(
+                "{} heads do not divide into {} KV heads",
+                self.n_heads, self.n_kv_heads
+            ));
         }
         if self.rope_inv_freq.len() * 2 > self.head_dim {
-            return err(format!("{} rotary pairs do not fit a head of {}", self.rope_inv_freq.len(), self.head_dim));
+            return err(format!(
+                "{} rotary pairs do not fit a head of {}",
+                self.rope_inv_freq.len(),
+                self.head_dim
+            ));
         }
         Ok(())
     }
@@ -88,7 +102,7 @@ struct Layer {
 
 pub struct Model {
     pub cfg: Config,
-    embed: Tensor,           // (vocab, dim)
+    embed: Tensor, // (vocab, dim)
     layers: Vec<Layer>,
     out_norm: Vec<f32>,      // (dim)
     lm_head: Option<Tensor>, // (vocab, dim); None when tied to `embed`
@@ -106,12 +120,23 @@ impl Model {
     /// Builds the model from tensors named as in GGUF. Checks every shape.
     pub fn new(cfg: Config, mut tensors: HashMap<String, Tensor>) -> Result<Model, KernelError> {
         cfg.validate()?;
-        let (d, q, kv, f, v) = (cfg.dim, cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim, cfg.vocab_size);
+        let (d, q, kv, f, v) = (
+            cfg.dim,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.ffn_dim,
+            cfg.vocab_size,
+        );
         let tied = !tensors.contains_key("output.weight");
         let mut take = |name: &str, rows: usize, cols: usize| -> Result<Tensor, KernelError> {
-            let t = tensors.remove(name).ok_or_else(|| KernelError(format!("missing tensor {name}")))?;
+            let t = tensors
+                .remove(name)
+                .ok_or_else(|| KernelError(format!("missing tensor {name}")))?;
             if (t.rows, t.cols) != (rows, cols) {
-                return err(format!("tensor {name} is [{}, {}], expected [{rows}, {cols}]", t.rows, t.cols));
+                return err(format!(
+                    "tensor {name} is [{}, {}], expected [{rows}, {cols}]",
+                    t.rows, t.cols
+                ));
             }
             Ok(t)
         };
@@ -132,8 +157,18 @@ impl Model {
                 w_down: take(&n("ffn_down"), d, f)?,
             });
         }
-        let lm_head = if tied { None } else { Some(take("output.weight", v, d)?) };
-        Ok(Model { cfg, embed, layers, out_norm, lm_head })
+        let lm_head = if tied {
+            None
+        } else {
+            Some(take("output.weight", v, d)?)
+        };
+        Ok(Model {
+            cfg,
+            embed,
+            layers,
+            out_norm,
+            lm_head,
+        })
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -148,15 +183,28 @@ impl Model {
             if s.tokens.is_empty() {
                 return err(format!("sequence {i} has no new tokens"));
             }
-            if let Some(bad) = s.tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-                return err(format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab_size));
+            if let Some(bad) = s
+                .tokens
+                .iter()
+                .find(|&&t| t as usize >= self.cfg.vocab_size)
+            {
+                return err(format!(
+                    "token id {bad} is outside the vocabulary of {}",
+                    self.cfg.vocab_size
+                ));
             }
             let total = s.cache.len() + s.tokens.len();
             if total > self.cfg.max_seq_len {
-                return err(format!("sequence {i} would hold {total} tokens, the context is {}", self.cfg.max_seq_len));
+                return err(format!(
+                    "sequence {i} would hold {total} tokens, the context is {}",
+                    self.cfg.max_seq_len
+                ));
             }
         }
-        Ok(batch.iter_mut().map(|s| self.forward_one(s.cache, s.tokens, s.all_logits)).collect())
+        Ok(batch
+            .iter_mut()
+            .map(|s| self.forward_one(s.cache, s.tokens, s.all_logits))
+            .collect())
     }
 
     fn forward_one(&self, cache: &mut KvCache, tokens: &[u32], all_logits: bool) -> Vec<f32> {
@@ -173,11 +221,20 @@ impl Model {
         let (mut cos, mut sin) = (vec![0f32; n * half], vec![0f32; n * half]);
         for i in 0..n {
             let span = i * half..(i + 1) * half;
-            rope_angles(pos0 + i, &c.rope_inv_freq, &mut cos[span.clone()], &mut sin[span]);
+            rope_angles(
+                pos0 + i,
+                &c.rope_inv_freq,
+                &mut cos[span.clone()],
+                &mut sin[span],
+            );
         }
 
         let mut xn = vec![0f32; n * dim];
-        let (mut q, mut k, mut v) = (vec![0f32; n * q_dim], vec![0f32; n * kv_dim], vec![0f32; n * kv_dim]);
+        let (mut q, mut k, mut v) = (
+            vec![0f32; n * q_dim],
+            vec![0f32; n * kv_dim],
+            vec![0f32; n * kv_dim],
+        );
         let mut attn = vec![0f32; n * q_dim];
         let mut proj = vec![0f32; n * dim];
         let (mut gate, mut up) = (vec![0f32; n * c.ffn_dim], vec![0f32; n * c.ffn_dim]);
@@ -188,7 +245,10 @@ impl Model {
             matmul(&layer.wk, &xn, n, &mut k);
             matmul(&layer.wv, &xn, n, &mut v);
             for i in 0..n {
-                let (cs, sn) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
+                let (cs, sn) = (
+                    &cos[i * half..(i + 1) * half],
+                    &sin[i * half..(i + 1) * half],
+                );
                 for head in q[i * q_dim..(i + 1) * q_dim].chunks_exact_mut(hd) {
                     rope_rotate(head, cs, sn, c.rope_neox);
                 }
@@ -197,8 +257,12 @@ impl Model {
                 }
             }
             match &mut cache.store {
-                Store::F32(layers) => self.append_and_attend(layers, l, &q, &k, &v, pos0, n, &mut attn),
-                Store::F16(layers) => self.append_and_attend(layers, l, &q, &k, &v, pos0, n, &mut attn),
+                Store::F32(layers) => {
+                    self.append_and_attend(layers, l, &q, &k, &v, pos0, n, &mut attn)
+                }
+                Store::F16(layers) => {
+                    self.append_and_attend(layers, l, &q, &k, &v, pos0, n, &mut attn)
+                }
             }
             matmul(&layer.wo, &attn, n, &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
@@ -217,12 +281,27 @@ impl Model {
         let mut normed = vec![0f32; rows * dim];
         rms_norm(&x[first * dim..], &self.out_norm, c.norm_eps, &mut normed);
         let mut logits = vec![0f32; rows * c.vocab_size];
-        matmul(self.lm_head.as_ref().unwrap_or(&self.embed), &normed, rows, &mut logits);
+        matmul(
+            self.lm_head.as_ref().unwrap_or(&self.embed),
+            &normed,
+            rows,
+            &mut logits,
+        );
         logits
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn append_and_attend<T: KvElem>(&self, layers: &mut Layers<T>, l: usize, q: &[f32], k: &[f32], v: &[f32], pos0: usize, n: usize, out: &mut [f32]) {
+    fn append_and_attend<T: KvElem>(
+        &self,
+        layers: &mut Layers<T>,
+        l: usize,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        pos0: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
         layers.keys[l].extend(k.iter().map(|&x| T::from_f32(x)));
         layers.values[l].extend(v.iter().map(|&x| T::from_f32(x)));
         self.attention(q, &layers.keys[l], &layers.values[l], pos0, n, out);
@@ -234,7 +313,15 @@ impl Model {
     ///
     /// With an f16 cache, rounding follows llama.cpp's (non-flash) attention, which
     /// multiplies in f16: queries and softmax weights are rounded to f16 first.
-    fn attention<T: KvElem>(&self, q: &[f32], keys: &[T], values: &[T], pos0: usize, n: usize, out: &mut [f32]) {
+    fn attention<T: KvElem>(
+        &self,
+        q: &[f32],
+        keys: &[T],
+        values: &[T],
+        pos0: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
         let round = |x: f32| if T::ROUNDS { round_to_f16(x) } else { x };
         let c = &self.cfg;
         let (hd, q_dim, kv_dim) = (c.head_dim, c.q_dim(), c.kv_dim());
@@ -243,22 +330,28 @@ impl Model {
 
         // Heads run in parallel, each into its own (n, head_dim) slab.
         let mut by_head = vec![0f32; c.n_heads * n * hd];
-        by_head.par_chunks_mut(n * hd).enumerate().for_each(|(h, slab)| {
-            let kv_off = (h / group) * hd;
-            let mut scores = vec![0f32; pos0 + n];
-            let mut qv = vec![0f32; hd];
-            for (i, o) in slab.chunks_exact_mut(hd).enumerate() {
-                let ctx = pos0 + i + 1;
-                for (a, b) in qv.iter_mut().zip(&q[i * q_dim + h * hd..][..hd]) {
-                    *a = round(*b);
-                }
-                for (j, s) in scores[..ctx].iter_mut().enumerate() {
-                    *s = T::dot(&qv, &keys[j * kv_dim + kv_off..][..hd]) * scale;
-                }
-                softmax(&mut scores[..ctx]);
-                o.fill(0.0);
-                for (j, &p) in scores[..ctx].iter().enumerate() {
-                    T::axpy(round(p), &values[j * kv_dim + kv_off..][..hd], o);
+        let slabs = SendPtr(by_head.as_mut_ptr());
+        pool::global().run(&|part, parts| {
+            for h in pool::split(c.n_heads, part, parts, 1) {
+                // SAFETY: each head's slab is written by the one part that owns the head.
+                let slab =
+                    unsafe { std::slice::from_raw_parts_mut(slabs.get().add(h * n * hd), n * hd) };
+                let kv_off = (h / group) * hd;
+                let mut scores = vec![0f32; pos0 + n];
+                let mut qv = vec![0f32; hd];
+                for (i, o) in slab.chunks_exact_mut(hd).enumerate() {
+                    let ctx = pos0 + i + 1;
+                    for (a, b) in qv.iter_mut().zip(&q[i * q_dim + h * hd..][..hd]) {
+                        *a = round(*b);
+                    }
+                    for (j, s) in scores[..ctx].iter_mut().enumerate() {
+                        *s = T::dot(&qv, &keys[j * kv_dim + kv_off..][..hd]) * scale;
+                    }
+                    softmax(&mut scores[..ctx]);
+                    o.fill(0.0);
+                    for (j, &p) in scores[..ctx].iter().enumerate() {
+                        T::axpy(round(p), &values[j * kv_dim + kv_off..][..hd], o);
+                    }
                 }
             }
         });

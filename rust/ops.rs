@@ -7,11 +7,11 @@
 //!   call however many tokens there are (prefill reuses it T times).
 //! - The row loop is compiled twice, portable and AVX2+FMA, from one generic
 //!   body; the choice is made once per call from the CPU's features.
-//! - Rows are split across rayon's persistent pool in chunks of at least 16.
+//! - Rows are split evenly across the kernel's own thread pool (`pool.rs`).
 
+use crate::pool::{self, SendPtr};
 use crate::quant::Q8Activations;
 use crate::tensor::Tensor;
-use rayon::prelude::*;
 
 /// f32 dot product with 16 independent accumulators, so the compiler can keep
 /// them in vector registers (a single accumulator would serialize on its latency).
@@ -52,7 +52,15 @@ enum Acts<'a> {
 type DotQ8 = unsafe fn(crate::tensor::DType, &[u8], &[f32], &[f32], &[i8]) -> f32;
 
 #[inline(always)]
-fn rows_body(w: &Tensor, x: Acts, n_tok: usize, first_row: usize, out: &mut [f32], buf: &mut [f32], dot_q8: DotQ8) {
+fn rows_body(
+    w: &Tensor,
+    x: Acts,
+    n_tok: usize,
+    first_row: usize,
+    out: &mut [f32],
+    buf: &mut [f32],
+    dot_q8: DotQ8,
+) {
     let k = w.cols;
     for (i, o) in out.chunks_exact_mut(n_tok).enumerate() {
         match x {
@@ -76,12 +84,32 @@ fn rows_body(w: &Tensor, x: Acts, n_tok: usize, first_row: usize, out: &mut [f32
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_avx2(w: &Tensor, x: Acts, n_tok: usize, first_row: usize, out: &mut [f32], buf: &mut [f32]) {
+unsafe fn rows_avx2(
+    w: &Tensor,
+    x: Acts,
+    n_tok: usize,
+    first_row: usize,
+    out: &mut [f32],
+    buf: &mut [f32],
+) {
     rows_body(w, x, n_tok, first_row, out, buf, crate::simd_avx2::dot_q8)
 }
 
-fn rows_portable(w: &Tensor, x: Acts, n_tok: usize, first_row: usize, out: &mut [f32], buf: &mut [f32]) {
-    unsafe fn portable(dtype: crate::tensor::DType, row: &[u8], d: &[f32], s: &[f32], qs: &[i8]) -> f32 {
+fn rows_portable(
+    w: &Tensor,
+    x: Acts,
+    n_tok: usize,
+    first_row: usize,
+    out: &mut [f32],
+    buf: &mut [f32],
+) {
+    unsafe fn portable(
+        dtype: crate::tensor::DType,
+        row: &[u8],
+        d: &[f32],
+        s: &[f32],
+        qs: &[i8],
+    ) -> f32 {
         crate::quant::dot_q8(dtype, row, d, s, qs)
     }
     rows_body(w, x, n_tok, first_row, out, buf, portable)
@@ -92,7 +120,11 @@ type RowsFn = fn(&Tensor, Acts, usize, usize, &mut [f32], &mut [f32]);
 fn pick_rows_fn(allow_simd: bool) -> RowsFn {
     #[cfg(target_arch = "x86_64")]
     {
-        if allow_simd && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+        if allow_simd
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
             // SAFETY: the features rows_avx2 is compiled for are present on this CPU.
             return |w, x, n, r, o, b| unsafe { rows_avx2(w, x, n, r, o, b) };
         }
@@ -102,16 +134,25 @@ fn pick_rows_fn(allow_simd: bool) -> RowsFn {
 }
 
 /// `out[t, n] = Σ_k x[t, k] · w[n, k]` for `n_tok` tokens: x is [n_tok, w.cols],
-/// out is [n_tok, w.rows]. Runs on rayon's pool.
+/// out is [n_tok, w.rows]. Runs on the kernel's thread pool.
 pub fn matmul(w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) {
     matmul_with(w, x, n_tok, out, true)
 }
 
 /// `matmul`, optionally forcing the portable code path (for tests comparing paths).
 pub fn matmul_with(w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32], allow_simd: bool) {
-    assert_eq!(x.len(), n_tok * w.cols, "matmul: activations do not match the weight's columns");
-    assert_eq!(out.len(), n_tok * w.rows, "matmul: output does not match the weight's rows");
+    assert_eq!(
+        x.len(),
+        n_tok * w.cols,
+        "matmul: activations do not match the weight's columns"
+    );
+    assert_eq!(
+        out.len(),
+        n_tok * w.rows,
+        "matmul: output does not match the weight's rows"
+    );
     let rows_fn = pick_rows_fn(allow_simd);
+    let pool = pool::global();
     let mut q8 = Q8Activations::new();
     let acts = if w.dtype.is_quantized() {
         q8.quantize(x, w.cols);
@@ -119,20 +160,31 @@ pub fn matmul_with(w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32], allow_s
     } else {
         Acts::F32(x)
     };
-    let threads = rayon::current_num_threads().max(1);
-    let rows_per_task = (w.rows / (threads * 8)).max(16);
-
-    // Each task writes whole weight rows: with one token that is `out` itself;
+    // Each thread writes whole weight rows: with one token that is `out` itself;
     // with several, a row-major [rows, n_tok] buffer transposed at the end.
-    let mut transposed = if n_tok == 1 { Vec::new() } else { vec![0f32; out.len()] };
+    let mut transposed = if n_tok == 1 {
+        Vec::new()
+    } else {
+        vec![0f32; out.len()]
+    };
     let target: &mut [f32] = if n_tok == 1 { out } else { &mut transposed };
-    target
-        .par_chunks_mut(rows_per_task * n_tok)
-        .enumerate()
-        .for_each_init(
-            || vec![0f32; w.cols],
-            |buf, (task, chunk)| rows_fn(w, acts, n_tok, task * rows_per_task, chunk, buf),
-        );
+    let target_ptr = SendPtr(target.as_mut_ptr());
+    pool.run(&|part, parts| {
+        let rows = pool::split(w.rows, part, parts, 4);
+        // SAFETY: the row ranges of different parts are disjoint, and `target` outlives `run`.
+        let chunk = unsafe {
+            std::slice::from_raw_parts_mut(
+                target_ptr.get().add(rows.start * n_tok),
+                rows.len() * n_tok,
+            )
+        };
+        let mut buf = if matches!(acts, Acts::F32(_)) {
+            vec![0f32; w.cols]
+        } else {
+            Vec::new()
+        };
+        rows_fn(w, acts, n_tok, rows.start, chunk, &mut buf);
+    });
     if n_tok > 1 {
         for (r, row) in transposed.chunks_exact(n_tok).enumerate() {
             for (t, v) in row.iter().enumerate() {
@@ -170,7 +222,11 @@ pub fn rope_angles(pos: usize, inv_freq: &[f32], cos: &mut [f32], sin: &mut [f32
 pub fn rope_rotate(head: &mut [f32], cos: &[f32], sin: &[f32], neox: bool) {
     let half = cos.len();
     for i in 0..half {
-        let (a, b) = if neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
+        let (a, b) = if neox {
+            (i, i + half)
+        } else {
+            (2 * i, 2 * i + 1)
+        };
         let (x0, x1) = (head[a], head[b]);
         head[a] = x0 * cos[i] - x1 * sin[i];
         head[b] = x0 * sin[i] + x1 * cos[i];
@@ -206,7 +262,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -216,7 +274,10 @@ mod tests {
     fn q8_rounded(x: &[f32], cols: usize) -> Vec<f32> {
         let mut q = Q8Activations::new();
         q.quantize(x, cols);
-        x.iter().enumerate().map(|(i, _)| q.d[i / 32] * q.qs[i] as f32).collect()
+        x.iter()
+            .enumerate()
+            .map(|(i, _)| q.d[i / 32] * q.qs[i] as f32)
+            .collect()
     }
 
     #[test]
@@ -231,8 +292,21 @@ mod tests {
     #[test]
     fn matmul_paths_agree_with_reference_for_every_dtype() {
         let (rows, cols) = (37, 96);
-        for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1] {
-            let w = Tensor::new(dtype, rows, cols, quantize(dtype, &pseudo_random(rows * cols, 3))).unwrap();
+        for dtype in [
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4_1,
+        ] {
+            let w = Tensor::new(
+                dtype,
+                rows,
+                cols,
+                quantize(dtype, &pseudo_random(rows * cols, 3)),
+            )
+            .unwrap();
             let wf = w.to_f32();
             for n_tok in [1, 3] {
                 let x = pseudo_random(n_tok * cols, 4);
@@ -241,17 +315,30 @@ mod tests {
                 matmul_with(&w, &x, n_tok, &mut portable, false);
                 // Quantized weights meet activations rounded to 8 bits, as in ggml: the
                 // reference uses those same rounded activations.
-                let xr = if dtype.is_quantized() { q8_rounded(&x, cols) } else { x.clone() };
+                let xr = if dtype.is_quantized() {
+                    q8_rounded(&x, cols)
+                } else {
+                    x.clone()
+                };
                 for t in 0..n_tok {
                     for r in 0..rows {
                         let dot_with = |xs: &[f32]| -> f64 {
-                            (0..cols).map(|k| wf[r * cols + k] as f64 * xs[t * cols + k] as f64).sum()
+                            (0..cols)
+                                .map(|k| wf[r * cols + k] as f64 * xs[t * cols + k] as f64)
+                                .sum()
                         };
                         let (s, p) = (simd[t * rows + r] as f64, portable[t * rows + r] as f64);
-                
+
                         let tol = if dtype == DType::Q4_1 { 1e-2 } else { 1e-4 }; // Q4_1: s = d·Σq is kept at f16 precision
-                        assert!((s - dot_with(&xr)).abs() < tol, "{dtype:?} simd {s} vs {}", dot_with(&xr));
-                        assert!((s - dot_with(&x)).abs() < 0.05, "{dtype:?} drifts from exact f32");
+                        assert!(
+                            (s - dot_with(&xr)).abs() < tol,
+                            "{dtype:?} simd {s} vs {}",
+                            dot_with(&xr)
+                        );
+                        assert!(
+                            (s - dot_with(&x)).abs() < 0.05,
+                            "{dtype:?} drifts from exact f32"
+                        );
                         assert!((s - p).abs() < 1e-4, "{dtype:?} simd {s} vs portable {p}");
                     }
                 }

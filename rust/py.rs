@@ -17,7 +17,12 @@ use crate::model::{Config, KernelError as CoreError, Model, SeqInput};
 use crate::sampler::{Sampler as CoreSampler, SamplingParams};
 use crate::tensor::{DType, Tensor};
 
-create_exception!(_kernel, KernelError, PyException, "An invalid model or request reached the kernel.");
+create_exception!(
+    _kernel,
+    KernelError,
+    PyException,
+    "An invalid model or request reached the kernel."
+);
 
 fn kernel_err(e: impl std::fmt::Display) -> PyErr {
     KernelError::new_err(e.to_string())
@@ -31,7 +36,9 @@ impl From<CoreError> for PyErr {
 
 fn item<'py, T: for<'a> FromPyObject<'a, 'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<T> {
     match d.get_item(key)? {
-        Some(v) => v.extract::<T>().map_err(|_| kernel_err(format!("config[{key:?}] has the wrong type"))),
+        Some(v) => v
+            .extract::<T>()
+            .map_err(|_| kernel_err(format!("config[{key:?}] has the wrong type"))),
         None => Err(kernel_err(format!("config is missing {key:?}"))),
     }
 }
@@ -82,8 +89,15 @@ impl Sampler {
     #[new]
     #[pyo3(signature = (temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=0))]
     fn new(temperature: f32, top_p: f32, top_k: usize, min_p: f32, seed: u64) -> Self {
-        let params = SamplingParams { temperature, top_p, top_k, min_p };
-        Sampler { inner: CoreSampler::new(params, seed) }
+        let params = SamplingParams {
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+        };
+        Sampler {
+            inner: CoreSampler::new(params, seed),
+        }
     }
 }
 
@@ -95,7 +109,8 @@ struct KernelModel {
 
 fn f32_bytes<'py>(py: Python<'py>, v: &[f32]) -> Bound<'py, PyBytes> {
     let mut raw = Vec::with_capacity(v.len() * 4);
-    v.iter().for_each(|x| raw.extend_from_slice(&x.to_le_bytes()));
+    v.iter()
+        .for_each(|x| raw.extend_from_slice(&x.to_le_bytes()));
     PyBytes::new(py, &raw)
 }
 
@@ -104,20 +119,32 @@ impl KernelModel {
     /// `tensors`: (name, dtype name, shape, buffer of raw bytes) for each weight,
     /// named as in GGUF. Bytes are copied once into the kernel's own memory.
     #[new]
-    fn new(py: Python<'_>, config: &Bound<'_, PyDict>, tensors: Vec<(String, String, Vec<usize>, PyBuffer<u8>)>) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        config: &Bound<'_, PyDict>,
+        tensors: Vec<(String, String, Vec<usize>, PyBuffer<u8>)>,
+    ) -> PyResult<Self> {
         let cfg = config_from_dict(config)?;
         let mut map = HashMap::with_capacity(tensors.len());
         for (name, dtype_name, shape, buffer) in tensors {
-            let dtype = DType::parse(&dtype_name).ok_or_else(|| kernel_err(format!("{name}: unsupported dtype {dtype_name}")))?;
+            let dtype = DType::parse(&dtype_name)
+                .ok_or_else(|| kernel_err(format!("{name}: unsupported dtype {dtype_name}")))?;
             let (rows, cols) = match shape[..] {
                 [c] => (1, c),
                 [r, c] => (r, c),
-                _ => return Err(kernel_err(format!("{name}: shape {shape:?} is not 1-D or 2-D"))),
+                _ => {
+                    return Err(kernel_err(format!(
+                        "{name}: shape {shape:?} is not 1-D or 2-D"
+                    )))
+                }
             };
-            let tensor = Tensor::new(dtype, rows, cols, buffer.to_vec(py)?).map_err(|e| kernel_err(format!("{name}: {e}")))?;
+            let tensor = Tensor::new(dtype, rows, cols, buffer.to_vec(py)?)
+                .map_err(|e| kernel_err(format!("{name}: {e}")))?;
             map.insert(name, tensor);
         }
-        Ok(KernelModel { inner: py.detach(|| Model::new(cfg, map))? })
+        Ok(KernelModel {
+            inner: py.detach(|| Model::new(cfg, map))?,
+        })
     }
 
     #[getter]
@@ -131,7 +158,9 @@ impl KernelModel {
     }
 
     fn new_sequence(&self) -> Sequence {
-        Sequence { cache: self.inner.new_cache() }
+        Sequence {
+            cache: self.inner.new_cache(),
+        }
     }
 
     /// One forward step over a batch of (sequence, new token ids).
@@ -146,7 +175,11 @@ impl KernelModel {
     ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
         let mut inputs: Vec<SeqInput> = batch
             .iter_mut()
-            .map(|(seq, tokens)| SeqInput { cache: &mut seq.cache, tokens, all_logits })
+            .map(|(seq, tokens)| SeqInput {
+                cache: &mut seq.cache,
+                tokens,
+                all_logits,
+            })
             .collect();
         let logits = py.detach(|| self.inner.forward(&mut inputs))?;
         Ok(logits.iter().map(|l| f32_bytes(py, l)).collect())
@@ -154,16 +187,28 @@ impl KernelModel {
 
     /// One forward step over a batch of (sequence, new token ids, sampler);
     /// returns the next token chosen for each sequence.
-    fn step<'py>(&self, py: Python<'py>, mut batch: Vec<(PyRefMut<'py, Sequence>, Vec<u32>, PyRefMut<'py, Sampler>)>) -> PyResult<Vec<u32>> {
+    fn step<'py>(
+        &self,
+        py: Python<'py>,
+        mut batch: Vec<(PyRefMut<'py, Sequence>, Vec<u32>, PyRefMut<'py, Sampler>)>,
+    ) -> PyResult<Vec<u32>> {
         let mut inputs = Vec::with_capacity(batch.len());
         let mut samplers = Vec::with_capacity(batch.len());
         for (seq, tokens, sampler) in batch.iter_mut() {
-            inputs.push(SeqInput { cache: &mut seq.cache, tokens, all_logits: false });
+            inputs.push(SeqInput {
+                cache: &mut seq.cache,
+                tokens,
+                all_logits: false,
+            });
             samplers.push(&mut sampler.inner);
         }
         let chosen = py.detach(|| -> Result<Vec<u32>, CoreError> {
             let logits = self.inner.forward(&mut inputs)?;
-            Ok(logits.iter().zip(samplers.iter_mut()).map(|(l, s)| s.sample(l)).collect())
+            Ok(logits
+                .iter()
+                .zip(samplers.iter_mut())
+                .map(|(l, s)| s.sample(l))
+                .collect())
         })?;
         Ok(chosen)
     }
@@ -172,19 +217,43 @@ impl KernelModel {
 /// Dequantizes `count` elements of `dtype` from `data` into f32 bytes
 /// (used by `pycompat convert`, so conversion decodes exactly as inference does).
 #[pyfunction]
-fn dequantize<'py>(py: Python<'py>, dtype: &str, data: PyBuffer<u8>, count: usize) -> PyResult<Bound<'py, PyBytes>> {
-    let dtype = DType::parse(dtype).ok_or_else(|| kernel_err(format!("unsupported dtype {dtype}")))?;
+fn dequantize<'py>(
+    py: Python<'py>,
+    dtype: &str,
+    data: PyBuffer<u8>,
+    count: usize,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let dtype =
+        DType::parse(dtype).ok_or_else(|| kernel_err(format!("unsupported dtype {dtype}")))?;
     let raw = data.to_vec(py)?;
     if dtype.nbytes(count) != Some(raw.len()) {
-        return Err(kernel_err(format!("{} bytes are not {count} elements of {dtype:?}", raw.len())));
+        return Err(kernel_err(format!(
+            "{} bytes are not {count} elements of {dtype:?}",
+            raw.len()
+        )));
     }
     let mut out = vec![0f32; count];
     py.detach(|| crate::quant::dequantize(dtype, &raw, &mut out));
     Ok(f32_bytes(py, &out))
 }
 
+/// Sets the number of compute threads. Must come before the first forward pass;
+/// returns False if the pool has already started.
+#[pyfunction]
+fn set_threads(n: usize) -> bool {
+    crate::pool::configure(n)
+}
+
+/// The number of compute threads (starting the pool if needed).
+#[pyfunction]
+fn threads() -> usize {
+    crate::pool::global().threads()
+}
+
 #[pymodule]
 fn _kernel(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(set_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(threads, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_class::<KernelModel>()?;
     m.add_class::<Sequence>()?;

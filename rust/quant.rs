@@ -11,7 +11,8 @@ use half::{bf16, f16};
 
 /// Every f16 bit pattern's f32 value. A lookup is cheaper than converting in
 /// software, and exact; ggml uses the same device on CPUs without F16C.
-static F16_TABLE: LazyLock<Box<[f32]>> = LazyLock::new(|| (0..=u16::MAX).map(|b| f16::from_bits(b).to_f32()).collect());
+static F16_TABLE: LazyLock<Box<[f32]>> =
+    LazyLock::new(|| (0..=u16::MAX).map(|b| f16::from_bits(b).to_f32()).collect());
 
 #[inline(always)]
 pub fn f16_to_f32(bits: u16) -> f32 {
@@ -41,15 +42,20 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
 /// and 32 signed bytes. Integer block products then replace f32 ones, and our
 /// logits round the way llama.cpp's do.
 pub struct Q8Activations {
-    pub d: Vec<f32>,  // (tokens · blocks)
-    pub s: Vec<f32>,  // (tokens · blocks)
-    pub qs: Vec<i8>,  // (tokens · cols)
+    pub d: Vec<f32>, // (tokens · blocks)
+    pub s: Vec<f32>, // (tokens · blocks)
+    pub qs: Vec<i8>, // (tokens · cols)
     pub cols: usize,
 }
 
 impl Q8Activations {
     pub fn new() -> Self {
-        Q8Activations { d: Vec::new(), s: Vec::new(), qs: Vec::new(), cols: 0 }
+        Q8Activations {
+            d: Vec::new(),
+            s: Vec::new(),
+            qs: Vec::new(),
+            cols: 0,
+        }
     }
 
     /// Quantizes `x` (rows of `cols` values, `cols` a multiple of 32), reusing the buffers.
@@ -79,7 +85,11 @@ impl Q8Activations {
     #[inline(always)]
     pub fn token(&self, t: usize) -> (&[f32], &[f32], &[i8]) {
         let nb = self.cols / 32;
-        (&self.d[t * nb..(t + 1) * nb], &self.s[t * nb..(t + 1) * nb], &self.qs[t * self.cols..(t + 1) * self.cols])
+        (
+            &self.d[t * nb..(t + 1) * nb],
+            &self.s[t * nb..(t + 1) * nb],
+            &self.qs[t * self.cols..(t + 1) * self.cols],
+        )
     }
 }
 
@@ -111,7 +121,8 @@ pub fn dot_q8(dtype: DType, row: &[u8], d: &[f32], s: &[f32], qs: &[i8]) -> f32 
                 let mut isum = 0i32;
                 for j in 0..16 {
                     let byte = blk[2 + j];
-                    isum += ((byte & 0x0F) as i32 - 8) * q[j] as i32 + ((byte >> 4) as i32 - 8) * q[j + 16] as i32;
+                    isum += ((byte & 0x0F) as i32 - 8) * q[j] as i32
+                        + ((byte >> 4) as i32 - 8) * q[j + 16] as i32;
                 }
                 acc += f16_at(blk, 0) * d[b] * isum as f32;
             }
@@ -123,7 +134,8 @@ pub fn dot_q8(dtype: DType, row: &[u8], d: &[f32], s: &[f32], qs: &[i8]) -> f32 
                 let mut isum = 0i32;
                 for j in 0..16 {
                     let byte = blk[4 + j];
-                    isum += (byte & 0x0F) as i32 * q[j] as i32 + (byte >> 4) as i32 * q[j + 16] as i32;
+                    isum +=
+                        (byte & 0x0F) as i32 * q[j] as i32 + (byte >> 4) as i32 * q[j + 16] as i32;
                 }
                 acc += f16_at(blk, 0) * d[b] * isum as f32;
                 mins += f16_at(blk, 2) * s[b];
@@ -194,8 +206,12 @@ pub fn quantize(dtype: DType, src: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(dtype.nbytes(src.len()).unwrap_or(0));
     match dtype {
         DType::F32 => src.iter().for_each(|v| out.extend(v.to_le_bytes())),
-        DType::F16 => src.iter().for_each(|v| out.extend(f16::from_f32(*v).to_le_bytes())),
-        DType::BF16 => src.iter().for_each(|v| out.extend(bf16::from_f32(*v).to_le_bytes())),
+        DType::F16 => src
+            .iter()
+            .for_each(|v| out.extend(f16::from_f32(*v).to_le_bytes())),
+        DType::BF16 => src
+            .iter()
+            .for_each(|v| out.extend(bf16::from_f32(*v).to_le_bytes())),
         DType::Q8_0 => {
             for block in src.chunks_exact(32) {
                 let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -208,7 +224,9 @@ pub fn quantize(dtype: DType, src: &[f32]) -> Vec<u8> {
         DType::Q4_0 => {
             for block in src.chunks_exact(32) {
                 // The value of largest magnitude, with its sign, maps to -8.
-                let max = block.iter().fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
+                let max = block
+                    .iter()
+                    .fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
                 let d = max / -8.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 out.extend(f16::from_f32(d).to_le_bytes());
@@ -237,12 +255,17 @@ mod tests {
     use super::*;
 
     fn roundtrip_error(dtype: DType) -> f32 {
-        let src: Vec<f32> = (0..96).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+        let src: Vec<f32> = (0..96)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect();
         let bytes = quantize(dtype, &src);
         assert_eq!(bytes.len(), dtype.nbytes(src.len()).unwrap());
         let mut back = vec![0.0; src.len()];
         dequantize(dtype, &bytes, &mut back);
-        src.iter().zip(&back).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+        src.iter()
+            .zip(&back)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
     }
 
     #[test]

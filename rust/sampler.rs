@@ -18,7 +18,9 @@ impl Rng {
             x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             x ^ (x >> 31)
         };
-        Rng { s: [next(), next(), next(), next()] }
+        Rng {
+            s: [next(), next(), next(), next()],
+        }
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -54,7 +56,12 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, min_p: 0.0 }
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+        }
     }
 }
 
@@ -82,7 +89,10 @@ const NUCLEUS_FIRST_TRY: usize = 512;
 
 impl Sampler {
     pub fn new(params: SamplingParams, seed: u64) -> Sampler {
-        Sampler { params, rng: Rng::new(seed) }
+        Sampler {
+            params,
+            rng: Rng::new(seed),
+        }
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
@@ -92,7 +102,11 @@ impl Sampler {
         }
         let inv_t = 1.0 / p.temperature;
         // Candidates as (index, probability), most likely first once ordered.
-        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l * inv_t)).collect();
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l * inv_t))
+            .collect();
         let by_prob_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
 
         if p.top_k > 0 && p.top_k < cand.len() {
@@ -163,7 +177,12 @@ mod tests {
     use super::*;
 
     fn params(temperature: f32, top_p: f32, top_k: usize, min_p: f32) -> SamplingParams {
-        SamplingParams { temperature, top_p, top_k, min_p }
+        SamplingParams {
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+        }
     }
 
     #[test]
@@ -174,7 +193,9 @@ mod tests {
 
     #[test]
     fn same_seed_same_tokens() {
-        let logits: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1000) as f32 / 300.0).collect();
+        let logits: Vec<f32> = (0..1000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 300.0)
+            .collect();
         let run = |seed| {
             let mut s = Sampler::new(params(1.0, 0.95, 0, 0.0), seed);
             (0..50).map(|_| s.sample(&logits)).collect::<Vec<_>>()

@@ -79,7 +79,13 @@ impl Tensor {
                 data.len()
             ));
         }
-        Ok(Tensor { dtype, rows, cols, row_bytes, data })
+        Ok(Tensor {
+            dtype,
+            rows,
+            cols,
+            row_bytes,
+            data,
+        })
     }
 
     pub fn from_f32(rows: usize, cols: usize, values: &[f32]) -> Tensor {

@@ -1,0 +1,201 @@
+//! A persistent fork-join thread pool for the forward pass.
+//!
+//! Each token runs a few hundred short parallel sections (every matmul, every
+//! attention). Handing each to sleeping threads costs a futex wake-up per
+//! section, tens of microseconds, which on a small model is as long as the work
+//! itself. So here the calling thread takes part as worker 0, the others spin
+//! on a generation counter for a short while after each section (the next one
+//! usually comes within microseconds), and only then sleep.
+//!
+//! Work is split statically: `run(f)` calls `f(i, n)` once on each of the n
+//! threads; `f` divides its range by `i`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before it sleeps.
+const SPIN: Duration = Duration::from_micros(200);
+
+type Job = dyn Fn(usize, usize) + Sync;
+
+struct Shared {
+    n_threads: usize,
+    /// Bumped once per section; workers wait for it to change.
+    generation: AtomicUsize,
+    /// Workers still running the current section.
+    pending: AtomicUsize,
+    /// The current section's job, valid while `pending` > 0.
+    job: Mutex<Option<&'static Job>>,
+    sleep_lock: Mutex<()>,
+    wake: Condvar,
+}
+
+pub struct Pool {
+    shared: Arc<Shared>,
+    /// One section at a time: callers from several threads take turns.
+    caller: Mutex<()>,
+}
+
+impl Pool {
+    pub fn new(n_threads: usize) -> Pool {
+        let n_threads = n_threads.max(1);
+        let shared = Arc::new(Shared {
+            n_threads,
+            generation: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            job: Mutex::new(None),
+            sleep_lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        for index in 1..n_threads {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name(format!("pycompat-{index}"))
+                .spawn(move || worker(shared, index))
+                .expect("spawning a kernel thread");
+        }
+        Pool {
+            shared,
+            caller: Mutex::new(()),
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.shared.n_threads
+    }
+
+    /// Runs `f(i, n)` for every thread index i in 0..n, the caller being thread 0,
+    /// and returns when all have finished.
+    pub fn run<'a>(&self, f: &'a (dyn Fn(usize, usize) + Sync + 'a)) {
+        let n = self.shared.n_threads;
+        if n == 1 {
+            return f(0, 1);
+        }
+        let _turn = self.caller.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the reference is only used by workers until `pending` returns to 0,
+        // which this function waits for before returning (and so before `f` can go).
+        let job: &'static Job = unsafe { std::mem::transmute::<&'a (dyn Fn(usize, usize) + Sync + 'a), &'static Job>(f) };
+        *self.shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
+        self.shared.pending.store(n - 1, Ordering::Release);
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        {
+            let _guard = self
+                .shared
+                .sleep_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        f(0, n);
+        while self.shared.pending.load(Ordering::Acquire) != 0 {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+fn worker(shared: Arc<Shared>, index: usize) {
+    // The generation the pool started at: a section published before this thread
+    // got going must still be seen as new.
+    let mut seen = 0;
+    loop {
+        // Spin for the next section, then sleep until one is published.
+        let start = Instant::now();
+        while shared.generation.load(Ordering::Acquire) == seen {
+            if start.elapsed() > SPIN {
+                let guard = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
+                if shared.generation.load(Ordering::Acquire) == seen {
+                    drop(shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner()));
+                }
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        seen = shared.generation.load(Ordering::Acquire);
+        let job = *shared.job.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(job) = job {
+            job(index, shared.n_threads);
+        }
+        shared.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A raw pointer that parallel parts may share, each writing its own disjoint range.
+#[derive(Clone, Copy)]
+pub struct SendPtr<T>(pub *mut T);
+// SAFETY: users write disjoint ranges only (see each use).
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so closures capture the whole Sync wrapper).
+    pub fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+static GLOBAL: OnceLock<Pool> = OnceLock::new();
+
+/// Sets the number of compute threads; only before the first use. Returns false if too late.
+pub fn configure(n_threads: usize) -> bool {
+    GLOBAL.set(Pool::new(n_threads)).is_ok()
+}
+
+/// The process's pool: as many threads as cores available, unless configured.
+pub fn global() -> &'static Pool {
+    GLOBAL.get_or_init(|| {
+        Pool::new(
+            thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        )
+    })
+}
+
+/// The `part`-th of `n` near-equal slices of 0..len, aligned down to `align`.
+pub fn split(len: usize, part: usize, n: usize, align: usize) -> std::ops::Range<usize> {
+    let units = len.div_ceil(align);
+    let bound = |p: usize| (units * p / n * align).min(len);
+    bound(part)..bound(part + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn every_thread_runs_every_section() {
+        let pool = Pool::new(3);
+        let total = AtomicU64::new(0);
+        for _ in 0..1000 {
+            pool.run(&|i, n| {
+                assert_eq!(n, 3);
+                total.fetch_add(1 << (i * 20), Ordering::Relaxed);
+            });
+        }
+        assert_eq!(
+            total.load(Ordering::Relaxed),
+            1000 * (1 + (1 << 20) + (1 << 40))
+        );
+    }
+
+    #[test]
+    fn split_covers_the_range_once() {
+        for (len, n, align) in [
+            (100, 3, 1),
+            (37, 2, 16),
+            (5, 4, 1),
+            (0, 2, 1),
+            (1000, 7, 32),
+        ] {
+            let parts: Vec<_> = (0..n).map(|p| split(len, p, n, align)).collect();
+            assert_eq!(parts[0].start, 0);
+            assert_eq!(parts[n - 1].end, len);
+            for w in parts.windows(2) {
+                assert_eq!(w[0].end, w[1].start);
+            }
+        }
+    }
+}
