@@ -50,6 +50,7 @@ enum Acts<'a> {
 }
 
 type DotQ8 = unsafe fn(crate::tensor::DType, &[u8], &[f32], &[f32], &[i8]) -> f32;
+type DotQ8x4 = unsafe fn(crate::tensor::DType, &[u8], [(&[f32], &[f32], &[i8]); 4]) -> [f32; 4];
 
 #[inline(always)]
 fn rows_body(
@@ -60,6 +61,7 @@ fn rows_body(
     out: &mut [f32],
     buf: &mut [f32],
     dot_q8: DotQ8,
+    dot_q8_x4: Option<DotQ8x4>,
 ) {
     let k = w.cols;
     for (i, o) in out.chunks_exact_mut(n_tok).enumerate() {
@@ -72,7 +74,22 @@ fn rows_body(
             }
             Acts::Q8(q) => {
                 let row = w.row(first_row + i);
-                for (t, ov) in o.iter_mut().enumerate() {
+                let mut t = 0;
+                if let Some(dot4) = dot_q8_x4 {
+                    while t + 4 <= n_tok {
+                        // SAFETY: as below.
+                        let r = unsafe {
+                            dot4(
+                                w.dtype,
+                                row,
+                                [q.token(t), q.token(t + 1), q.token(t + 2), q.token(t + 3)],
+                            )
+                        };
+                        o[t..t + 4].copy_from_slice(&r);
+                        t += 4;
+                    }
+                }
+                for (t, ov) in o.iter_mut().enumerate().skip(t) {
                     let (d, s, qs) = q.token(t);
                     // SAFETY: the caller passes a dot product its CPU supports.
                     *ov = unsafe { dot_q8(w.dtype, row, d, s, qs) };
@@ -92,7 +109,16 @@ unsafe fn rows_avx2(
     out: &mut [f32],
     buf: &mut [f32],
 ) {
-    rows_body(w, x, n_tok, first_row, out, buf, crate::simd_avx2::dot_q8)
+    rows_body(
+        w,
+        x,
+        n_tok,
+        first_row,
+        out,
+        buf,
+        crate::simd_avx2::dot_q8,
+        Some(crate::simd_avx2::dot_q8_x4),
+    )
 }
 
 fn rows_portable(
@@ -112,7 +138,7 @@ fn rows_portable(
     ) -> f32 {
         crate::quant::dot_q8(dtype, row, d, s, qs)
     }
-    rows_body(w, x, n_tok, first_row, out, buf, portable)
+    rows_body(w, x, n_tok, first_row, out, buf, portable, None)
 }
 
 type RowsFn = fn(&Tensor, Acts, usize, usize, &mut [f32], &mut [f32]);
@@ -308,7 +334,7 @@ mod tests {
             )
             .unwrap();
             let wf = w.to_f32();
-            for n_tok in [1, 3] {
+            for n_tok in [1, 3, 9] {
                 let x = pseudo_random(n_tok * cols, 4);
                 let (mut simd, mut portable) = (vec![0.0; n_tok * rows], vec![0.0; n_tok * rows]);
                 matmul_with(&w, &x, n_tok, &mut simd, true);

@@ -76,7 +76,9 @@ impl Pool {
         let _turn = self.caller.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the reference is only used by workers until `pending` returns to 0,
         // which this function waits for before returning (and so before `f` can go).
-        let job: &'static Job = unsafe { std::mem::transmute::<&'a (dyn Fn(usize, usize) + Sync + 'a), &'static Job>(f) };
+        let job: &'static Job = unsafe {
+            std::mem::transmute::<&'a (dyn Fn(usize, usize) + Sync + 'a), &'static Job>(f)
+        };
         *self.shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
         self.shared.pending.store(n - 1, Ordering::Release);
         self.shared.generation.fetch_add(1, Ordering::AcqRel);
