@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import trio
+
 from pycompat.api import sse
 from pycompat.api.errors import APIError, invalid_type, invalid_value
 from pycompat.api.generation import SAMPLING_FIELDS, check_fits, events, now, run_to_end, sampling_options, usage
 from pycompat.api.ids import new_id
 from pycompat.api.params import Params, parse_json_object
 from pycompat.api.registry import Registry
-from pycompat.engine.generate import Engine, Finished, SamplingOptions
 from pycompat.api.render import json_response, sse_response
+from pycompat.engine.generate import Engine, Finished, SamplingOptions
 from pycompat.http.messages import Request, Response
 from pycompat.loading.chat_template import TemplateError
 
@@ -90,7 +92,8 @@ async def create(registry: Registry, request: Request) -> Response:
         prompt_text = model.chat_template.render(messages, add_generation_prompt=True)
     except TemplateError as e:
         raise APIError(400, str(e), param="messages") from None
-    prompt = model.tokenizer.encode(prompt_text)
+    # Off the event loop: a long prompt takes a while to tokenize.
+    prompt = await trio.to_thread.run_sync(model.tokenizer.encode, prompt_text)
     check_fits(served.engine, len(prompt), max_tokens, "messages")
 
     completion_id, created = new_id("chatcmpl-"), now()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import trio
+
 from pycompat.api import sse
 from pycompat.api.errors import APIError, invalid_type, invalid_value
 from pycompat.api.generation import SAMPLING_FIELDS, check_fits, events, now, run_to_end, sampling_options, usage
@@ -61,7 +63,8 @@ async def create(registry: Registry, request: Request) -> Response:
     max_tokens = p.integer("max_tokens", 0)
     served = registry.get(model_id)
     opts = sampling_options(p, DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens, served.engine.model.sampling_defaults)
-    encoded = [_encode(served.engine, prompt, i) for i, prompt in enumerate(prompts)]
+    # Off the event loop: long prompts take a while to tokenize.
+    encoded = await trio.to_thread.run_sync(lambda: [_encode(served.engine, prompt, i) for i, prompt in enumerate(prompts)])
     for ids in encoded:
         check_fits(served.engine, len(ids), opts.max_tokens, "prompt")
 
