@@ -86,6 +86,8 @@ def permute_rotary(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, rows // n_heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
+# Written out here rather than imported from pycompat.loading.hf_model, so that a
+# wrong mapping there makes the two formats disagree with the reference and fail.
 GGUF_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",
