@@ -10,7 +10,8 @@
 //! Work is split statically: `run(f)` calls `f(i, n)` once on each of the n
 //! threads; `f` divides its range by `i`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -26,6 +27,8 @@ struct Shared {
     generation: AtomicUsize,
     /// Workers still running the current section.
     pending: AtomicUsize,
+    /// Set by a worker whose part of the section panicked.
+    worker_panicked: AtomicBool,
     /// The current section's job, valid while `pending` > 0.
     job: Mutex<Option<&'static Job>>,
     sleep_lock: Mutex<()>,
@@ -45,6 +48,7 @@ impl Pool {
             n_threads,
             generation: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
+            worker_panicked: AtomicBool::new(false),
             job: Mutex::new(None),
             sleep_lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -90,9 +94,16 @@ impl Pool {
                 .unwrap_or_else(|e| e.into_inner());
             self.shared.wake.notify_all();
         }
-        f(0, n);
+        // Even if our part panics, the workers must be done with `f` before we unwind.
+        let ours = panic::catch_unwind(AssertUnwindSafe(|| f(0, n)));
         while self.shared.pending.load(Ordering::Acquire) != 0 {
             std::hint::spin_loop();
+        }
+        if let Err(payload) = ours {
+            panic::resume_unwind(payload);
+        }
+        if self.shared.worker_panicked.swap(false, Ordering::AcqRel) {
+            panic!("a kernel thread panicked");
         }
     }
 }
@@ -117,7 +128,10 @@ fn worker(shared: Arc<Shared>, index: usize) {
         seen = shared.generation.load(Ordering::Acquire);
         let job = *shared.job.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(job) = job {
-            job(index, shared.n_threads);
+            // A panic is reported to the caller (and so to Python) instead of leaving it waiting.
+            if panic::catch_unwind(AssertUnwindSafe(|| job(index, shared.n_threads))).is_err() {
+                shared.worker_panicked.store(true, Ordering::Release);
+            }
         }
         shared.pending.fetch_sub(1, Ordering::AcqRel);
     }
@@ -181,6 +195,21 @@ mod tests {
             total.load(Ordering::Relaxed),
             1000 * (1 + (1 << 20) + (1 << 40))
         );
+    }
+
+    #[test]
+    fn a_panicking_part_is_reported_and_the_pool_goes_on() {
+        let pool = Pool::new(2);
+        for bad in [0, 1] {
+            let caught =
+                panic::catch_unwind(AssertUnwindSafe(|| pool.run(&|i, _| assert_ne!(i, bad))));
+            assert!(caught.is_err());
+        }
+        let count = AtomicU64::new(0);
+        pool.run(&|_, _| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 2);
     }
 
     #[test]

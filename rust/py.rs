@@ -24,6 +24,17 @@ create_exception!(
     "An invalid model or request reached the kernel."
 );
 
+/// Runs a compute call so that a bug (a panic) becomes a KernelError, which the
+/// server answers with a 500, rather than PyO3's PanicException, which derives
+/// from BaseException and would escape the server's error handling.
+fn contain_panic<T>(f: impl FnOnce() -> Result<T, CoreError>) -> Result<T, CoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(CoreError(
+            "internal error in the kernel (a bug: please report it)".into(),
+        ))
+    })
+}
+
 fn kernel_err(e: impl std::fmt::Display) -> PyErr {
     KernelError::new_err(e.to_string())
 }
@@ -181,7 +192,7 @@ impl KernelModel {
                 all_logits,
             })
             .collect();
-        let logits = py.detach(|| self.inner.forward(&mut inputs))?;
+        let logits = py.detach(|| contain_panic(|| self.inner.forward(&mut inputs)))?;
         Ok(logits.iter().map(|l| f32_bytes(py, l)).collect())
     }
 
@@ -202,13 +213,15 @@ impl KernelModel {
             });
             samplers.push(&mut sampler.inner);
         }
-        let chosen = py.detach(|| -> Result<Vec<u32>, CoreError> {
-            let logits = self.inner.forward(&mut inputs)?;
-            Ok(logits
-                .iter()
-                .zip(samplers.iter_mut())
-                .map(|(l, s)| s.sample(l))
-                .collect())
+        let chosen = py.detach(|| {
+            contain_panic(|| -> Result<Vec<u32>, CoreError> {
+                let logits = self.inner.forward(&mut inputs)?;
+                Ok(logits
+                    .iter()
+                    .zip(samplers.iter_mut())
+                    .map(|(l, s)| s.sample(l))
+                    .collect())
+            })
         })?;
         Ok(chosen)
     }
