@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 
 use crate::kv_cache::{KvCache, KvElem, Layers, Store};
-use crate::ops::{matmul, rms_norm, rope_angles, rope_rotate, softmax, swiglu};
+use crate::ops::{matmul, matmul_shared, rms_norm, rope_angles, rope_rotate, softmax, swiglu};
 use crate::pool::{self, SendPtr};
 use crate::quant::round_to_f16;
 use crate::tensor::Tensor;
@@ -241,9 +241,15 @@ impl Model {
 
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, c.norm_eps, &mut xn);
-            matmul(&layer.wq, &xn, n, &mut q);
-            matmul(&layer.wk, &xn, n, &mut k);
-            matmul(&layer.wv, &xn, n, &mut v);
+            matmul_shared(
+                &xn,
+                n,
+                &mut [
+                    (&layer.wq, &mut q),
+                    (&layer.wk, &mut k),
+                    (&layer.wv, &mut v),
+                ],
+            );
             for i in 0..n {
                 let (cs, sn) = (
                     &cos[i * half..(i + 1) * half],
@@ -268,8 +274,11 @@ impl Model {
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
 
             rms_norm(&x, &layer.ffn_norm, c.norm_eps, &mut xn);
-            matmul(&layer.w_gate, &xn, n, &mut gate);
-            matmul(&layer.w_up, &xn, n, &mut up);
+            matmul_shared(
+                &xn,
+                n,
+                &mut [(&layer.w_gate, &mut gate), (&layer.w_up, &mut up)],
+            );
             swiglu(&mut gate, &up);
             matmul(&layer.w_down, &gate, n, &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);

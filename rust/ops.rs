@@ -177,12 +177,38 @@ pub fn matmul_with(w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32], allow_s
         n_tok * w.rows,
         "matmul: output does not match the weight's rows"
     );
+    let mut q8 = Q8Activations::new();
+    if w.dtype.is_quantized() {
+        q8.quantize(x, w.cols);
+    }
+    matmul_acts(w, x, &q8, n_tok, out, allow_simd)
+}
+
+/// Several matmuls of the same activations (Q, K and V; gate and up): the
+/// activations are quantized once for all of them.
+pub fn matmul_shared(x: &[f32], n_tok: usize, products: &mut [(&Tensor, &mut [f32])]) {
+    let mut q8 = Q8Activations::new();
+    if let Some((w, _)) = products.iter().find(|(w, _)| w.dtype.is_quantized()) {
+        q8.quantize(x, w.cols);
+    }
+    for (w, out) in products.iter_mut() {
+        matmul_acts(w, x, &q8, n_tok, out, true);
+    }
+}
+
+/// `matmul` given `x` and, for block-quantized weights, `q8` = `x` quantized.
+fn matmul_acts(
+    w: &Tensor,
+    x: &[f32],
+    q8: &Q8Activations,
+    n_tok: usize,
+    out: &mut [f32],
+    allow_simd: bool,
+) {
     let rows_fn = pick_rows_fn(allow_simd);
     let pool = pool::global();
-    let mut q8 = Q8Activations::new();
     let acts = if w.dtype.is_quantized() {
-        q8.quantize(x, w.cols);
-        Acts::Q8(&q8)
+        Acts::Q8(q8)
     } else {
         Acts::F32(x)
     };
