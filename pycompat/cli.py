@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     defaults.add_argument("--top-p", type=float, metavar="P")
     defaults.add_argument("--top-k", type=int, metavar="K")
     defaults.add_argument("--min-p", type=float, metavar="P")
+    serve.add_argument("--quantize", choices=["q8_0", "q4_0"],
+                       help="store f32/f16/bf16 weight matrices in this block format at load "
+                       "(about 2x or 4x less memory than f16, and faster); block-quantized weights stay as they are")
     serve.add_argument("--threads", type=int, metavar="N",
                        help="compute threads (default: the number of cores available to the process)")
     serve.add_argument("--max-body-mb", type=float, default=8, metavar="MB", help="largest request body accepted, in MiB (default: 8)")
@@ -80,7 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
         _kernel.set_threads(args.threads)
     path = Path(args.model) if args.model else default_model_path()
     model_id = DEFAULT_MODEL_ID if args.model is None else (path.name if path.is_dir() else path.stem)
-    model = load_model(args.model, context_length=args.context_length)
+    model = load_model(args.model, context_length=args.context_length, quantize=args.quantize)
     for name in ("temperature", "top_p", "top_k", "min_p"):
         if getattr(args, name) is not None:
             model.sampling_defaults[name] = getattr(args, name)

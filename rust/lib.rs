@@ -12,6 +12,7 @@ pub mod quant;
 pub mod sampler;
 pub mod simd_avx2;
 pub mod tensor;
+pub mod weights;
 
 #[cfg(feature = "python")]
 mod py;

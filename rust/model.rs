@@ -10,12 +10,14 @@
 //! with its own KV cache and its new tokens (a whole prompt, or one decoded
 //! token). This first version runs them one after another.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use crate::kv_cache::{KvCache, KvElem, Layers, Store};
-use crate::ops::{matmul, matmul_shared, rms_norm, rope_angles, rope_rotate, softmax, swiglu};
+use crate::ops::{matmul_many, rms_norm, rope_angles, rope_rotate, softmax, swiglu};
 use crate::pool::{self, SendPtr};
-use crate::quant::round_to_f16;
+use crate::quant::{round_to_f16, Q8Activations};
 use crate::tensor::Tensor;
 
 #[derive(Debug)]
@@ -106,6 +108,38 @@ pub struct Model {
     layers: Vec<Layer>,
     out_norm: Vec<f32>,      // (dim)
     lm_head: Option<Tensor>, // (vocab, dim); None when tied to `embed`
+    scratch: Mutex<Scratch>,
+}
+
+/// The buffers a forward pass works in. Kept between calls, so once they have
+/// grown to a step's size, decoding a token allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    by_head: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    logits: Vec<f32>,
+    q8: Q8Activations,
+}
+
+/// `v` resized to `n` (its capacity is kept, so this allocates only to grow).
+fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.resize(n, 0.0);
+    &mut v[..n]
+}
+
+thread_local! {
+    /// Per pool thread: one query's attention scores, and the query rounded for the cache.
+    static ATTN_ROW: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// One sequence of a batch: its cache, its new tokens, and whether logits are
@@ -168,6 +202,7 @@ impl Model {
             layers,
             out_norm,
             lm_head,
+            scratch: Mutex::new(Scratch::default()),
         })
     }
 
@@ -179,6 +214,18 @@ impl Model {
     /// last new token (vocab values) or of every new token (tokens × vocab).
     /// Inputs are all checked before any cache changes.
     pub fn forward(&self, batch: &mut [SeqInput]) -> Result<Vec<Vec<f32>>, KernelError> {
+        let mut all = Vec::with_capacity(batch.len());
+        self.forward_each(batch, |_, logits| all.push(logits.to_vec()))?;
+        Ok(all)
+    }
+
+    /// `forward`, handing each sequence's logits to `take(index, logits)` from
+    /// the kernel's own buffer instead of returning copies.
+    pub fn forward_each(
+        &self,
+        batch: &mut [SeqInput],
+        mut take: impl FnMut(usize, &[f32]),
+    ) -> Result<(), KernelError> {
         for (i, s) in batch.iter().enumerate() {
             if s.tokens.is_empty() {
                 return err(format!("sequence {i} has no new tokens"));
@@ -201,24 +248,48 @@ impl Model {
                 ));
             }
         }
-        Ok(batch
-            .iter_mut()
-            .map(|s| self.forward_one(s.cache, s.tokens, s.all_logits))
-            .collect())
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, s) in batch.iter_mut().enumerate() {
+            let logits = self.forward_one(&mut scratch, s.cache, s.tokens, s.all_logits);
+            take(i, logits);
+        }
+        Ok(())
     }
 
-    fn forward_one(&self, cache: &mut KvCache, tokens: &[u32], all_logits: bool) -> Vec<f32> {
+    fn forward_one<'s>(
+        &self,
+        sc: &'s mut Scratch,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        all_logits: bool,
+    ) -> &'s [f32] {
         let c = &self.cfg;
         let (n, dim, hd, q_dim, kv_dim) = (tokens.len(), c.dim, c.head_dim, c.q_dim(), c.kv_dim());
         let pos0 = cache.len();
+        let Scratch {
+            x,
+            xn,
+            q,
+            k,
+            v,
+            attn,
+            by_head,
+            proj,
+            gate,
+            up,
+            cos,
+            sin,
+            logits,
+            q8,
+        } = sc;
 
-        let mut x = vec![0f32; n * dim];
+        let x = sized(x, n * dim);
         for (row, &tok) in x.chunks_exact_mut(dim).zip(tokens) {
             self.embed.dequantize_row(tok as usize, row);
         }
 
         let half = c.rope_inv_freq.len();
-        let (mut cos, mut sin) = (vec![0f32; n * half], vec![0f32; n * half]);
+        let (cos, sin) = (sized(cos, n * half), sized(sin, n * half));
         for i in 0..n {
             let span = i * half..(i + 1) * half;
             rope_angles(
@@ -229,26 +300,29 @@ impl Model {
             );
         }
 
-        let mut xn = vec![0f32; n * dim];
-        let (mut q, mut k, mut v) = (
-            vec![0f32; n * q_dim],
-            vec![0f32; n * kv_dim],
-            vec![0f32; n * kv_dim],
+        let xn = sized(xn, n * dim);
+        let (q, k, v) = (
+            sized(q, n * q_dim),
+            sized(k, n * kv_dim),
+            sized(v, n * kv_dim),
         );
-        let mut attn = vec![0f32; n * q_dim];
-        let mut proj = vec![0f32; n * dim];
-        let (mut gate, mut up) = (vec![0f32; n * c.ffn_dim], vec![0f32; n * c.ffn_dim]);
+        let attn = sized(attn, n * q_dim);
+        let by_head = sized(by_head, n * q_dim);
+        let proj = sized(proj, n * dim);
+        let (gate, up) = (sized(gate, n * c.ffn_dim), sized(up, n * c.ffn_dim));
 
         for (l, layer) in self.layers.iter().enumerate() {
-            rms_norm(&x, &layer.attn_norm, c.norm_eps, &mut xn);
-            matmul_shared(
-                &xn,
+            rms_norm(x, &layer.attn_norm, c.norm_eps, xn);
+            matmul_many(
+                xn,
                 n,
+                q8,
                 &mut [
-                    (&layer.wq, &mut q),
-                    (&layer.wk, &mut k),
-                    (&layer.wv, &mut v),
+                    (&layer.wq, &mut *q),
+                    (&layer.wk, &mut *k),
+                    (&layer.wv, &mut *v),
                 ],
+                true,
             );
             for i in 0..n {
                 let (cs, sn) = (
@@ -264,37 +338,40 @@ impl Model {
             }
             match &mut cache.store {
                 Store::F32(layers) => {
-                    self.append_and_attend(layers, l, &q, &k, &v, pos0, n, &mut attn)
+                    self.append_and_attend(layers, l, q, k, v, pos0, n, by_head, attn)
                 }
                 Store::F16(layers) => {
-                    self.append_and_attend(layers, l, &q, &k, &v, pos0, n, &mut attn)
+                    self.append_and_attend(layers, l, q, k, v, pos0, n, by_head, attn)
                 }
             }
-            matmul(&layer.wo, &attn, n, &mut proj);
-            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+            matmul_many(attn, n, q8, &mut [(&layer.wo, &mut *proj)], true);
+            x.iter_mut().zip(&*proj).for_each(|(a, b)| *a += b);
 
-            rms_norm(&x, &layer.ffn_norm, c.norm_eps, &mut xn);
-            matmul_shared(
-                &xn,
+            rms_norm(x, &layer.ffn_norm, c.norm_eps, xn);
+            matmul_many(
+                xn,
                 n,
-                &mut [(&layer.w_gate, &mut gate), (&layer.w_up, &mut up)],
+                q8,
+                &mut [(&layer.w_gate, &mut *gate), (&layer.w_up, &mut *up)],
+                true,
             );
-            swiglu(&mut gate, &up);
-            matmul(&layer.w_down, &gate, n, &mut proj);
-            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+            swiglu(gate, up);
+            matmul_many(gate, n, q8, &mut [(&layer.w_down, &mut *proj)], true);
+            x.iter_mut().zip(&*proj).for_each(|(a, b)| *a += b);
         }
         cache.advance(n);
 
         let first = if all_logits { 0 } else { n - 1 };
         let rows = n - first;
-        let mut normed = vec![0f32; rows * dim];
-        rms_norm(&x[first * dim..], &self.out_norm, c.norm_eps, &mut normed);
-        let mut logits = vec![0f32; rows * c.vocab_size];
-        matmul(
-            self.lm_head.as_ref().unwrap_or(&self.embed),
-            &normed,
+        let normed = &mut xn[..rows * dim];
+        rms_norm(&x[first * dim..], &self.out_norm, c.norm_eps, normed);
+        let logits = sized(logits, rows * c.vocab_size);
+        matmul_many(
+            normed,
             rows,
-            &mut logits,
+            q8,
+            &mut [(self.lm_head.as_ref().unwrap_or(&self.embed), &mut *logits)],
+            true,
         );
         logits
     }
@@ -309,11 +386,12 @@ impl Model {
         v: &[f32],
         pos0: usize,
         n: usize,
+        by_head: &mut [f32],
         out: &mut [f32],
     ) {
         layers.keys[l].extend(k.iter().map(|&x| T::from_f32(x)));
         layers.values[l].extend(v.iter().map(|&x| T::from_f32(x)));
-        self.attention(q, &layers.keys[l], &layers.values[l], pos0, n, out);
+        self.attention(q, &layers.keys[l], &layers.values[l], pos0, n, by_head, out);
     }
 
     /// Causal grouped-query attention of `n` new queries at positions
@@ -322,6 +400,7 @@ impl Model {
     ///
     /// With an f16 cache, rounding follows llama.cpp's (non-flash) attention, which
     /// multiplies in f16: queries and softmax weights are rounded to f16 first.
+    #[allow(clippy::too_many_arguments)]
     fn attention<T: KvElem>(
         &self,
         q: &[f32],
@@ -329,6 +408,7 @@ impl Model {
         values: &[T],
         pos0: usize,
         n: usize,
+        by_head: &mut [f32],
         out: &mut [f32],
     ) {
         let round = |x: f32| if T::ROUNDS { round_to_f16(x) } else { x };
@@ -338,31 +418,33 @@ impl Model {
         let scale = 1.0 / (hd as f32).sqrt();
 
         // Heads run in parallel, each into its own (n, head_dim) slab.
-        let mut by_head = vec![0f32; c.n_heads * n * hd];
         let slabs = SendPtr(by_head.as_mut_ptr());
         pool::global().run(&|part, parts| {
-            for h in pool::split(c.n_heads, part, parts, 1) {
-                // SAFETY: each head's slab is written by the one part that owns the head.
-                let slab =
-                    unsafe { std::slice::from_raw_parts_mut(slabs.get().add(h * n * hd), n * hd) };
-                let kv_off = (h / group) * hd;
-                let mut scores = vec![0f32; pos0 + n];
-                let mut qv = vec![0f32; hd];
-                for (i, o) in slab.chunks_exact_mut(hd).enumerate() {
-                    let ctx = pos0 + i + 1;
-                    for (a, b) in qv.iter_mut().zip(&q[i * q_dim + h * hd..][..hd]) {
-                        *a = round(*b);
-                    }
-                    for (j, s) in scores[..ctx].iter_mut().enumerate() {
-                        *s = T::dot(&qv, &keys[j * kv_dim + kv_off..][..hd]) * scale;
-                    }
-                    softmax(&mut scores[..ctx]);
-                    o.fill(0.0);
-                    for (j, &p) in scores[..ctx].iter().enumerate() {
-                        T::axpy(round(p), &values[j * kv_dim + kv_off..][..hd], o);
+            ATTN_ROW.with_borrow_mut(|(scores, qv)| {
+                scores.resize(pos0 + n, 0.0);
+                qv.resize(hd, 0.0);
+                for h in pool::split(c.n_heads, part, parts, 1) {
+                    // SAFETY: each head's slab is written by the one part that owns the head.
+                    let slab = unsafe {
+                        std::slice::from_raw_parts_mut(slabs.get().add(h * n * hd), n * hd)
+                    };
+                    let kv_off = (h / group) * hd;
+                    for (i, o) in slab.chunks_exact_mut(hd).enumerate() {
+                        let ctx = pos0 + i + 1;
+                        for (a, b) in qv.iter_mut().zip(&q[i * q_dim + h * hd..][..hd]) {
+                            *a = round(*b);
+                        }
+                        for (j, s) in scores[..ctx].iter_mut().enumerate() {
+                            *s = T::dot(&qv, &keys[j * kv_dim + kv_off..][..hd]) * scale;
+                        }
+                        softmax(&mut scores[..ctx]);
+                        o.fill(0.0);
+                        for (j, &p) in scores[..ctx].iter().enumerate() {
+                            T::axpy(round(p), &values[j * kv_dim + kv_off..][..hd], o);
+                        }
                     }
                 }
-            }
+            })
         });
         for (h, slab) in by_head.chunks_exact(n * hd).enumerate() {
             for (i, o) in slab.chunks_exact(hd).enumerate() {

@@ -1,17 +1,20 @@
 //! The numeric building blocks of the forward pass: matrix products over
 //! weight tensors in any `DType`, RMSNorm, RoPE, softmax, SwiGLU.
 //!
-//! Performance notes (first version; the speed issue replaces the matmul):
-//! - The matmul dequantizes one weight row into an L1-sized buffer and takes its
-//!   dot product with every token's activations, so a row is decoded once per
-//!   call however many tokens there are (prefill reuses it T times).
-//! - The row loop is compiled twice, portable and AVX2+FMA, from one generic
-//!   body; the choice is made once per call from the CPU's features.
-//! - Rows are split evenly across the kernel's own thread pool (`pool.rs`).
+//! Performance notes:
+//! - Block-quantized weights meet activations quantized to 8 bits (as in ggml),
+//!   in tiles of several rows × tokens (`simd_avx2.rs`); float weights are widened
+//!   one row at a time into an L1-sized buffer and met with every token.
+//! - Each kernel has an AVX2 version and a portable one; the choice is made per
+//!   call from the CPU's features, and the tests hold the two to the same results.
+//! - Rows are split evenly across the kernel's own thread pool (`pool.rs`); the
+//!   matrices that share an input run in one parallel section (`matmul_many`).
+
+use std::ops::Range;
 
 use crate::pool::{self, SendPtr};
 use crate::quant::Q8Activations;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// f32 dot product with 16 independent accumulators, so the compiler can keep
 /// them in vector registers (a single accumulator would serialize on its latency).
@@ -41,109 +44,15 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc[0] + tail
 }
 
-/// What a weight row is multiplied with: f32 activations (float weights), or
-/// activations quantized to 8 bits (block-quantized weights).
-#[derive(Clone, Copy)]
-enum Acts<'a> {
-    F32(&'a [f32]),
-    Q8(&'a Q8Activations),
+/// The SIMD level the matrix kernels use, decided once per call from the CPU.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
 }
 
-type DotQ8 = unsafe fn(crate::tensor::DType, &[u8], &[f32], &[f32], &[i8]) -> f32;
-type DotQ8x4 = unsafe fn(crate::tensor::DType, &[u8], [(&[f32], &[f32], &[i8]); 4]) -> [f32; 4];
-
-#[inline(always)]
-fn rows_body(
-    w: &Tensor,
-    x: Acts,
-    n_tok: usize,
-    first_row: usize,
-    out: &mut [f32],
-    buf: &mut [f32],
-    dot_q8: DotQ8,
-    dot_q8_x4: Option<DotQ8x4>,
-) {
-    let k = w.cols;
-    for (i, o) in out.chunks_exact_mut(n_tok).enumerate() {
-        match x {
-            Acts::F32(x) => {
-                w.dequantize_row(first_row + i, buf);
-                for (t, ov) in o.iter_mut().enumerate() {
-                    *ov = dot(buf, &x[t * k..(t + 1) * k]);
-                }
-            }
-            Acts::Q8(q) => {
-                let row = w.row(first_row + i);
-                let mut t = 0;
-                if let Some(dot4) = dot_q8_x4 {
-                    while t + 4 <= n_tok {
-                        // SAFETY: as below.
-                        let r = unsafe {
-                            dot4(
-                                w.dtype,
-                                row,
-                                [q.token(t), q.token(t + 1), q.token(t + 2), q.token(t + 3)],
-                            )
-                        };
-                        o[t..t + 4].copy_from_slice(&r);
-                        t += 4;
-                    }
-                }
-                for (t, ov) in o.iter_mut().enumerate().skip(t) {
-                    let (d, s, qs) = q.token(t);
-                    // SAFETY: the caller passes a dot product its CPU supports.
-                    *ov = unsafe { dot_q8(w.dtype, row, d, s, qs) };
-                }
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_avx2(
-    w: &Tensor,
-    x: Acts,
-    n_tok: usize,
-    first_row: usize,
-    out: &mut [f32],
-    buf: &mut [f32],
-) {
-    rows_body(
-        w,
-        x,
-        n_tok,
-        first_row,
-        out,
-        buf,
-        crate::simd_avx2::dot_q8,
-        Some(crate::simd_avx2::dot_q8_x4),
-    )
-}
-
-fn rows_portable(
-    w: &Tensor,
-    x: Acts,
-    n_tok: usize,
-    first_row: usize,
-    out: &mut [f32],
-    buf: &mut [f32],
-) {
-    unsafe fn portable(
-        dtype: crate::tensor::DType,
-        row: &[u8],
-        d: &[f32],
-        s: &[f32],
-        qs: &[i8],
-    ) -> f32 {
-        crate::quant::dot_q8(dtype, row, d, s, qs)
-    }
-    rows_body(w, x, n_tok, first_row, out, buf, portable, None)
-}
-
-type RowsFn = fn(&Tensor, Acts, usize, usize, &mut [f32], &mut [f32]);
-
-fn pick_rows_fn(allow_simd: bool) -> RowsFn {
+fn pick_isa(allow_simd: bool) -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
         if allow_simd
@@ -151,12 +60,109 @@ fn pick_rows_fn(allow_simd: bool) -> RowsFn {
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
-            // SAFETY: the features rows_avx2 is compiled for are present on this CPU.
-            return |w, x, n, r, o, b| unsafe { rows_avx2(w, x, n, r, o, b) };
+            return Isa::Avx2;
         }
     }
     let _ = allow_simd;
-    rows_portable
+    Isa::Portable
+}
+
+thread_local! {
+    /// One dequantized weight row, for float weights (each pool thread keeps its own).
+    static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Float weights: each row is widened to f32 once and met with every token.
+#[inline(always)]
+fn float_rows_body(w: &Tensor, x: &[f32], n_tok: usize, rows: Range<usize>, out: SendPtr<f32>) {
+    ROW.with_borrow_mut(|buf| {
+        buf.resize(w.cols, 0.0);
+        for r in rows {
+            w.dequantize_row(r, buf);
+            for t in 0..n_tok {
+                let v = dot(buf, &x[t * w.cols..(t + 1) * w.cols]);
+                // SAFETY: (t, r) is inside `out`, and row r belongs to this part alone.
+                unsafe { *out.get().add(t * w.rows + r) = v };
+            }
+        }
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn float_rows_avx2(
+    w: &Tensor,
+    x: &[f32],
+    n_tok: usize,
+    rows: Range<usize>,
+    out: SendPtr<f32>,
+) {
+    float_rows_body(w, x, n_tok, rows, out)
+}
+
+/// Block-quantized weights, portable: one (row, token) dot product at a time.
+fn quant_rows_portable(
+    w: &Tensor,
+    q8: &Q8Activations,
+    n_tok: usize,
+    rows: Range<usize>,
+    out: SendPtr<f32>,
+) {
+    for r in rows {
+        let row = w.row(r);
+        for t in 0..n_tok {
+            let (d, s, qs) = q8.token(t);
+            // SAFETY: as in float_rows_body.
+            unsafe {
+                *out.get().add(t * w.rows + r) = crate::quant::dot_q8(w.dtype, row, d, s, qs)
+            };
+        }
+    }
+}
+
+/// Rows `rows` of `w` times every token, into `out` ([n_tok, w.rows]).
+fn rows_job(
+    isa: Isa,
+    w: &Tensor,
+    x: &[f32],
+    q8: &Q8Activations,
+    n_tok: usize,
+    rows: Range<usize>,
+    out: SendPtr<f32>,
+) {
+    if rows.is_empty() {
+        return;
+    }
+    match (isa, w.dtype.is_quantized()) {
+        (Isa::Portable, false) => float_rows_body(w, x, n_tok, rows, out),
+        (Isa::Portable, true) => quant_rows_portable(w, q8, n_tok, rows, out),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: pick_isa checked the CPU's features.
+        (Isa::Avx2, false) => unsafe { float_rows_avx2(w, x, n_tok, rows, out) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, true) => {
+            use crate::simd_avx2::{matmul_rows, Q4_0, Q4_1, Q8_0};
+            let kernel = match w.dtype {
+                DType::Q8_0 => matmul_rows::<Q8_0>,
+                DType::Q4_0 => matmul_rows::<Q4_0>,
+                _ => matmul_rows::<Q4_1>,
+            };
+            // SAFETY: pick_isa checked the CPU; the rows exist and `out` has room
+            // for (t, r) for every token t and row r of this part.
+            unsafe {
+                kernel(
+                    w.bytes(),
+                    w.row_bytes(),
+                    rows.start,
+                    rows.len(),
+                    q8,
+                    n_tok,
+                    out.get().add(rows.start),
+                    w.rows,
+                )
+            }
+        }
+    }
 }
 
 /// `out[t, n] = Σ_k x[t, k] · w[n, k]` for `n_tok` tokens: x is [n_tok, w.cols],
@@ -167,83 +173,65 @@ pub fn matmul(w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) {
 
 /// `matmul`, optionally forcing the portable code path (for tests comparing paths).
 pub fn matmul_with(w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32], allow_simd: bool) {
-    assert_eq!(
-        x.len(),
-        n_tok * w.cols,
-        "matmul: activations do not match the weight's columns"
-    );
-    assert_eq!(
-        out.len(),
-        n_tok * w.rows,
-        "matmul: output does not match the weight's rows"
-    );
-    let mut q8 = Q8Activations::new();
-    if w.dtype.is_quantized() {
-        q8.quantize(x, w.cols);
-    }
-    matmul_acts(w, x, &q8, n_tok, out, allow_simd)
+    matmul_many(
+        x,
+        n_tok,
+        &mut Q8Activations::new(),
+        &mut [(w, out)],
+        allow_simd,
+    )
 }
 
-/// Several matmuls of the same activations (Q, K and V; gate and up): the
-/// activations are quantized once for all of them.
-pub fn matmul_shared(x: &[f32], n_tok: usize, products: &mut [(&Tensor, &mut [f32])]) {
-    let mut q8 = Q8Activations::new();
-    if let Some((w, _)) = products.iter().find(|(w, _)| w.dtype.is_quantized()) {
-        q8.quantize(x, w.cols);
-    }
-    for (w, out) in products.iter_mut() {
-        matmul_acts(w, x, &q8, n_tok, out, true);
-    }
-}
-
-/// `matmul` given `x` and, for block-quantized weights, `q8` = `x` quantized.
-fn matmul_acts(
-    w: &Tensor,
+/// Several matrices times the same activations (Q, K and V; gate and up) in one
+/// parallel section: the activations are quantized once (into `q8`, reused across
+/// calls so the hot path does not allocate), and the threads meet once, not
+/// once per matrix. Every matrix's rows are split across all threads.
+pub fn matmul_many(
     x: &[f32],
-    q8: &Q8Activations,
     n_tok: usize,
-    out: &mut [f32],
+    q8: &mut Q8Activations,
+    products: &mut [(&Tensor, &mut [f32])],
     allow_simd: bool,
 ) {
-    let rows_fn = pick_rows_fn(allow_simd);
-    let pool = pool::global();
-    let acts = if w.dtype.is_quantized() {
-        Acts::Q8(q8)
-    } else {
-        Acts::F32(x)
+    let Some(cols) = products.first().map(|(w, _)| w.cols) else {
+        return;
     };
-    // Each thread writes whole weight rows: with one token that is `out` itself;
-    // with several, a row-major [rows, n_tok] buffer transposed at the end.
-    let mut transposed = if n_tok == 1 {
-        Vec::new()
-    } else {
-        vec![0f32; out.len()]
-    };
-    let target: &mut [f32] = if n_tok == 1 { out } else { &mut transposed };
-    let target_ptr = SendPtr(target.as_mut_ptr());
-    pool.run(&|part, parts| {
-        let rows = pool::split(w.rows, part, parts, 4);
-        // SAFETY: the row ranges of different parts are disjoint, and `target` outlives `run`.
-        let chunk = unsafe {
-            std::slice::from_raw_parts_mut(
-                target_ptr.get().add(rows.start * n_tok),
-                rows.len() * n_tok,
-            )
-        };
-        let mut buf = if matches!(acts, Acts::F32(_)) {
-            vec![0f32; w.cols]
-        } else {
-            Vec::new()
-        };
-        rows_fn(w, acts, n_tok, rows.start, chunk, &mut buf);
-    });
-    if n_tok > 1 {
-        for (r, row) in transposed.chunks_exact(n_tok).enumerate() {
-            for (t, v) in row.iter().enumerate() {
-                out[t * w.rows + r] = *v;
-            }
-        }
+    for (w, out) in products.iter() {
+        assert_eq!(w.cols, cols, "matmul: products must share their columns");
+        assert_eq!(
+            x.len(),
+            n_tok * cols,
+            "matmul: activations do not match the weight's columns"
+        );
+        assert_eq!(
+            out.len(),
+            n_tok * w.rows,
+            "matmul: output does not match the weight's rows"
+        );
     }
+    if products.iter().any(|(w, _)| w.dtype.is_quantized()) {
+        q8.quantize(x, cols);
+    }
+    let isa = pick_isa(allow_simd);
+    let jobs: Vec<(&Tensor, SendPtr<f32>)> = products
+        .iter_mut()
+        .map(|(w, out)| (&**w, SendPtr(out.as_mut_ptr())))
+        .collect();
+    let q8 = &*q8;
+    pool::global().run(&|part, parts| {
+        for &(w, out) in &jobs {
+            // Rows in fours: the decode tile's height.
+            rows_job(
+                isa,
+                w,
+                x,
+                q8,
+                n_tok,
+                pool::split(w.rows, part, parts, 4),
+                out,
+            );
+        }
+    });
 }
 
 /// RMSNorm of each `weight.len()`-sized row of `x` into `out`.
@@ -341,60 +329,103 @@ mod tests {
         }
     }
 
+    /// Every format × {portable, SIMD} against a float reference, on sizes that
+    /// leave remainders in every tile dimension (rows not a multiple of 4 or of the
+    /// thread split, token counts not a multiple of 4, a single block).
     #[test]
     fn matmul_paths_agree_with_reference_for_every_dtype() {
-        let (rows, cols) = (37, 96);
-        for dtype in [
-            DType::F32,
-            DType::F16,
-            DType::BF16,
-            DType::Q8_0,
-            DType::Q4_0,
-            DType::Q4_1,
-        ] {
-            let w = Tensor::new(
-                dtype,
-                rows,
-                cols,
-                quantize(dtype, &pseudo_random(rows * cols, 3)),
-            )
-            .unwrap();
-            let wf = w.to_f32();
-            for n_tok in [1, 3, 9] {
-                let x = pseudo_random(n_tok * cols, 4);
-                let (mut simd, mut portable) = (vec![0.0; n_tok * rows], vec![0.0; n_tok * rows]);
-                matmul_with(&w, &x, n_tok, &mut simd, true);
-                matmul_with(&w, &x, n_tok, &mut portable, false);
-                // Quantized weights meet activations rounded to 8 bits, as in ggml: the
-                // reference uses those same rounded activations.
-                let xr = if dtype.is_quantized() {
-                    q8_rounded(&x, cols)
-                } else {
-                    x.clone()
-                };
-                for t in 0..n_tok {
-                    for r in 0..rows {
-                        let dot_with = |xs: &[f32]| -> f64 {
-                            (0..cols)
-                                .map(|k| wf[r * cols + k] as f64 * xs[t * cols + k] as f64)
-                                .sum()
-                        };
-                        let (s, p) = (simd[t * rows + r] as f64, portable[t * rows + r] as f64);
-
-                        let tol = if dtype == DType::Q4_1 { 1e-2 } else { 1e-4 }; // Q4_1: s = d·Σq is kept at f16 precision
-                        assert!(
-                            (s - dot_with(&xr)).abs() < tol,
-                            "{dtype:?} simd {s} vs {}",
-                            dot_with(&xr)
-                        );
-                        assert!(
-                            (s - dot_with(&x)).abs() < 0.05,
-                            "{dtype:?} drifts from exact f32"
-                        );
-                        assert!((s - p).abs() < 1e-4, "{dtype:?} simd {s} vs portable {p}");
-                    }
+        for (rows, cols) in [(37, 96), (1, 32), (6, 32), (130, 576)] {
+            for dtype in [
+                DType::F32,
+                DType::F16,
+                DType::BF16,
+                DType::Q8_0,
+                DType::Q4_0,
+                DType::Q4_1,
+            ] {
+                let w = Tensor::new(
+                    dtype,
+                    rows,
+                    cols,
+                    quantize(dtype, &pseudo_random(rows * cols, 3)),
+                )
+                .unwrap();
+                for n_tok in [1, 2, 3, 4, 5, 9] {
+                    check_matmul(&w, n_tok);
                 }
             }
+        }
+    }
+
+    fn check_matmul(w: &Tensor, n_tok: usize) {
+        let (rows, cols, dtype) = (w.rows, w.cols, w.dtype);
+        let wf = w.to_f32();
+        let x = pseudo_random(n_tok * cols, 4);
+        let (mut simd, mut portable) = (vec![0.0; n_tok * rows], vec![0.0; n_tok * rows]);
+        matmul_with(w, &x, n_tok, &mut simd, true);
+        matmul_with(w, &x, n_tok, &mut portable, false);
+        // Quantized weights meet activations rounded to 8 bits, as in ggml: the
+        // reference uses those same rounded activations.
+        let xr = if dtype.is_quantized() {
+            q8_rounded(&x, cols)
+        } else {
+            x.clone()
+        };
+        // Q4_1: s = d·Σq is kept at f16 precision. Error grows with the row length.
+        let scale = (cols as f64 / 96.0).sqrt();
+        let tol = if dtype == DType::Q4_1 { 1e-2 } else { 1e-4 } * scale;
+        for t in 0..n_tok {
+            for r in 0..rows {
+                let dot_with = |xs: &[f32]| -> f64 {
+                    (0..cols)
+                        .map(|k| wf[r * cols + k] as f64 * xs[t * cols + k] as f64)
+                        .sum()
+                };
+                let (s, p) = (simd[t * rows + r] as f64, portable[t * rows + r] as f64);
+                let at = format!("{dtype:?} [{rows}, {cols}] × {n_tok} tokens, row {r} token {t}");
+                assert!(
+                    (s - dot_with(&xr)).abs() < tol,
+                    "{at}: simd {s} vs {}",
+                    dot_with(&xr)
+                );
+                assert!(
+                    (s - dot_with(&x)).abs() < 0.05 * scale,
+                    "{at}: drifts from exact f32"
+                );
+                assert!(
+                    (s - p).abs() < 1e-4 * scale,
+                    "{at}: simd {s} vs portable {p}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_many_equals_separate_matmuls() {
+        let cols = 64;
+        let ws: Vec<Tensor> = [(DType::Q4_1, 9), (DType::Q8_0, 5), (DType::F16, 3)]
+            .iter()
+            .enumerate()
+            .map(|(i, &(dtype, rows))| {
+                let v = pseudo_random(rows * cols, 10 + i as u64);
+                Tensor::new(dtype, rows, cols, quantize(dtype, &v)).unwrap()
+            })
+            .collect();
+        let n_tok = 3;
+        let x = pseudo_random(n_tok * cols, 7);
+        let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0.0; n_tok * w.rows]).collect();
+        {
+            let mut products: Vec<(&Tensor, &mut [f32])> = ws
+                .iter()
+                .zip(outs.iter_mut())
+                .map(|(w, o)| (w, &mut o[..]))
+                .collect();
+            matmul_many(&x, n_tok, &mut Q8Activations::new(), &mut products, true);
+        }
+        for (w, got) in ws.iter().zip(&outs) {
+            let mut alone = vec![0.0; n_tok * w.rows];
+            matmul(w, &x, n_tok, &mut alone);
+            assert_eq!(got, &alone, "{:?}", w.dtype);
         }
     }
 

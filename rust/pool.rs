@@ -31,6 +31,9 @@ struct Shared {
     worker_panicked: AtomicBool,
     /// The current section's job, valid while `pending` > 0.
     job: Mutex<Option<&'static Job>>,
+    /// Workers asleep (or about to be) on `wake`; waking is a system call, so
+    /// it is only made when someone sleeps.
+    sleeping: AtomicUsize,
     sleep_lock: Mutex<()>,
     wake: Condvar,
 }
@@ -50,6 +53,7 @@ impl Pool {
             pending: AtomicUsize::new(0),
             worker_panicked: AtomicBool::new(false),
             job: Mutex::new(None),
+            sleeping: AtomicUsize::new(0),
             sleep_lock: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -85,8 +89,10 @@ impl Pool {
         };
         *self.shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
         self.shared.pending.store(n - 1, Ordering::Release);
-        self.shared.generation.fetch_add(1, Ordering::AcqRel);
-        {
+        // SeqCst pairs with the worker's: either it sees the new generation before
+        // it sleeps, or we see it counted as sleeping and wake it.
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        if self.shared.sleeping.load(Ordering::SeqCst) > 0 {
             let _guard = self
                 .shared
                 .sleep_lock
@@ -118,9 +124,11 @@ fn worker(shared: Arc<Shared>, index: usize) {
         while shared.generation.load(Ordering::Acquire) == seen {
             if start.elapsed() > SPIN {
                 let guard = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
-                if shared.generation.load(Ordering::Acquire) == seen {
+                shared.sleeping.fetch_add(1, Ordering::SeqCst);
+                if shared.generation.load(Ordering::SeqCst) == seen {
                     drop(shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner()));
                 }
+                shared.sleeping.fetch_sub(1, Ordering::SeqCst);
             } else {
                 std::hint::spin_loop();
             }

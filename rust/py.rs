@@ -15,7 +15,8 @@ use pyo3::types::{PyBytes, PyDict};
 use crate::kv_cache::KvCache;
 use crate::model::{Config, KernelError as CoreError, Model, SeqInput};
 use crate::sampler::{Sampler as CoreSampler, SamplingParams};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::DType;
+use crate::weights::{self, Quantize, TensorSource};
 
 create_exception!(
     _kernel,
@@ -127,17 +128,27 @@ fn f32_bytes<'py>(py: Python<'py>, v: &[f32]) -> Bound<'py, PyBytes> {
 
 #[pymethods]
 impl KernelModel {
-    /// `tensors`: (name, dtype name, shape, buffer of raw bytes) for each weight,
-    /// named as in GGUF. Bytes are copied once into the kernel's own memory.
+    /// `tensors`: (name, dtype name, shape, file path, byte offset, byte length)
+    /// for each weight, named as in GGUF. Each is read from its file once into
+    /// the kernel's own memory; `quantize` ("q8_0" or "q4_0") converts float
+    /// matrices on the way in.
     #[new]
+    #[pyo3(signature = (config, tensors, quantize=None))]
     fn new(
         py: Python<'_>,
         config: &Bound<'_, PyDict>,
-        tensors: Vec<(String, String, Vec<usize>, PyBuffer<u8>)>,
+        tensors: Vec<(String, String, Vec<usize>, String, u64, usize)>,
+        quantize: Option<&str>,
     ) -> PyResult<Self> {
         let cfg = config_from_dict(config)?;
-        let mut map = HashMap::with_capacity(tensors.len());
-        for (name, dtype_name, shape, buffer) in tensors {
+        let quantize = match quantize {
+            None => None,
+            Some(q) => Some(Quantize::parse(q).ok_or_else(|| {
+                kernel_err(format!("cannot quantize to {q:?}: choose q8_0 or q4_0"))
+            })?),
+        };
+        let mut sources = Vec::with_capacity(tensors.len());
+        for (name, dtype_name, shape, path, offset, nbytes) in tensors {
             let dtype = DType::parse(&dtype_name)
                 .ok_or_else(|| kernel_err(format!("{name}: unsupported dtype {dtype_name}")))?;
             let (rows, cols) = match shape[..] {
@@ -149,13 +160,23 @@ impl KernelModel {
                     )))
                 }
             };
-            let tensor = Tensor::new(dtype, rows, cols, buffer.to_vec(py)?)
-                .map_err(|e| kernel_err(format!("{name}: {e}")))?;
-            map.insert(name, tensor);
+            sources.push(TensorSource {
+                name,
+                dtype,
+                rows,
+                cols,
+                path,
+                offset,
+                nbytes,
+            });
         }
-        Ok(KernelModel {
-            inner: py.detach(|| Model::new(cfg, map))?,
-        })
+        let inner = py.detach(|| {
+            contain_panic(|| {
+                let map = weights::load(&sources, quantize).map_err(CoreError)?;
+                Model::new(cfg, map)
+            })
+        })?;
+        Ok(KernelModel { inner })
     }
 
     #[getter]
@@ -215,12 +236,11 @@ impl KernelModel {
         }
         let chosen = py.detach(|| {
             contain_panic(|| -> Result<Vec<u32>, CoreError> {
-                let logits = self.inner.forward(&mut inputs)?;
-                Ok(logits
-                    .iter()
-                    .zip(samplers.iter_mut())
-                    .map(|(l, s)| s.sample(l))
-                    .collect())
+                let mut chosen = vec![0; samplers.len()];
+                self.inner.forward_each(&mut inputs, |i, logits| {
+                    chosen[i] = samplers[i].sample(logits)
+                })?;
+                Ok(chosen)
             })
         })?;
         Ok(chosen)

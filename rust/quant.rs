@@ -216,54 +216,78 @@ pub fn dequantize(dtype: DType, src: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Quantizes f32 values into `dtype` (used by tests and by `--quantize` later).
+/// Quantizes f32 values into `dtype` (tests, `--quantize`, the GGUF writer's checks).
 /// Follows ggml's reference rounding so files we write read back the same in llama.cpp.
 pub fn quantize(dtype: DType, src: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(dtype.nbytes(src.len()).unwrap_or(0));
+    let mut out = vec![0u8; dtype.nbytes(src.len()).expect("whole blocks")];
+    quantize_into(dtype, src, &mut out);
+    out
+}
+
+/// `quantize` into a buffer of exactly `dtype.nbytes(src.len())` bytes.
+pub fn quantize_into(dtype: DType, src: &[f32], out: &mut [u8]) {
+    assert_eq!(
+        Some(out.len()),
+        dtype.nbytes(src.len()),
+        "quantize_into: output size"
+    );
     match dtype {
-        DType::F32 => src.iter().for_each(|v| out.extend(v.to_le_bytes())),
-        DType::F16 => src
-            .iter()
-            .for_each(|v| out.extend(f16::from_f32(*v).to_le_bytes())),
-        DType::BF16 => src
-            .iter()
-            .for_each(|v| out.extend(bf16::from_f32(*v).to_le_bytes())),
+        DType::F32 => {
+            for (o, v) in out.chunks_exact_mut(4).zip(src) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        DType::F16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(src) {
+                o.copy_from_slice(&f16::from_f32(*v).to_le_bytes());
+            }
+        }
+        DType::BF16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(src) {
+                o.copy_from_slice(&bf16::from_f32(*v).to_le_bytes());
+            }
+        }
         DType::Q8_0 => {
-            for block in src.chunks_exact(32) {
+            for (o, block) in out.chunks_exact_mut(34).zip(src.chunks_exact(32)) {
                 let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
                 let d = amax / 127.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                out.extend(f16::from_f32(d).to_le_bytes());
-                out.extend(block.iter().map(|v| ((v * id).round() as i8) as u8));
+                o[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+                for (q, v) in o[2..].iter_mut().zip(block) {
+                    *q = ((v * id).round() as i8) as u8;
+                }
             }
         }
         DType::Q4_0 => {
-            for block in src.chunks_exact(32) {
+            for (o, block) in out.chunks_exact_mut(18).zip(src.chunks_exact(32)) {
                 // The value of largest magnitude, with its sign, maps to -8.
                 let max = block
                     .iter()
                     .fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
                 let d = max / -8.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                out.extend(f16::from_f32(d).to_le_bytes());
+                o[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
                 let q = |v: f32| ((v * id + 8.5) as i32).clamp(0, 15) as u8;
-                out.extend((0..16).map(|j| q(block[j]) | q(block[j + 16]) << 4));
+                for j in 0..16 {
+                    o[2 + j] = q(block[j]) | q(block[j + 16]) << 4;
+                }
             }
         }
         DType::Q4_1 => {
-            for block in src.chunks_exact(32) {
+            for (o, block) in out.chunks_exact_mut(20).zip(src.chunks_exact(32)) {
                 let min = block.iter().fold(f32::INFINITY, |a, &v| a.min(v));
                 let max = block.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
                 let d = (max - min) / 15.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                out.extend(f16::from_f32(d).to_le_bytes());
-                out.extend(f16::from_f32(min).to_le_bytes());
+                o[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+                o[2..4].copy_from_slice(&f16::from_f32(min).to_le_bytes());
                 let q = |v: f32| (((v - min) * id + 0.5) as i32).clamp(0, 15) as u8;
-                out.extend((0..16).map(|j| q(block[j]) | q(block[j + 16]) << 4));
+                for j in 0..16 {
+                    o[4 + j] = q(block[j]) | q(block[j + 16]) << 4;
+                }
             }
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -70,6 +70,8 @@ impl Default for SamplingParams {
 pub struct Sampler {
     pub params: SamplingParams,
     rng: Rng,
+    /// The candidate list, kept so sampling a token does not allocate.
+    cand: Vec<(u32, f32)>,
 }
 
 /// Index of the largest value; the lowest index wins ties, as a stable argmax should.
@@ -92,6 +94,7 @@ impl Sampler {
         Sampler {
             params,
             rng: Rng::new(seed),
+            cand: Vec::new(),
         }
     }
 
@@ -100,13 +103,23 @@ impl Sampler {
         if p.temperature <= 0.0 || p.top_k == 1 || logits.len() == 1 {
             return argmax(logits);
         }
+        let mut cand = std::mem::take(&mut self.cand);
+        let chosen = self.sample_from(logits, &mut cand);
+        self.cand = cand;
+        chosen
+    }
+
+    fn sample_from(&mut self, logits: &[f32], cand: &mut Vec<(u32, f32)>) -> u32 {
+        let p = &self.params;
         let inv_t = 1.0 / p.temperature;
         // Candidates as (index, probability), most likely first once ordered.
-        let mut cand: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, l * inv_t))
-            .collect();
+        cand.clear();
+        cand.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, l * inv_t)),
+        );
         let by_prob_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
 
         if p.top_k > 0 && p.top_k < cand.len() {
@@ -126,10 +139,10 @@ impl Sampler {
             total = cand.iter().map(|c| c.1 as f64).sum();
         }
         if p.top_p < 1.0 {
-            total = self.keep_nucleus(&mut cand, total, by_prob_desc);
+            total = self.keep_nucleus(cand, total, by_prob_desc);
         }
         let mut u = self.rng.next_f64() * total;
-        for &(i, w) in &cand {
+        for &(i, w) in cand.iter() {
             u -= w as f64;
             if u < 0.0 {
                 return i;

@@ -1,24 +1,20 @@
-//! AVX2 versions of the block dot products in `quant::dot_q8`, for x86-64 CPUs
-//! that have AVX2 and FMA (checked at run time by the caller).
+//! AVX2 kernels, for x86-64 CPUs that have AVX2, FMA and F16C (checked at run
+//! time by the caller): the quantized matrix product's inner tiles, and the f16
+//! dot product and axpy of attention over an f16 cache.
 //!
-//! Each block's 32 products are summed exactly in integers (`maddubs` pairs
-//! into i16, `madd` into i32), then scaled and accumulated in eight f32 lanes.
+//! A quantized tile multiplies R weight rows by T tokens' 8-bit activations.
+//! Each block's 32 products are summed exactly in integers (`maddubs` pairs into
+//! i16, `madd` into i32), then scaled and accumulated in eight f32 lanes per
+//! (row, token). A weight block is unpacked once for T tokens and an activation
+//! block loaded once for R rows; the R·T accumulators are independent, so the
+//! CPU overlaps their latencies. Decode (one token) takes 4×1 tiles, prefill 2×4.
 //! The portable `quant::dot_q8` is the reference these are tested against.
 
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
 
-use crate::tensor::DType;
-
-/// An f16 scale from a block header, converted by the F16C unit (a table lookup
-/// would add a 256 KiB table to the cache traffic of every block).
-#[inline(always)]
-unsafe fn f16_at(b: &[u8], at: usize) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-        u16::from_le_bytes([b[at], b[at + 1]]) as i32,
-    )))
-}
+use crate::quant::Q8Activations;
 
 /// 16 bytes of nibbles -> 32 bytes: low nibbles first, then high nibbles (ggml's order).
 #[inline(always)]
@@ -46,47 +42,6 @@ unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
     _mm_cvtss_f32(s)
-}
-
-/// Same contract as `quant::dot_q8`.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C; `row` must hold whole blocks of
-/// `dtype` and `d`, `s`, `qs` the matching quantized activations.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8(dtype: DType, row: &[u8], d: &[f32], s: &[f32], qs: &[i8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut mins = 0f32;
-    let q = qs.as_ptr();
-    match dtype {
-        DType::Q8_0 => {
-            for (b, blk) in row.chunks_exact(34).enumerate() {
-                let x = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
-                let y = _mm256_loadu_si256(q.add(b * 32) as *const __m256i);
-                let sum = _mm256_cvtepi32_ps(mul_sum_i8_i8(x, y));
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(blk, 0) * d[b]), sum, acc);
-            }
-        }
-        DType::Q4_0 => {
-            for (b, blk) in row.chunks_exact(18).enumerate() {
-                let x = _mm256_sub_epi8(nibbles(blk.as_ptr().add(2)), _mm256_set1_epi8(8));
-                let y = _mm256_loadu_si256(q.add(b * 32) as *const __m256i);
-                let sum = _mm256_cvtepi32_ps(mul_sum_i8_i8(x, y));
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(blk, 0) * d[b]), sum, acc);
-            }
-        }
-        DType::Q4_1 => {
-            for (b, blk) in row.chunks_exact(20).enumerate() {
-                let x = nibbles(blk.as_ptr().add(4));
-                let y = _mm256_loadu_si256(q.add(b * 32) as *const __m256i);
-                let sum = _mm256_cvtepi32_ps(mul_sum_u8_i8(x, y));
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(blk, 0) * d[b]), sum, acc);
-                mins += f16_at(blk, 2) * s[b];
-            }
-        }
-        DType::F32 | DType::F16 | DType::BF16 => unreachable!("float weights take the f32 path"),
-    }
-    hsum(acc) + mins
 }
 
 /// Σ a[i]·b[i] for f16 `b` (bit patterns); `a.len()` a multiple of 8.
@@ -117,46 +72,179 @@ pub unsafe fn axpy_f16(a: f32, x: &[u16], out: &mut [f32]) {
     }
 }
 
-/// `dot_q8` of one weight row with four tokens' activations at once: each weight
-/// block is unpacked once and used four times (prefill is bound by this work).
-///
-/// # Safety
-/// As for `dot_q8`; `acts[k]` are the (d, s, qs) of four tokens.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8_x4(dtype: DType, row: &[u8], acts: [(&[f32], &[f32], &[i8]); 4]) -> [f32; 4] {
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut mins = [0f32; 4];
-    let (width, data_at) = match dtype {
-        DType::Q8_0 => (34, 2),
-        DType::Q4_0 => (18, 2),
-        DType::Q4_1 => (20, 4),
-        DType::F32 | DType::F16 | DType::BF16 => unreachable!("float weights take the f32 path"),
-    };
-    for (b, blk) in row.chunks_exact(width).enumerate() {
-        let dw = f16_at(blk, 0);
-        let p = blk.as_ptr().add(data_at);
-        // Q8_0 and Q4_0 are signed: products go through the sign trick; Q4_1 is unsigned.
-        let (x, signed) = match dtype {
-            DType::Q8_0 => (_mm256_loadu_si256(p as *const __m256i), true),
-            DType::Q4_0 => (_mm256_sub_epi8(nibbles(p), _mm256_set1_epi8(8)), true),
-            _ => (nibbles(p), false),
-        };
-        let ax = if signed { _mm256_sign_epi8(x, x) } else { x };
-        for t in 0..4 {
-            let (d, s, qs) = acts[t];
-            let y = _mm256_loadu_si256(qs.as_ptr().add(b * 32) as *const __m256i);
-            let y = if signed { _mm256_sign_epi8(y, x) } else { y };
-            let sum = _mm256_cvtepi32_ps(mul_sum_u8_i8(ax, y));
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * d[b]), sum, acc[t]);
-            if dtype == DType::Q4_1 {
-                mins[t] += f16_at(blk, 2) * s[b];
+/// The block formats as const parameters, so each tile is compiled per format.
+pub const Q8_0: u8 = 0;
+pub const Q4_0: u8 = 1;
+pub const Q4_1: u8 = 2;
+
+/// (bytes per block, offset of the quants in a block)
+#[inline(always)]
+const fn geometry(fmt: u8) -> (usize, usize) {
+    match fmt {
+        Q8_0 => (34, 2),
+        Q4_0 => (18, 2),
+        _ => (20, 4),
+    }
+}
+
+/// One weight block's 32 quants as bytes: signed for Q8_0 and Q4_0, unsigned (0..15) for Q4_1.
+#[inline(always)]
+unsafe fn unpack<const F: u8>(blk: *const u8) -> __m256i {
+    let p = blk.add(geometry(F).1);
+    match F {
+        Q8_0 => _mm256_loadu_si256(p as *const __m256i),
+        Q4_0 => _mm256_sub_epi8(nibbles(p), _mm256_set1_epi8(8)),
+        _ => nibbles(p),
+    }
+}
+
+/// An f16 scale from a block header, converted by the F16C unit (a table lookup
+/// would add a 256 KiB table to the cache traffic of every block).
+#[inline(always)]
+unsafe fn f16_ptr(p: *const u8) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+        u16::from_le_bytes([*p, *p.add(1)]) as i32,
+    )))
+}
+
+/// R rows × T tokens over `nb` blocks. `rows[r]` points at a weight row; token t's
+/// activations are block scales `d[t]`, block sums `s[t]` and quants `q[t]`.
+#[inline(always)]
+unsafe fn tile<const F: u8, const R: usize, const T: usize>(
+    rows: [*const u8; R],
+    d: [*const f32; T],
+    s: [*const f32; T],
+    q: [*const i8; T],
+    nb: usize,
+) -> [[f32; T]; R] {
+    let (width, _) = geometry(F);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut mins = [[0f32; T]; R];
+    for b in 0..nb {
+        let mut x = [_mm256_setzero_si256(); R];
+        let mut dw = [0f32; R];
+        for r in 0..R {
+            let blk = rows[r].add(b * width);
+            x[r] = unpack::<F>(blk);
+            dw[r] = f16_ptr(blk);
+            if F == Q4_1 {
+                let m = f16_ptr(blk.add(2));
+                for t in 0..T {
+                    mins[r][t] += m * *s[t].add(b);
+                }
+            }
+        }
+        for t in 0..T {
+            let y = _mm256_loadu_si256(q[t].add(b * 32) as *const __m256i);
+            let dt = *d[t].add(b);
+            for r in 0..R {
+                let ints = if F == Q4_1 {
+                    mul_sum_u8_i8(x[r], y)
+                } else {
+                    mul_sum_i8_i8(x[r], y)
+                };
+                acc[r][t] = _mm256_fmadd_ps(
+                    _mm256_set1_ps(dw[r] * dt),
+                    _mm256_cvtepi32_ps(ints),
+                    acc[r][t],
+                );
             }
         }
     }
-    [
-        hsum(acc[0]) + mins[0],
-        hsum(acc[1]) + mins[1],
-        hsum(acc[2]) + mins[2],
-        hsum(acc[3]) + mins[3],
-    ]
+    let mut out = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            out[r][t] = hsum(acc[r][t]) + mins[r][t];
+        }
+    }
+    out
+}
+
+/// Rows `first..first+n` of a quantized matrix times every token of `acts`:
+/// `out[t·stride + r]` for each row r (relative to `out`) and token t.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C. `w` must hold `first + n` rows of
+/// `row_bytes` bytes in format `F`, `acts` the matching activations, and `out`
+/// must be valid for those writes.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn matmul_rows<const F: u8>(
+    w: &[u8],
+    row_bytes: usize,
+    first: usize,
+    n: usize,
+    acts: &Q8Activations,
+    n_tok: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    let nb = acts.cols / 32;
+    debug_assert!(w.len() >= (first + n) * row_bytes);
+    let row = |r: usize| w.as_ptr().add((first + r) * row_bytes);
+    let tok = |t: usize| {
+        (
+            acts.d.as_ptr().add(t * nb),
+            acts.s.as_ptr().add(t * nb),
+            acts.qs.as_ptr().add(t * acts.cols),
+        )
+    };
+    let mut r = 0;
+    if n_tok == 1 {
+        let (d, s, q) = tok(0);
+        while r + 4 <= n {
+            let o = tile::<F, 4, 1>(
+                [row(r), row(r + 1), row(r + 2), row(r + 3)],
+                [d],
+                [s],
+                [q],
+                nb,
+            );
+            for i in 0..4 {
+                *out.add(r + i) = o[i][0];
+            }
+            r += 4;
+        }
+        while r < n {
+            *out.add(r) = tile::<F, 1, 1>([row(r)], [d], [s], [q], nb)[0][0];
+            r += 1;
+        }
+        return;
+    }
+    while r < n {
+        let pair = r + 2 <= n;
+        let mut t = 0;
+        while t + 4 <= n_tok {
+            let (d0, s0, q0) = tok(t);
+            let (d1, s1, q1) = tok(t + 1);
+            let (d2, s2, q2) = tok(t + 2);
+            let (d3, s3, q3) = tok(t + 3);
+            let (d4, s4, q4) = ([d0, d1, d2, d3], [s0, s1, s2, s3], [q0, q1, q2, q3]);
+            if pair {
+                let o = tile::<F, 2, 4>([row(r), row(r + 1)], d4, s4, q4, nb);
+                for (i, or) in o.iter().enumerate() {
+                    for (j, v) in or.iter().enumerate() {
+                        *out.add((t + j) * stride + r + i) = *v;
+                    }
+                }
+            } else {
+                let o = tile::<F, 1, 4>([row(r)], d4, s4, q4, nb);
+                for (j, v) in o[0].iter().enumerate() {
+                    *out.add((t + j) * stride + r) = *v;
+                }
+            }
+            t += 4;
+        }
+        while t < n_tok {
+            let (d, s, q) = tok(t);
+            if pair {
+                let o = tile::<F, 2, 1>([row(r), row(r + 1)], [d], [s], [q], nb);
+                *out.add(t * stride + r) = o[0][0];
+                *out.add(t * stride + r + 1) = o[1][0];
+            } else {
+                *out.add(t * stride + r) = tile::<F, 1, 1>([row(r)], [d], [s], [q], nb)[0][0];
+            }
+            t += 1;
+        }
+        r += if pair { 2 } else { 1 };
+    }
 }

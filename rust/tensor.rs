@@ -5,7 +5,10 @@
 //! whole number of blocks. Rows are what the kernels stream through: the
 //! matrix-vector product dequantizes one row at a time into a small buffer.
 
+use std::sync::Arc;
+
 use crate::quant;
+use crate::weights::Arena;
 
 /// Element formats. The block geometry matches ggml's so GGUF bytes are used as they are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,14 +60,28 @@ impl DType {
     }
 }
 
+/// What keeps a tensor's bytes alive.
+enum Owner {
+    Vec(#[allow(dead_code)] Vec<u8>),
+    Arena(#[allow(dead_code)] Arc<Arena>),
+}
+
 /// A 2-D weight matrix (a vector is a matrix of one row).
 pub struct Tensor {
     pub dtype: DType,
     pub rows: usize,
     pub cols: usize,
     row_bytes: usize,
-    data: Vec<u8>,
+    // The bytes, owned by `_owner` (a Vec's or the arena's heap memory does not
+    // move when they do). Kept as a pointer so row access is one add.
+    ptr: *const u8,
+    len: usize,
+    _owner: Owner,
 }
+
+// SAFETY: the bytes are never written after construction, and their owners are Send + Sync.
+unsafe impl Send for Tensor {}
+unsafe impl Sync for Tensor {}
 
 impl Tensor {
     /// Wraps raw bytes; fails with a message if their length does not match the shape.
@@ -84,8 +101,47 @@ impl Tensor {
             rows,
             cols,
             row_bytes,
-            data,
+            ptr: data.as_ptr(),
+            len: data.len(),
+            _owner: Owner::Vec(data),
         })
+    }
+
+    /// A tensor whose bytes start at `start` in `arena`.
+    pub fn in_arena(
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        arena: Arc<Arena>,
+        start: usize,
+    ) -> Result<Tensor, String> {
+        let row_bytes = dtype
+            .nbytes(cols)
+            .ok_or_else(|| format!("{cols} columns is not a whole number of {dtype:?} blocks"))?;
+        let len = row_bytes * rows;
+        if start + len > arena.len() {
+            return Err(format!("{dtype:?} [{rows}, {cols}] does not fit the arena"));
+        }
+        Ok(Tensor {
+            dtype,
+            rows,
+            cols,
+            row_bytes,
+            ptr: arena.ptr_at(start),
+            len,
+            _owner: Owner::Arena(arena),
+        })
+    }
+
+    /// All of the tensor's bytes.
+    #[inline(always)]
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` is owned by `_owner`, which lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.row_bytes
     }
 
     pub fn from_f32(rows: usize, cols: usize, values: &[f32]) -> Tensor {
@@ -95,7 +151,7 @@ impl Tensor {
 
     #[inline(always)]
     pub fn row(&self, r: usize) -> &[u8] {
-        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+        &self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
     /// Writes row `r` as f32 into `out` (length `cols`).

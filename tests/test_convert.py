@@ -31,8 +31,8 @@ def test_converted_directory_matches_the_numpy_reference(converted, default_mode
     # f32 conversion is exact, so the safetensors path must equal the reference on the
     # GGUF's dequantized weights (which checks the Q/K un-permutation too).
     spec = load_gguf(default_model_path())
-    weights = {name: np.frombuffer(_kernel.dequantize(dtype, memoryview(data).cast("B"), int(np.prod(shape))), np.float32).reshape(shape)
-               for name, dtype, shape, data in spec.weights.tensors}
+    weights = {t.name: np.frombuffer(_kernel.dequantize(t.dtype, t.data.cast("B"), int(np.prod(t.shape))), np.float32).reshape(t.shape)
+               for t in spec.weights.tensors}
     config = dict(spec.weights.config)
     spec.release()
     ids = default_model.tokenizer.encode(PROMPT)[:12]

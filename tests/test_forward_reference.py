@@ -10,7 +10,8 @@ import pytest
 import reference
 from pycompat import _kernel
 from pycompat.loading.load import load_model
-from tiny_models import TinyConfig, byte_vocab, random_weights, reference_config, reference_weights, write_gguf_model, write_hf_model
+from tiny_models import (TinyConfig, byte_vocab, dequantize, quantize, random_weights, reference_config, reference_weights,
+                         write_gguf_model, write_hf_model)
 
 VOCAB = len(byte_vocab()[0])
 # Sizes that are multiples of nothing useful: heads of 10, an MLP of 100.
@@ -115,3 +116,28 @@ def test_truncate_rolls_back_the_cache(tmp_path):
     seq.truncate(len(PROMPT))
     (again,) = model.kernel.forward([(seq, [9])])
     assert first == again
+
+
+@pytest.mark.parametrize("kind", ["q8_0", "q4_0"])
+def test_quantize_at_load_matches_reference_on_quantized_weights(tmp_path, kind):
+    # `serve --quantize`: f16 matrices are stored as blocks at load. The logits must
+    # match the reference given the block-rounded weights (q4_0 keeps the
+    # embedding at q8_0) better than the reference given the f16 ones.
+    stored = write_hf_model(tmp_path / "m", BLOCKY, random_weights(BLOCKY, VOCAB, seed=9), "F16")
+    blocked = {}
+    for name, w in stored.items():
+        fmt = "Q8_0" if kind == "q8_0" or name == "model.embed_tokens.weight" else "Q4_0"
+        blocked[name] = dequantize(quantize(w, fmt), fmt, w.shape) if w.ndim == 2 else w
+    decode = [17, 3, 260, 42]
+    ours = kernel_logits(load_model(tmp_path / "m", quantize=kind), PROMPT, decode)
+    cfg = reference_config(BLOCKY, VOCAB)
+    err_blocked = rel_err(ours, reference.forward(cfg, reference_weights(blocked), PROMPT + decode))
+    err_f16 = rel_err(ours, reference.forward(cfg, reference_weights(stored), PROMPT + decode))
+    assert err_blocked < 3e-2 and err_blocked < err_f16, (err_blocked, err_f16)
+
+
+def test_quantize_leaves_block_formats_alone(tmp_path):
+    write_gguf_model(tmp_path / "m.gguf", BLOCKY, random_weights(BLOCKY, VOCAB, seed=10), "Q4_1")
+    plain = kernel_logits(load_model(tmp_path / "m.gguf"), PROMPT, [1])
+    asked = kernel_logits(load_model(tmp_path / "m.gguf", quantize="q8_0"), PROMPT, [1])
+    np.testing.assert_array_equal(plain, asked)

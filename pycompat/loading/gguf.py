@@ -85,6 +85,7 @@ class GGUFTensor:
     shape: tuple[int, ...]  # row-major, outermost first (the reverse of ggml's ne[])
     ggml_type: GGMLType
     data: memoryview  # raw bytes, in the file's block layout
+    offset: int  # of data's first byte in the file
 
     @property
     def n_elements(self) -> int:
@@ -218,7 +219,7 @@ def read_gguf(path: str | Path) -> GGUFFile:
         start = data_start + offset
         if start + nbytes > size:
             raise ModelFileError(path, f"truncated: tensor {name!r} needs bytes {start}..{start + nbytes}, file has {size}")
-        tensors[name] = GGUFTensor(name, tuple(reversed(ne)), ggml_type, buf[start : start + nbytes])
+        tensors[name] = GGUFTensor(name, tuple(reversed(ne)), ggml_type, buf[start : start + nbytes], start)
     return GGUFFile(path, version, metadata, tensors, mm)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from pycompat.loading.errors import ModelFileError
 from pycompat.loading.gguf import read_gguf
 from pycompat.loading.rope import inverse_frequencies
-from pycompat.loading.spec import KernelWeights, ModelSpec
+from pycompat.loading.spec import KernelWeights, ModelSpec, WeightTensor
 from pycompat.loading.tokenizer import Tokenizer
 
 # Architectures whose tensors and hyper-parameters follow the llama layout.
@@ -68,7 +68,7 @@ def _spec(path: Path, gguf) -> ModelSpec:
         "rope_neox": False,  # GGUF's llama tensors are permuted for adjacent-pair rotation
         "rope_inv_freq": [float(f) for f in inv_freq],
     }
-    weights = KernelWeights(config, [(t.name, t.ggml_type.name, t.shape, t.data) for t in tensors.values()])
+    weights = KernelWeights(config, [WeightTensor(t.name, t.ggml_type.name, t.shape, path, t.offset, t.data) for t in tensors.values()])
     name = md.get("general.name") or path.stem
     return ModelSpec(
         name=name,

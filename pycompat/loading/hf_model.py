@@ -8,7 +8,7 @@ from pathlib import Path
 from pycompat.loading.errors import ModelFileError
 from pycompat.loading.rope import inverse_frequencies
 from pycompat.loading.safetensors import read_safetensors
-from pycompat.loading.spec import KernelWeights, ModelSpec
+from pycompat.loading.spec import KernelWeights, ModelSpec, WeightTensor
 from pycompat.loading.tokenizer import Tokenizer, read_json
 
 SUPPORTED_MODEL_TYPES = {"llama", "mistral"}
@@ -93,7 +93,7 @@ def load_hf_dir(directory: Path) -> ModelSpec:
             kname = kernel_name(name)
             if kname is None or (tied and kname == "output.weight"):
                 continue
-            tensors.append((kname, t.dtype, t.shape, t.data))
+            tensors.append(WeightTensor(kname, t.dtype, t.shape, file, t.offset, t.data))
 
     tokenizer_config = read_json(directory / "tokenizer_config.json")
     generation_config = read_json(directory / "generation_config.json")

@@ -62,10 +62,15 @@ class LoadedModel:
     sampling_defaults: dict[str, float]  # for sampling fields a request leaves out
 
 
-def load_model(path: str | Path | None = None, context_length: int | None = None) -> LoadedModel:
+QUANTIZE_CHOICES = ("q8_0", "q4_0")
+
+
+def load_model(path: str | Path | None = None, context_length: int | None = None, quantize: str | None = None) -> LoadedModel:
     """Loads ``path`` (default: the bundled SmolLM2) into the kernel.
 
-    ``context_length`` caps the model's own trained context. Raises ModelFileError.
+    ``context_length`` caps the model's own trained context. ``quantize`` (one of
+    QUANTIZE_CHOICES) stores f32/f16/bf16 weight matrices in that block format;
+    weights already in a block format stay as they are. Raises ModelFileError.
     """
     start = time.perf_counter()
     spec = read_model_files(path if path is not None else default_model_path())
@@ -73,15 +78,12 @@ def load_model(path: str | Path | None = None, context_length: int | None = None
     try:
         n_ctx = min(context_length or spec.context_length, spec.context_length)
         # An f16 cache, as llama.cpp keeps, unless every weight is f32 (then attention is exact too).
-        kv_f16 = any(dtype != "F32" for _, dtype, shape, _ in spec.weights.tensors if len(shape) == 2)
+        kv_f16 = quantize is not None or any(t.dtype != "F32" for t in spec.weights.tensors if len(t.shape) == 2)
         config = dict(spec.weights.config, max_seq_len=n_ctx, kv_f16=kv_f16)
-        # The kernel copies the bytes out of the mapped files; they are released after.
-        tensors = [(name, dtype, list(shape), memoryview(data).cast("B")) for name, dtype, shape, data in spec.weights.tensors]
         try:
-            kernel = _kernel.KernelModel(config, tensors)
+            kernel = _kernel.KernelModel(config, [t.kernel_source() for t in spec.weights.tensors], quantize=quantize)
         except _kernel.KernelError as e:
             raise ModelFileError(path or default_model_path(), str(e)) from None
-        del tensors
         if spec.tokenizer.vocab_size > kernel.vocab_size:
             raise ModelFileError(path or default_model_path(), f"tokenizer has {spec.tokenizer.vocab_size} tokens, the model's embedding {kernel.vocab_size}")
         try:

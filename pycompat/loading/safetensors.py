@@ -28,6 +28,7 @@ class SafeTensor:
     dtype: str  # F32, F16 or BF16
     shape: tuple[int, ...]
     data: memoryview
+    offset: int  # of data's first byte in the file
 
 
 def read_safetensors(path: str | Path) -> dict[str, SafeTensor]:
@@ -59,7 +60,7 @@ def read_safetensors(path: str | Path) -> dict[str, SafeTensor]:
         expected = int(np.prod(shape, dtype=np.int64)) * itemsize
         if not (0 <= start <= end and end - start == expected and base + end <= size):
             raise ModelFileError(path, f"tensor {name!r}: byte range {start}..{end} is wrong for {dtype}{list(shape)} or past the end")
-        tensors[name] = SafeTensor(name, kernel_dtype, shape, buf[base + start : base + end])
+        tensors[name] = SafeTensor(name, kernel_dtype, shape, buf[base + start : base + end], base + start)
     return tensors
 
 

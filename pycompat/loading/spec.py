@@ -4,18 +4,34 @@ server needs to talk to the model (tokenizer, chat template, stop tokens)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pycompat.loading.tokenizer import Tokenizer
 
 
+@dataclass(frozen=True)
+class WeightTensor:
+    """One weight, named as in GGUF, and where its bytes lie in its file."""
+
+    name: str
+    dtype: str  # kernel dtype name: F32, F16, BF16, Q8_0, Q4_0, Q4_1
+    shape: tuple[int, ...]
+    path: Path
+    offset: int  # of the first byte in the file
+    data: memoryview  # the same bytes through the file's mapping, for readers in Python
+
+    def kernel_source(self) -> tuple:
+        """What the kernel reads the tensor from: it reads the file itself, once."""
+        return (self.name, self.dtype, list(self.shape), str(self.path), self.offset, self.data.nbytes)
+
+
 @dataclass
 class KernelWeights:
-    """The kernel config (see rust/model.rs `Config`) and tensors named as in GGUF:
-    (name, dtype name, shape, raw bytes)."""
+    """The kernel config (see rust/model.rs `Config`) and its tensors."""
 
     config: dict[str, Any]
-    tensors: list[tuple[str, str, tuple[int, ...], memoryview]]
+    tensors: list[WeightTensor]
 
 
 @dataclass
@@ -31,7 +47,7 @@ class ModelSpec:
     closers: list[Any] = field(default_factory=list)  # file handles to release once loaded
 
     def release(self) -> None:
-        """Drops the mapped files once the kernel holds its own copy of the weights."""
+        """Drops the mapped files once the kernel has read the weights."""
         self.weights.tensors.clear()
         for c in self.closers:
             c()
