@@ -4,6 +4,7 @@
 //! The core (everything but `py`) is plain Rust and tests with `cargo test`.
 //! `py` holds every PyO3 item; it is built only with the `python` feature.
 
+pub mod groups;
 pub mod kv_cache;
 pub mod model;
 pub mod ops;

@@ -67,9 +67,17 @@ fn pick_isa(allow_simd: bool) -> Isa {
     Isa::Portable
 }
 
+/// Whether this CPU runs the kernels for the grouped layout (`groups.rs`);
+/// the loader groups block-quantized weights only then.
+pub fn grouped_kernels_available() -> bool {
+    pick_isa(true) != Isa::Portable
+}
+
 thread_local! {
     /// One dequantized weight row, for float weights (each pool thread keeps its own).
     static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// One gathered row of a grouped matrix, for the portable path.
+    static GATHER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Float weights: each row is widened to f32 once and met with every token.
@@ -108,16 +116,18 @@ fn quant_rows_portable(
     rows: Range<usize>,
     out: SendPtr<f32>,
 ) {
-    for r in rows {
-        let row = w.row(r);
-        for t in 0..n_tok {
-            let (d, s, qs) = q8.token(t);
-            // SAFETY: as in float_rows_body.
-            unsafe {
-                *out.get().add(t * w.rows + r) = crate::quant::dot_q8(w.dtype, row, d, s, qs)
-            };
+    GATHER.with_borrow_mut(|buf| {
+        for r in rows {
+            let row = w.row_in(r, buf);
+            for t in 0..n_tok {
+                let (d, s, qs) = q8.token(t);
+                // SAFETY: as in float_rows_body.
+                unsafe {
+                    *out.get().add(t * w.rows + r) = crate::quant::dot_q8(w.dtype, row, d, s, qs)
+                };
+            }
         }
-    }
+    })
 }
 
 /// Rows `rows` of `w` times every token, into `out` ([n_tok, w.rows]).
@@ -139,6 +149,29 @@ fn rows_job(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: pick_isa checked the CPU's features.
         (Isa::Avx2, false) => unsafe { float_rows_avx2(w, x, n_tok, rows, out) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, true) if w.is_grouped() => {
+            use crate::simd_avx2::{matmul_groups, Q4_0, Q4_1, Q8_0};
+            let kernel = match w.dtype {
+                DType::Q8_0 => matmul_groups::<Q8_0>,
+                DType::Q4_0 => matmul_groups::<Q4_0>,
+                _ => matmul_groups::<Q4_1>,
+            };
+            let g = crate::groups::ROWS;
+            debug_assert!(rows.start % g == 0 && rows.len() % g == 0);
+            // SAFETY: as below; the part's rows are whole groups.
+            unsafe {
+                kernel(
+                    w.bytes(),
+                    rows.start / g,
+                    rows.len() / g,
+                    q8,
+                    n_tok,
+                    out.get().add(rows.start),
+                    w.rows,
+                )
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, true) => {
             use crate::simd_avx2::{matmul_rows, Q4_0, Q4_1, Q8_0};
@@ -220,14 +253,19 @@ pub fn matmul_many(
     let q8 = &*q8;
     pool::global().run(&|part, parts| {
         for &(w, out) in &jobs {
-            // Rows in fours: the decode tile's height.
+            // Whole groups of eight, or rows in fours (the row kernel's decode tile).
+            let align = if w.is_grouped() {
+                crate::groups::ROWS
+            } else {
+                4
+            };
             rows_job(
                 isa,
                 w,
                 x,
                 q8,
                 n_tok,
-                pool::split(w.rows, part, parts, 4),
+                pool::split(w.rows, part, parts, align),
                 out,
             );
         }
@@ -329,12 +367,22 @@ mod tests {
         }
     }
 
-    /// Every format × {portable, SIMD} against a float reference, on sizes that
-    /// leave remainders in every tile dimension (rows not a multiple of 4 or of the
-    /// thread split, token counts not a multiple of 4, a single block).
+    /// Every format × layout × {portable, SIMD} against a float reference, on
+    /// sizes that leave remainders in every tile dimension (rows not a multiple
+    /// of 4 or 8 or of the thread split, token counts not a multiple of 2 or 4,
+    /// a single block).
     #[test]
     fn matmul_paths_agree_with_reference_for_every_dtype() {
-        for (rows, cols) in [(37, 96), (1, 32), (6, 32), (130, 576)] {
+        let shapes = [
+            (37, 96),
+            (1, 32),
+            (6, 32),
+            (130, 576),
+            (8, 32),
+            (40, 96),
+            (136, 576),
+        ];
+        for ((rows, cols), grouped) in shapes.into_iter().flat_map(|s| [(s, false), (s, true)]) {
             for dtype in [
                 DType::F32,
                 DType::F16,
@@ -343,13 +391,14 @@ mod tests {
                 DType::Q4_0,
                 DType::Q4_1,
             ] {
-                let w = Tensor::new(
-                    dtype,
-                    rows,
-                    cols,
-                    quantize(dtype, &pseudo_random(rows * cols, 3)),
-                )
-                .unwrap();
+                let bytes = quantize(dtype, &pseudo_random(rows * cols, 3));
+                let w = if grouped {
+                    Tensor::new_grouped(dtype, rows, cols, bytes).unwrap()
+                } else {
+                    Tensor::new(dtype, rows, cols, bytes).unwrap()
+                };
+                let expect_grouped = grouped && dtype.is_quantized() && rows % 8 == 0;
+                assert_eq!(w.is_grouped(), expect_grouped);
                 for n_tok in [1, 2, 3, 4, 5, 9] {
                     check_matmul(&w, n_tok);
                 }
@@ -403,12 +452,12 @@ mod tests {
     #[test]
     fn matmul_many_equals_separate_matmuls() {
         let cols = 64;
-        let ws: Vec<Tensor> = [(DType::Q4_1, 9), (DType::Q8_0, 5), (DType::F16, 3)]
+        let ws: Vec<Tensor> = [(DType::Q4_1, 9), (DType::Q8_0, 16), (DType::F16, 3)]
             .iter()
             .enumerate()
             .map(|(i, &(dtype, rows))| {
                 let v = pseudo_random(rows * cols, 10 + i as u64);
-                Tensor::new(dtype, rows, cols, quantize(dtype, &v)).unwrap()
+                Tensor::new_grouped(dtype, rows, cols, quantize(dtype, &v)).unwrap()
             })
             .collect();
         let n_tok = 3;

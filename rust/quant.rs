@@ -44,6 +44,8 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
 pub struct Q8Activations {
     pub d: Vec<f32>, // (tokens · blocks)
     pub s: Vec<f32>, // (tokens · blocks)
+    /// Σq of each block, exact (Q4_0's offset of 8 is taken off with it).
+    pub isum: Vec<i32>, // (tokens · blocks)
     pub qs: Vec<i8>, // (tokens · cols)
     pub cols: usize,
 }
@@ -53,6 +55,7 @@ impl Q8Activations {
         Q8Activations {
             d: Vec::new(),
             s: Vec::new(),
+            isum: Vec::new(),
             qs: Vec::new(),
             cols: 0,
         }
@@ -65,6 +68,7 @@ impl Q8Activations {
         self.cols = cols;
         self.d.resize(blocks, 0.0);
         self.s.resize(blocks, 0.0);
+        self.isum.resize(blocks, 0);
         self.qs.resize(x.len(), 0);
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("sse4.1") {
@@ -94,6 +98,7 @@ impl Q8Activations {
             }
             self.d[b] = round_to_f16(d);
             self.s[b] = round_to_f16(d * sum as f32);
+            self.isum[b] = sum;
         }
     }
 

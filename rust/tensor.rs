@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use crate::groups;
 use crate::quant;
 use crate::weights::Arena;
 
@@ -72,6 +73,8 @@ pub struct Tensor {
     pub rows: usize,
     pub cols: usize,
     row_bytes: usize,
+    /// Rows stored in groups of eight (`groups.rs`) rather than one after another.
+    grouped: bool,
     // The bytes, owned by `_owner` (a Vec's or the arena's heap memory does not
     // move when they do). Kept as a pointer so row access is one add.
     ptr: *const u8,
@@ -101,10 +104,26 @@ impl Tensor {
             rows,
             cols,
             row_bytes,
+            grouped: false,
             ptr: data.as_ptr(),
             len: data.len(),
             _owner: Owner::Vec(data),
         })
+    }
+
+    /// `new`, then regrouped into the grouped layout where the format and row count allow.
+    pub fn new_grouped(
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        mut data: Vec<u8>,
+    ) -> Result<Tensor, String> {
+        let row_bytes = dtype.nbytes(cols).unwrap_or(0);
+        let fits = row_bytes > 0 && data.len() == row_bytes * rows;
+        let grouped = fits && regroup(dtype, rows, row_bytes, &mut data);
+        let mut t = Tensor::new(dtype, rows, cols, data)?; // reports any mismatch
+        t.grouped = grouped;
+        Ok(t)
     }
 
     /// A tensor whose bytes start at `start` in `arena`.
@@ -114,6 +133,7 @@ impl Tensor {
         cols: usize,
         arena: Arc<Arena>,
         start: usize,
+        grouped: bool,
     ) -> Result<Tensor, String> {
         let row_bytes = dtype
             .nbytes(cols)
@@ -127,6 +147,7 @@ impl Tensor {
             rows,
             cols,
             row_bytes,
+            grouped,
             ptr: arena.ptr_at(start),
             len,
             _owner: Owner::Arena(arena),
@@ -144,20 +165,47 @@ impl Tensor {
         self.row_bytes
     }
 
+    pub fn is_grouped(&self) -> bool {
+        self.grouped
+    }
+
+    /// Row `r` in GGUF layout: borrowed as it is, or (grouped) gathered into `buf`.
+    #[inline(always)]
+    pub fn row_in<'a>(&'a self, r: usize, buf: &'a mut Vec<u8>) -> &'a [u8] {
+        if !self.grouped {
+            return self.row(r);
+        }
+        let group = r / groups::ROWS * groups::ROWS * self.row_bytes;
+        buf.resize(self.row_bytes, 0);
+        groups::ungroup_row(
+            self.dtype,
+            self.row_bytes,
+            &self.bytes()[group..group + groups::ROWS * self.row_bytes],
+            r % groups::ROWS,
+            buf,
+        );
+        buf
+    }
+
     pub fn from_f32(rows: usize, cols: usize, values: &[f32]) -> Tensor {
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         Tensor::new(DType::F32, rows, cols, data).expect("shape matches")
     }
 
+    /// Row `r`'s bytes; rows-one-after-another layout only (see `row_in`).
     #[inline(always)]
     pub fn row(&self, r: usize) -> &[u8] {
+        debug_assert!(!self.grouped);
         &self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
     /// Writes row `r` as f32 into `out` (length `cols`).
     #[inline(always)]
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        quant::dequantize(self.dtype, self.row(r), out);
+        if !self.grouped {
+            return quant::dequantize(self.dtype, self.row(r), out);
+        }
+        GATHERED.with_borrow_mut(|buf| quant::dequantize(self.dtype, self.row_in(r, buf), out))
     }
 
     /// The whole tensor as f32 (for small tensors: norms, tests).
@@ -168,4 +216,25 @@ impl Tensor {
         }
         out
     }
+}
+
+thread_local! {
+    /// A row gathered out of the grouped layout (each thread keeps its own).
+    static GATHERED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Rewrites `data` (`rows` rows of `row_bytes`, GGUF layout) in the grouped
+/// layout, in place, if the format has one and the rows fill whole groups.
+/// Returns whether it did.
+pub fn regroup(dtype: DType, rows: usize, row_bytes: usize, data: &mut [u8]) -> bool {
+    if !groups::groupable(dtype) || rows == 0 || rows % groups::ROWS != 0 {
+        return false;
+    }
+    let size = groups::ROWS * row_bytes;
+    let mut plain = vec![0u8; size];
+    for chunk in data.chunks_exact_mut(size) {
+        plain.copy_from_slice(chunk);
+        groups::group(dtype, row_bytes, &plain, chunk);
+    }
+    true
 }

@@ -1,6 +1,7 @@
 //! Getting weights into the kernel's memory: each tensor is read from its file
 //! once, straight into one allocation that holds them all, and kept there in
-//! its compact format (optionally quantized on the way in: `--quantize`).
+//! its compact format (optionally quantized on the way in: `--quantize`), block
+//! formats regrouped eight rows at a time for the SIMD kernels (`groups.rs`).
 //!
 //! Why not use the file mapping itself: a mapping is paged in 4 KiB pages, and
 //! decode streams every weight once per token, so TLB misses add up. The arena
@@ -12,8 +13,9 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
 
+use crate::ops;
 use crate::quant;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{regroup, DType, Tensor};
 
 /// One zero-initialized, page-aligned block of memory shared by all tensors.
 pub struct Arena {
@@ -195,7 +197,11 @@ pub fn load(
         } else {
             convert(file, s, dtype, dest).map_err(read_err)?;
         }
-        let tensor = Tensor::in_arena(dtype, s.rows, s.cols, Arc::clone(&arena), start)
+        // The grouped layout is what the SIMD kernels read fastest; the portable
+        // path reads rows one after another.
+        let grouped = ops::grouped_kernels_available()
+            && regroup(dtype, s.rows, dtype.nbytes(s.cols).unwrap(), dest);
+        let tensor = Tensor::in_arena(dtype, s.rows, s.cols, Arc::clone(&arena), start, grouped)
             .map_err(|e| format!("{}: {e}", s.name))?;
         tensors.insert(s.name.clone(), tensor);
     }
