@@ -37,6 +37,21 @@ pub trait KvElem: Copy + Send + Sync + 'static {
             *o += a * v.to_f32();
         }
     }
+
+    /// Attention scores: `out[j] = scale · q·k_j`, key j at `keys[j·stride..]`.
+    fn scores(q: &[f32], keys: &[Self], stride: usize, scale: f32, out: &mut [f32]) {
+        for (j, s) in out.iter_mut().enumerate() {
+            *s = Self::dot(q, &keys[j * stride..][..q.len()]) * scale;
+        }
+    }
+
+    /// `out = Σ_j p[j]·v_j`, value j at `values[j·stride..]`.
+    fn weighted_sum(p: &[f32], values: &[Self], stride: usize, out: &mut [f32]) {
+        out.fill(0.0);
+        for (j, &pj) in p.iter().enumerate() {
+            Self::axpy(pj, &values[j * stride..][..out.len()], out);
+        }
+    }
 }
 
 impl KvElem for f32 {
@@ -112,6 +127,48 @@ impl KvElem for F16 {
             *o += a * v.to_f32();
         }
     }
+
+    fn scores(q: &[f32], keys: &[Self], stride: usize, scale: f32, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if simd_ok(q.len()) && fits(keys.len(), out.len(), stride, q.len()) {
+            // SAFETY: features checked, every key in bounds; F16 is a transparent u16.
+            return unsafe {
+                crate::simd_avx2::scores_f16(q, keys.as_ptr() as *const u16, stride, scale, out)
+            };
+        }
+        for (j, s) in out.iter_mut().enumerate() {
+            *s = Self::dot(q, &keys[j * stride..][..q.len()]) * scale;
+        }
+    }
+
+    fn weighted_sum(p: &[f32], values: &[Self], stride: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if simd_ok(out.len()) && fits(values.len(), p.len(), stride, out.len()) {
+            // SAFETY: as in `scores`.
+            return unsafe {
+                crate::simd_avx2::weighted_sum_f16(p, values.as_ptr() as *const u16, stride, out)
+            };
+        }
+        out.fill(0.0);
+        for (j, &pj) in p.iter().enumerate() {
+            Self::axpy(pj, &values[j * stride..][..out.len()], out);
+        }
+    }
+}
+
+/// Whether the f16 SIMD attention kernels run here, for vectors of `len`.
+#[cfg(target_arch = "x86_64")]
+fn simd_ok(len: usize) -> bool {
+    len % 8 == 0
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("f16c")
+        && is_x86_feature_detected!("fma")
+}
+
+/// Whether `n` rows of `width` at `stride` lie within `len` elements.
+#[cfg(target_arch = "x86_64")]
+fn fits(len: usize, n: usize, stride: usize, width: usize) -> bool {
+    n == 0 || (n - 1) * stride + width <= len
 }
 
 /// Per layer: (position, kv_heads · head_dim), row-major.
@@ -184,5 +241,60 @@ impl KvCache {
     /// Called by the forward pass once every layer has appended `n` positions.
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 20) as f32 / 2048.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The f16 cache's attention kernels (SIMD where the CPU has it) against plain
+    /// f64 sums, for key counts and head sizes that leave remainders: fewer than
+    /// eight keys, not a multiple of eight, heads wider than the 64 values kept in
+    /// registers at once.
+    #[test]
+    fn f16_scores_and_weighted_sums_match_plain_sums() {
+        for hd in [8, 64, 72, 136] {
+            for n_keys in [1, 7, 8, 19] {
+                let stride = hd + 16; // keys of one head inside wider rows, as in the cache
+                let cache: Vec<F16> = values(n_keys * stride, 1)
+                    .into_iter()
+                    .map(F16::from_f32)
+                    .collect();
+                let q = values(hd, 2);
+                let mut scores = vec![0f32; n_keys];
+                F16::scores(&q, &cache, stride, 0.5, &mut scores);
+                let mut out = vec![0f32; hd];
+                let p = values(n_keys, 3);
+                F16::weighted_sum(&p, &cache, stride, &mut out);
+                for j in 0..n_keys {
+                    let exact: f64 = (0..hd)
+                        .map(|d| q[d] as f64 * cache[j * stride + d].to_f32() as f64)
+                        .sum::<f64>()
+                        * 0.5;
+                    assert!(
+                        (scores[j] as f64 - exact).abs() < 1e-4,
+                        "hd {hd}, {n_keys} keys, key {j}"
+                    );
+                }
+                for d in 0..hd {
+                    let exact: f64 = (0..n_keys)
+                        .map(|j| p[j] as f64 * cache[j * stride + d].to_f32() as f64)
+                        .sum();
+                    assert!(
+                        (out[d] as f64 - exact).abs() < 1e-4,
+                        "hd {hd}, {n_keys} keys, dim {d}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -417,32 +417,33 @@ impl Model {
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
 
-        // Heads run in parallel, each into its own (n, head_dim) slab.
+        // Units of work are (query, head) pairs, dealt out in turn so that every
+        // thread gets a like share of early (short) and late (long) queries.
+        // Each writes its own head_dim slice of a (head, query, head_dim) slab.
         let slabs = SendPtr(by_head.as_mut_ptr());
+        let units = n * c.n_heads;
         pool::global().run(&|part, parts| {
             ATTN_ROW.with_borrow_mut(|(scores, qv)| {
                 scores.resize(pos0 + n, 0.0);
                 qv.resize(hd, 0.0);
-                for h in pool::split(c.n_heads, part, parts, 1) {
-                    // SAFETY: each head's slab is written by the one part that owns the head.
-                    let slab = unsafe {
-                        std::slice::from_raw_parts_mut(slabs.get().add(h * n * hd), n * hd)
+                for u in (part..units).step_by(parts) {
+                    let (i, h) = (u / c.n_heads, u % c.n_heads);
+                    // SAFETY: each (head, query) slice is written by the one part that owns the unit.
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(slabs.get().add((h * n + i) * hd), hd)
                     };
                     let kv_off = (h / group) * hd;
-                    for (i, o) in slab.chunks_exact_mut(hd).enumerate() {
-                        let ctx = pos0 + i + 1;
-                        for (a, b) in qv.iter_mut().zip(&q[i * q_dim + h * hd..][..hd]) {
-                            *a = round(*b);
-                        }
-                        for (j, s) in scores[..ctx].iter_mut().enumerate() {
-                            *s = T::dot(&qv, &keys[j * kv_dim + kv_off..][..hd]) * scale;
-                        }
-                        softmax(&mut scores[..ctx]);
-                        o.fill(0.0);
-                        for (j, &p) in scores[..ctx].iter().enumerate() {
-                            T::axpy(round(p), &values[j * kv_dim + kv_off..][..hd], o);
-                        }
+                    let ctx = pos0 + i + 1;
+                    for (a, b) in qv.iter_mut().zip(&q[i * q_dim + h * hd..][..hd]) {
+                        *a = round(*b);
                     }
+                    let scores = &mut scores[..ctx];
+                    T::scores(qv, &keys[kv_off..], kv_dim, scale, scores);
+                    softmax(scores);
+                    if T::ROUNDS {
+                        scores.iter_mut().for_each(|p| *p = round(*p));
+                    }
+                    T::weighted_sum(scores, &values[kv_off..], kv_dim, o);
                 }
             })
         });

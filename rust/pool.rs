@@ -121,8 +121,11 @@ fn worker(shared: Arc<Shared>, index: usize) {
     loop {
         // Spin for the next section, then sleep until one is published.
         let start = Instant::now();
+        let mut spins = 0u32;
         while shared.generation.load(Ordering::Acquire) == seen {
-            if start.elapsed() > SPIN {
+            spins = spins.wrapping_add(1);
+            // Reading the clock costs more than a spin: look at it every 64th time round.
+            if spins % 64 == 0 && start.elapsed() > SPIN {
                 let guard = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
                 shared.sleeping.fetch_add(1, Ordering::SeqCst);
                 if shared.generation.load(Ordering::SeqCst) == seen {

@@ -372,3 +372,97 @@ unsafe fn group_tile<const F: u8, const T: usize>(
     }
     acc
 }
+
+/// Lane k of the result = the sum of the eight lanes of `a[k]`.
+#[inline(always)]
+unsafe fn sum_lanes_of_8_ps(a: [__m256; 8]) -> __m256 {
+    let e = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    let f = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    _mm256_add_ps(
+        _mm256_permute2f128_ps(e, f, 0x20),
+        _mm256_permute2f128_ps(e, f, 0x31),
+    )
+}
+
+/// Attention scores against an f16 cache: `out[j] = scale · Σ_d q[d]·k_j[d]`
+/// for `out.len()` keys, key j at `keys + j·stride` (f16 bit patterns).
+/// Eight keys at a time, each with its own accumulator (independent chains),
+/// summed across lanes together at the end.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `q.len()` a multiple of 8; every key readable for `q.len()` values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn scores_f16(q: &[f32], keys: *const u16, stride: usize, scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    let n = out.len();
+    let key = |j: usize, d: usize| {
+        _mm256_cvtph_ps(_mm_loadu_si128(keys.add(j * stride + d) as *const __m128i))
+    };
+    let mut j = 0;
+    while j + 8 <= n {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for d in (0..hd).step_by(8) {
+            let qv = _mm256_loadu_ps(q.as_ptr().add(d));
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(qv, key(j + k, d), *a);
+            }
+        }
+        let s = _mm256_mul_ps(sum_lanes_of_8_ps(acc), _mm256_set1_ps(scale));
+        _mm256_storeu_ps(out.as_mut_ptr().add(j), s);
+        j += 8;
+    }
+    for (jj, o) in out.iter_mut().enumerate().skip(j) {
+        let mut acc = _mm256_setzero_ps();
+        for d in (0..hd).step_by(8) {
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(d)), key(jj, d), acc);
+        }
+        *o = hsum(acc) * scale;
+    }
+}
+
+/// `out = Σ_j p[j]·v_j` over an f16 cache, value j at `values + j·stride`.
+/// The output stays in registers (up to 64 values at a time) while the values stream by.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `out.len()` a multiple of 8; every value readable for `out.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn weighted_sum_f16(p: &[f32], values: *const u16, stride: usize, out: &mut [f32]) {
+    let mut start = 0;
+    while start < out.len() {
+        let lanes = ((out.len() - start) / 8).min(8);
+        let o = out.as_mut_ptr().add(start);
+        let v = values.add(start);
+        match lanes {
+            8 => weighted_sum_chunk::<8>(p, v, stride, o),
+            7 => weighted_sum_chunk::<7>(p, v, stride, o),
+            6 => weighted_sum_chunk::<6>(p, v, stride, o),
+            5 => weighted_sum_chunk::<5>(p, v, stride, o),
+            4 => weighted_sum_chunk::<4>(p, v, stride, o),
+            3 => weighted_sum_chunk::<3>(p, v, stride, o),
+            2 => weighted_sum_chunk::<2>(p, v, stride, o),
+            _ => weighted_sum_chunk::<1>(p, v, stride, o),
+        }
+        start += 8 * lanes;
+    }
+}
+
+#[inline(always)]
+unsafe fn weighted_sum_chunk<const K: usize>(
+    p: &[f32],
+    values: *const u16,
+    stride: usize,
+    out: *mut f32,
+) {
+    let mut acc = [_mm256_setzero_ps(); K];
+    for (j, &pj) in p.iter().enumerate() {
+        let w = _mm256_set1_ps(pj);
+        let row = values.add(j * stride);
+        for (k, a) in acc.iter_mut().enumerate() {
+            let v = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * k) as *const __m128i));
+            *a = _mm256_fmadd_ps(w, v, *a);
+        }
+    }
+    for (k, a) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add(8 * k), *a);
+    }
+}
