@@ -210,18 +210,20 @@ class Server:
             if self.proc.poll() is not None:
                 raise SystemExit(f"{name} exited at start-up: {' '.join(argv)}")
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                r = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+                if r.status_code == 200:
+                    self.model_id = r.json()["data"][0]["id"]  # each server names the model its own way
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
         raise SystemExit(f"{name} did not come up")
 
-    def stream(self, prompt: str, n_decode: int) -> dict:
+    def stream(self, prompt: str, n_decode: int, prompt_tokens: int | None = None) -> dict:
         """One streaming completion; times its first and last tokens."""
         import httpx
 
-        body = {"model": "m", "prompt": prompt, "max_tokens": n_decode, "temperature": 0, "stream": True,
+        body = {"model": self.model_id, "prompt": prompt, "max_tokens": n_decode, "temperature": 0, "stream": True,
                 "stream_options": {"include_usage": True}, **self.extra}
         t0 = time.perf_counter()
         first = last = None
@@ -241,7 +243,7 @@ class Server:
                     chunks += 1
         completion = usage["completion_tokens"] if usage else chunks
         return {"ttft": first - t0, "decode_s": last - first, "completion": completion,
-                "prompt_tokens": usage["prompt_tokens"] if usage else None}
+                "prompt_tokens": usage["prompt_tokens"] if usage else prompt_tokens}
 
     def close(self) -> float:
         rss = peak_rss_mib(self.proc.pid)
@@ -262,13 +264,15 @@ def start_servers(model: Path, threads: int, llama_server: Path | None) -> list[
                                                          "-tb", str(threads), "-c", "2048", "-np", "1", "-b", "512", "--no-cache-prompt", "--no-webui"],
                               port, {"cache_prompt": False}))
     port = free_port()
+    # llama_cpp.server applies a repeat penalty of 1.1 unless told otherwise: off, so that
+    # greedy decoding yields the same tokens as the other two.
     servers.append(Server("python -m llama_cpp.server", [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port),
                                                          "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", "2048",
-                                                         "--n_batch", "512"], port, {}))
+                                                         "--n_batch", "512"], port, {"repeat_penalty": 1.0}))
     return servers
 
 
-def bench_http(model: Path, texts: list[str], n_decode: int, threads: int, llama_server: Path | None) -> dict[str, dict]:
+def bench_http(model: Path, texts: list[str], n_prompt: int, n_decode: int, threads: int, llama_server: Path | None) -> dict[str, dict]:
     servers = start_servers(model, threads, llama_server)
     runs = {s.name: [] for s in servers}
     try:
@@ -276,7 +280,9 @@ def bench_http(model: Path, texts: list[str], n_decode: int, threads: int, llama
             s.stream(texts[0][:200], 4)
         for text in texts:
             for s in servers:
-                r = s.stream(text, n_decode)
+                # Servers that report no usage while streaming get the prompt's length from our tokenizer
+                # (it agrees with llama.cpp's on this model: tests/test_tokenizer.py).
+                r = s.stream(text, n_decode, n_prompt)
                 runs[s.name].append({"prefill": (r["prompt_tokens"] or 0) / r["ttft"], "decode": (r["completion"] - 1) / r["decode_s"],
                                      "ttft": r["ttft"], "completion": r["completion"], "prompt_tokens": r["prompt_tokens"]})
     finally:
@@ -354,7 +360,7 @@ def main() -> None:
         if args.only != "http":
             print(table("in process", bench_in_process(model, prompts, args.decode, args.threads), "pycompat", bound) + "\n", flush=True)
         if args.only != "in-process":
-            print(table("over HTTP (streaming /v1/completions)", bench_http(model, texts, args.decode, args.threads, llama_server),
+            print(table("over HTTP (streaming /v1/completions)", bench_http(model, texts, len(prompts[0]), args.decode, args.threads, llama_server),
                         "pycompat serve", bound) + "\n", flush=True)
 
 

@@ -178,10 +178,18 @@ pub struct Layers<T> {
 }
 
 impl<T: KvElem> Layers<T> {
-    fn new(n_layers: usize) -> Self {
+    /// Room for `capacity` elements per layer, reserved (address space only:
+    /// pages become resident as positions are written), so appending never
+    /// reallocates and copies the cache.
+    fn new(n_layers: usize, capacity: usize) -> Self {
+        let layer = || {
+            (0..n_layers)
+                .map(|_| Vec::with_capacity(capacity))
+                .collect()
+        };
         Layers {
-            keys: vec![Vec::new(); n_layers],
-            values: vec![Vec::new(); n_layers],
+            keys: layer(),
+            values: layer(),
         }
     }
 
@@ -204,11 +212,13 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(n_layers: usize, kv_dim: usize, f16: bool) -> KvCache {
+    /// A cache for up to `max_tokens` positions of `kv_dim` keys and values per layer.
+    pub fn new(n_layers: usize, kv_dim: usize, f16: bool, max_tokens: usize) -> KvCache {
+        let capacity = kv_dim * max_tokens;
         let store = if f16 {
-            Store::F16(Layers::new(n_layers))
+            Store::F16(Layers::new(n_layers, capacity))
         } else {
-            Store::F32(Layers::new(n_layers))
+            Store::F32(Layers::new(n_layers, capacity))
         };
         KvCache {
             store,

@@ -128,6 +128,8 @@ struct Scratch {
     cos: Vec<f32>,
     sin: Vec<f32>,
     logits: Vec<f32>,
+    /// Logits gathered over the chunks of a long input.
+    all_logits: Vec<f32>,
     q8: Q8Activations,
 }
 
@@ -136,6 +138,9 @@ fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     v.resize(n, 0.0);
     &mut v[..n]
 }
+
+/// Most tokens of one sequence that go through the layers together.
+const PREFILL_CHUNK: usize = 512;
 
 thread_local! {
     /// Per pool thread: one query's attention scores, and the query rounded for the cache.
@@ -207,7 +212,12 @@ impl Model {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.cfg.n_layers, self.cfg.kv_dim(), self.cfg.kv_f16)
+        KvCache::new(
+            self.cfg.n_layers,
+            self.cfg.kv_dim(),
+            self.cfg.kv_f16,
+            self.cfg.max_seq_len,
+        )
     }
 
     /// Runs one step over a batch. Returns, per sequence, the logits of its
@@ -256,7 +266,35 @@ impl Model {
         Ok(())
     }
 
+    /// One sequence's new tokens, a chunk at a time: a long prompt needs buffers
+    /// for one chunk's activations, not its whole length (llama.cpp's micro-batch
+    /// is the same size), and a chunk's activations stay in the L2 cache.
     fn forward_one<'s>(
+        &self,
+        sc: &'s mut Scratch,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        all_logits: bool,
+    ) -> &'s [f32] {
+        if tokens.len() <= PREFILL_CHUNK {
+            return self.forward_chunk(sc, cache, tokens, all_logits);
+        }
+        let mut kept = std::mem::take(&mut sc.all_logits);
+        kept.clear();
+        for chunk in tokens.chunks(PREFILL_CHUNK) {
+            let logits = self.forward_chunk(sc, cache, chunk, all_logits);
+            if all_logits {
+                kept.extend_from_slice(logits);
+            } else {
+                kept.clear();
+                kept.extend_from_slice(logits); // only the last chunk's last row is wanted
+            }
+        }
+        sc.all_logits = kept;
+        &sc.all_logits
+    }
+
+    fn forward_chunk<'s>(
         &self,
         sc: &'s mut Scratch,
         cache: &mut KvCache,
@@ -280,6 +318,7 @@ impl Model {
             cos,
             sin,
             logits,
+            all_logits: _,
             q8,
         } = sc;
 

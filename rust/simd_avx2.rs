@@ -373,14 +373,20 @@ unsafe fn group_tile<const F: u8, const T: usize>(
     acc
 }
 
-/// Lane k of the result = the sum of the eight lanes of `a[k]`.
+/// Lane k of the result = the sum of the eight lanes of `a[k]`, each summed in
+/// the order ggml's horizontal sum uses (halves first, then pairs), so that
+/// scores round as llama.cpp's do.
 #[inline(always)]
 unsafe fn sum_lanes_of_8_ps(a: [__m256; 8]) -> __m256 {
-    let e = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-    let f = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-    _mm256_add_ps(
-        _mm256_permute2f128_ps(e, f, 0x20),
-        _mm256_permute2f128_ps(e, f, 0x31),
+    let half = |v: __m256| _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let four = |w: [__m256; 4]| {
+        let p = _mm_hadd_ps(half(w[0]), half(w[1]));
+        let q = _mm_hadd_ps(half(w[2]), half(w[3]));
+        _mm_hadd_ps(p, q)
+    };
+    _mm256_set_m128(
+        four([a[4], a[5], a[6], a[7]]),
+        four([a[0], a[1], a[2], a[3]]),
     )
 }
 

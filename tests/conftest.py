@@ -7,21 +7,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 import re
 import subprocess
 import time
+from contextlib import contextmanager
 
 import pytest
 
 SERVER_CONTEXT = 1024  # small, so the context-overflow tests need small prompts
 
 
-@pytest.fixture(scope="session")
-def server_url(tmp_path_factory):
-    """A real `pycompat serve` of the default model on a free loopback port; yields http://127.0.0.1:PORT/v1."""
-    log_path = tmp_path_factory.mktemp("server") / "serve.log"
+@contextmanager
+def running_server(log_path: Path, *args: str):
+    """Starts `pycompat serve --port 0 ARGS`; yields (process, http://127.0.0.1:PORT/v1)."""
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pycompat", "serve", "--port", "0", "--alias", "gpt-3.5-turbo", "--context-length", str(SERVER_CONTEXT)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen([sys.executable, "-m", "pycompat", "serve", "--port", "0", *args], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -32,7 +29,7 @@ def server_url(tmp_path_factory):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start:\n{text}")
             time.sleep(0.1)
-        yield match.group(1)
+        yield proc, match.group(1)
     finally:
         proc.terminate()
         try:
@@ -41,6 +38,14 @@ def server_url(tmp_path_factory):
             proc.kill()
         output = log_path.read_text()
         assert "Traceback" not in output, f"the server logged a traceback:\n{output}"
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory):
+    """A real `pycompat serve` of the default model on a free loopback port; yields http://127.0.0.1:PORT/v1."""
+    log_path = tmp_path_factory.mktemp("server") / "serve.log"
+    with running_server(log_path, "--alias", "gpt-3.5-turbo", "--context-length", str(SERVER_CONTEXT)) as (_, url):
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -141,3 +141,17 @@ def test_quantize_leaves_block_formats_alone(tmp_path):
     plain = kernel_logits(load_model(tmp_path / "m.gguf"), PROMPT, [1])
     asked = kernel_logits(load_model(tmp_path / "m.gguf", quantize="q8_0"), PROMPT, [1])
     np.testing.assert_array_equal(plain, asked)
+
+
+def test_a_prompt_longer_than_a_chunk_matches_reference(tmp_path):
+    # The kernel runs prompts 512 tokens at a time; positions past the first chunk
+    # attend to the cache the first one filled.
+    cfg = TinyConfig(**{**ODD.__dict__, "context_length": 1024})
+    stored = write_hf_model(tmp_path / "m", cfg, random_weights(cfg, VOCAB, seed=11), "F32")
+    model = load_model(tmp_path / "m")
+    prompt = [(i * 7919) % VOCAB for i in range(600)]
+    ours = kernel_logits(model, prompt, [5])
+    ref = reference.forward(reference_config(cfg, VOCAB), reference_weights(stored), prompt + [5])
+    assert rel_err(ours, ref) < 1e-4
+    (last,) = model.kernel.forward([(model.kernel.new_sequence(), prompt)])
+    np.testing.assert_allclose(np.frombuffer(last, np.float32), ours[len(prompt) - 1], rtol=0, atol=1e-5)
