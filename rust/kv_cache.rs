@@ -64,6 +64,29 @@ impl KvElem for f32 {
     fn to_f32(self) -> f32 {
         self
     }
+
+    fn scores(q: &[f32], keys: &[Self], stride: usize, scale: f32, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if simd_ok(q.len()) && fits(keys.len(), out.len(), stride, q.len()) {
+            // SAFETY: features checked, every key in bounds.
+            return unsafe { crate::simd_avx2::scores(q, keys.as_ptr(), stride, scale, out) };
+        }
+        for (j, s) in out.iter_mut().enumerate() {
+            *s = Self::dot(q, &keys[j * stride..][..q.len()]) * scale;
+        }
+    }
+
+    fn weighted_sum(p: &[f32], values: &[Self], stride: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if simd_ok(out.len()) && fits(values.len(), p.len(), stride, out.len()) {
+            // SAFETY: as in `scores`.
+            return unsafe { crate::simd_avx2::weighted_sum(p, values.as_ptr(), stride, out) };
+        }
+        out.fill(0.0);
+        for (j, &pj) in p.iter().enumerate() {
+            Self::axpy(pj, &values[j * stride..][..out.len()], out);
+        }
+    }
 }
 
 /// An f16 value as its bit pattern.
@@ -133,7 +156,7 @@ impl KvElem for F16 {
         if simd_ok(q.len()) && fits(keys.len(), out.len(), stride, q.len()) {
             // SAFETY: features checked, every key in bounds; F16 is a transparent u16.
             return unsafe {
-                crate::simd_avx2::scores_f16(q, keys.as_ptr() as *const u16, stride, scale, out)
+                crate::simd_avx2::scores(q, keys.as_ptr() as *const u16, stride, scale, out)
             };
         }
         for (j, s) in out.iter_mut().enumerate() {
@@ -146,7 +169,7 @@ impl KvElem for F16 {
         if simd_ok(out.len()) && fits(values.len(), p.len(), stride, out.len()) {
             // SAFETY: as in `scores`.
             return unsafe {
-                crate::simd_avx2::weighted_sum_f16(p, values.as_ptr() as *const u16, stride, out)
+                crate::simd_avx2::weighted_sum(p, values.as_ptr() as *const u16, stride, out)
             };
         }
         out.fill(0.0);

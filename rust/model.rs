@@ -122,6 +122,8 @@ struct Scratch {
     v: Vec<f32>,
     attn: Vec<f32>,
     by_head: Vec<f32>,
+    /// This layer's cached keys then values widened to f32 (prompt chunks only).
+    wide: Vec<f32>,
     proj: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
@@ -141,6 +143,9 @@ fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 
 /// Most tokens of one sequence that go through the layers together.
 const PREFILL_CHUNK: usize = 512;
+
+/// From this many new tokens on, attention widens an f16 cache to f32 first.
+const WIDEN_FROM: usize = 16;
 
 thread_local! {
     /// Per pool thread: one query's attention scores, and the query rounded for the cache.
@@ -312,6 +317,7 @@ impl Model {
             v,
             attn,
             by_head,
+            wide,
             proj,
             gate,
             up,
@@ -377,10 +383,10 @@ impl Model {
             }
             match &mut cache.store {
                 Store::F32(layers) => {
-                    self.append_and_attend(layers, l, q, k, v, pos0, n, by_head, attn)
+                    self.append_and_attend(layers, l, q, k, v, pos0, n, by_head, wide, attn)
                 }
                 Store::F16(layers) => {
-                    self.append_and_attend(layers, l, q, k, v, pos0, n, by_head, attn)
+                    self.append_and_attend(layers, l, q, k, v, pos0, n, by_head, wide, attn)
                 }
             }
             matmul_many(attn, n, q8, &mut [(&layer.wo, &mut *proj)], true);
@@ -426,19 +432,32 @@ impl Model {
         pos0: usize,
         n: usize,
         by_head: &mut [f32],
+        wide: &mut Vec<f32>,
         out: &mut [f32],
     ) {
         layers.keys[l].extend(k.iter().map(|&x| T::from_f32(x)));
         layers.values[l].extend(v.iter().map(|&x| T::from_f32(x)));
-        self.attention(q, &layers.keys[l], &layers.values[l], pos0, n, by_head, out);
+        let (keys, values) = (&layers.keys[l], &layers.values[l]);
+        if T::ROUNDS && n >= WIDEN_FROM {
+            // A prompt chunk: every cached key and value meets n queries of each head
+            // in its group, so widening them to f32 once beats converting at every use.
+            // The values are the same (f16 widens exactly), so are the results.
+            wide.clear();
+            wide.extend(keys.iter().chain(values.iter()).map(|x| x.to_f32()));
+            let (wk, wv) = wide.split_at(keys.len());
+            self.attention(q, wk, wv, pos0, n, true, by_head, out);
+        } else {
+            self.attention(q, keys, values, pos0, n, T::ROUNDS, by_head, out);
+        }
     }
 
     /// Causal grouped-query attention of `n` new queries at positions
     /// `pos0..pos0+n` over the cached keys/values (which already include them).
     /// q and out: (n, n_heads · head_dim).
     ///
-    /// With an f16 cache, rounding follows llama.cpp's (non-flash) attention, which
-    /// multiplies in f16: queries and softmax weights are rounded to f16 first.
+    /// With an f16 cache (`rounds`), rounding follows llama.cpp's (non-flash)
+    /// attention, which multiplies in f16: queries and softmax weights are
+    /// rounded to f16 first.
     #[allow(clippy::too_many_arguments)]
     fn attention<T: KvElem>(
         &self,
@@ -447,10 +466,11 @@ impl Model {
         values: &[T],
         pos0: usize,
         n: usize,
+        rounds: bool,
         by_head: &mut [f32],
         out: &mut [f32],
     ) {
-        let round = |x: f32| if T::ROUNDS { round_to_f16(x) } else { x };
+        let round = |x: f32| if rounds { round_to_f16(x) } else { x };
         let c = &self.cfg;
         let (hd, q_dim, kv_dim) = (c.head_dim, c.q_dim(), c.kv_dim());
         let group = c.n_heads / c.n_kv_heads;
@@ -478,10 +498,7 @@ impl Model {
                     }
                     let scores = &mut scores[..ctx];
                     T::scores(qv, &keys[kv_off..], kv_dim, scale, scores);
-                    softmax(scores);
-                    if T::ROUNDS {
-                        scores.iter_mut().for_each(|p| *p = round(*p));
-                    }
+                    softmax(scores, rounds);
                     T::weighted_sum(scores, &values[kv_off..], kv_dim, o);
                 }
             })

@@ -311,16 +311,33 @@ pub fn rope_rotate(head: &mut [f32], cos: &[f32], sin: &[f32], neox: bool) {
     }
 }
 
-/// In-place softmax.
-pub fn softmax(x: &mut [f32]) {
+/// In-place softmax; with `round_f16`, the results rounded to f16 (attention over
+/// an f16 cache, as llama.cpp rounds its weights).
+pub fn softmax(x: &mut [f32], round_f16: bool) {
+    softmax_with(x, round_f16, true)
+}
+
+/// `softmax`, optionally forcing the portable code (tests compare the two).
+pub fn softmax_with(x: &mut [f32], round_f16: bool, allow_simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if pick_isa(allow_simd) == Isa::Avx2 {
+        // SAFETY: pick_isa checked the CPU's features.
+        return unsafe { crate::simd_avx2::softmax(x, round_f16) };
+    }
+    let _ = allow_simd;
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
+    let mut sum = 0f64;
     for v in x.iter_mut() {
         *v = (*v - max).exp();
-        sum += *v;
+        sum += *v as f64;
     }
-    let inv = 1.0 / sum;
-    x.iter_mut().for_each(|v| *v *= inv);
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+        if round_f16 {
+            *v = crate::quant::round_to_f16(*v);
+        }
+    }
 }
 
 /// `gate[i] = silu(gate[i]) · up[i]`
@@ -475,6 +492,32 @@ mod tests {
             let mut alone = vec![0.0; n_tok * w.rows];
             matmul(w, &x, n_tok, &mut alone);
             assert_eq!(got, &alone, "{:?}", w.dtype);
+        }
+    }
+
+    #[test]
+    fn softmax_paths_agree() {
+        for n in [1, 5, 8, 29, 300] {
+            let x: Vec<f32> = pseudo_random(n, 21).iter().map(|v| v * 30.0).collect();
+            for round in [false, true] {
+                let (mut simd, mut portable) = (x.clone(), x.clone());
+                softmax_with(&mut simd, round, true);
+                softmax_with(&mut portable, round, false);
+                let total: f32 = simd.iter().sum();
+                assert!((total - 1.0).abs() < 2e-3, "n {n}: sums to {total}");
+                for (a, b) in simd.iter().zip(&portable) {
+                    // f16 rounding may land on either side of a tie the exps straddle.
+                    let tol = if round {
+                        1e-3 * b.max(1e-4)
+                    } else {
+                        1e-6 * b.max(1e-30)
+                    } + 1e-12;
+                    assert!(
+                        (a - b).abs() <= tol.max(b.abs() * 1e-6),
+                        "n {n}: {a} vs {b}"
+                    );
+                }
+            }
         }
     }
 

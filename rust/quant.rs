@@ -63,6 +63,10 @@ impl Q8Activations {
 
     /// Quantizes `x` (rows of `cols` values, `cols` a multiple of 32), reusing the buffers.
     pub fn quantize(&mut self, x: &[f32], cols: usize) {
+        self.quantize_with(x, cols, true)
+    }
+
+    fn resize_for(&mut self, x: &[f32], cols: usize) {
         debug_assert_eq!(cols % 32, 0);
         let blocks = x.len() / 32;
         self.cols = cols;
@@ -70,17 +74,28 @@ impl Q8Activations {
         self.s.resize(blocks, 0.0);
         self.isum.resize(blocks, 0);
         self.qs.resize(x.len(), 0);
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("sse4.1") {
-            // SAFETY: the feature is present. With it, rounding is one instruction, not a libm call.
-            return unsafe { self.quantize_blocks_sse41(x) };
-        }
-        self.quantize_blocks(x)
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "sse4.1")]
-    unsafe fn quantize_blocks_sse41(&mut self, x: &[f32]) {
+    /// `quantize`, optionally forcing the portable code (tests compare the two).
+    pub fn quantize_with(&mut self, x: &[f32], cols: usize, allow_simd: bool) {
+        self.resize_for(x, cols);
+        #[cfg(target_arch = "x86_64")]
+        if allow_simd
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: the features are present; the buffers were sized above.
+            return unsafe {
+                crate::simd_avx2::quantize_q8(
+                    x,
+                    &mut self.d,
+                    &mut self.s,
+                    &mut self.isum,
+                    &mut self.qs,
+                )
+            };
+        }
         self.quantize_blocks(x)
     }
 
@@ -323,6 +338,22 @@ mod tests {
         // Q4_0 is asymmetric: the far end opposite the largest magnitude can be a whole step off.
         assert!(roundtrip_error(DType::Q4_0) < 3.0 / 8.0 + 0.01);
         assert!(roundtrip_error(DType::Q4_1) < 6.0 / 15.0 * 0.6);
+    }
+
+    #[test]
+    fn activation_quantization_is_the_same_on_every_path() {
+        let x: Vec<f32> = (0..3 * 64)
+            .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 13.0)
+            .chain(std::iter::repeat_n(0.0, 32)) // an all-zero block
+            .chain((0..32).map(|i| if i % 2 == 0 { 0.5 } else { -1.5 })) // ties at ±0.5 steps
+            .collect();
+        let (mut simd, mut portable) = (Q8Activations::new(), Q8Activations::new());
+        simd.quantize_with(&x, 64, true);
+        portable.quantize_with(&x, 64, false);
+        assert_eq!(simd.qs, portable.qs);
+        assert_eq!(simd.isum, portable.isum);
+        assert_eq!(simd.d, portable.d);
+        assert_eq!(simd.s, portable.s);
     }
 
     #[test]
