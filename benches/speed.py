@@ -180,11 +180,19 @@ class Worker:
         return rss
 
 
+def settle() -> None:
+    """A pause between engines: the one that ran last may still have threads
+    spinning for work (ours for 0.2 ms, OpenMP's and ggml's for longer), which
+    would take cores from the next."""
+    time.sleep(1.0)
+
+
 def bench_in_process(model: Path, prompts: list[list[int]], n_decode: int, threads: int) -> dict[str, dict]:
     workers = {"pycompat": Worker("pycompat", model, threads), "llama.cpp (llama_cpp.Llama)": Worker("llama.cpp", model, threads)}
     runs = {name: [] for name in workers}
     for prompt in prompts:
         for name, w in workers.items():
+            settle()
             r = w.run(prompt, n_decode)
             runs[name].append({"prefill": len(prompt) / r["ttft"], "decode": (n_decode - 1) / r["decode"], "ttft": r["ttft"]})
     return {name: summarize(runs[name], workers[name].close()) for name in workers}
@@ -280,6 +288,7 @@ def bench_http(model: Path, texts: list[str], n_prompt: int, n_decode: int, thre
             s.stream(texts[0][:200], 4)
         for text in texts:
             for s in servers:
+                settle()
                 # Servers that report no usage while streaming get the prompt's length from our tokenizer
                 # (it agrees with llama.cpp's on this model: tests/test_tokenizer.py).
                 r = s.stream(text, n_decode, n_prompt)

@@ -483,6 +483,10 @@ impl Model {
         let units = n * c.n_heads;
         pool::global().run(&|part, parts| {
             ATTN_ROW.with_borrow_mut(|(scores, qv)| {
+                if scores.capacity() < c.max_seq_len {
+                    // Room for a full context at once: growing with it would reallocate.
+                    scores.reserve_exact(c.max_seq_len - scores.len());
+                }
                 scores.resize(pos0 + n, 0.0);
                 qv.resize(hd, 0.0);
                 for u in (part..units).step_by(parts) {

@@ -215,6 +215,9 @@ pub fn matmul_with(w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32], allow_s
     )
 }
 
+/// Most matrices `matmul_many` takes at once (Q, K and V).
+const MAX_SHARED: usize = 4;
+
 /// Several matrices times the same activations (Q, K and V; gate and up) in one
 /// parallel section: the activations are quantized once (into `q8`, reused across
 /// calls so the hot path does not allocate), and the threads meet once, not
@@ -246,13 +249,19 @@ pub fn matmul_many(
         q8.quantize(x, cols);
     }
     let isa = pick_isa(allow_simd);
-    let jobs: Vec<(&Tensor, SendPtr<f32>)> = products
-        .iter_mut()
-        .map(|(w, out)| (&**w, SendPtr(out.as_mut_ptr())))
-        .collect();
+    // The outputs as raw pointers the threads share (on the stack: no allocation per call).
+    assert!(
+        products.len() <= MAX_SHARED,
+        "matmul_many: at most {MAX_SHARED} products"
+    );
+    let mut outs = [SendPtr(std::ptr::null_mut::<f32>()); MAX_SHARED];
+    for (o, (_, out)) in outs.iter_mut().zip(products.iter_mut()) {
+        *o = SendPtr(out.as_mut_ptr());
+    }
+    let products = &*products;
     let q8 = &*q8;
     pool::global().run(&|part, parts| {
-        for &(w, out) in &jobs {
+        for (&(w, _), &out) in products.iter().zip(&outs) {
             // Whole groups of eight, or rows in fours (the row kernel's decode tile).
             let align = if w.is_grouped() {
                 crate::groups::ROWS
@@ -342,6 +351,18 @@ pub fn softmax_with(x: &mut [f32], round_f16: bool, allow_simd: bool) {
 
 /// `gate[i] = silu(gate[i]) · up[i]`
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    swiglu_with(gate, up, true)
+}
+
+/// `swiglu`, optionally forcing the portable code (tests compare the two).
+pub fn swiglu_with(gate: &mut [f32], up: &[f32], allow_simd: bool) {
+    assert!(up.len() >= gate.len(), "swiglu: up is shorter than gate");
+    #[cfg(target_arch = "x86_64")]
+    if pick_isa(allow_simd) == Isa::Avx2 {
+        // SAFETY: pick_isa checked the CPU's features; lengths checked above.
+        return unsafe { crate::simd_avx2::swiglu(gate, up) };
+    }
+    let _ = allow_simd;
     for (g, u) in gate.iter_mut().zip(up) {
         *g = *g / (1.0 + (-*g).exp()) * u;
     }
@@ -492,6 +513,23 @@ mod tests {
             let mut alone = vec![0.0; n_tok * w.rows];
             matmul(w, &x, n_tok, &mut alone);
             assert_eq!(got, &alone, "{:?}", w.dtype);
+        }
+    }
+
+    #[test]
+    fn swiglu_paths_agree() {
+        for n in [3, 8, 29, 1536] {
+            let gate: Vec<f32> = pseudo_random(n, 31).iter().map(|v| v * 20.0).collect();
+            let up = pseudo_random(n, 32);
+            let (mut simd, mut portable) = (gate.clone(), gate.clone());
+            swiglu_with(&mut simd, &up, true);
+            swiglu_with(&mut portable, &up, false);
+            for (a, b) in simd.iter().zip(&portable) {
+                assert!(
+                    (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                    "n {n}: {a} vs {b}"
+                );
+            }
         }
     }
 
