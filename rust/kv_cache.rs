@@ -38,6 +38,12 @@ pub trait KvElem: Copy + Send + Sync + 'static {
         }
     }
 
+    /// The cache as f32 values, if that is what it holds.
+    fn as_f32(cache: &[Self]) -> Option<&[f32]> {
+        let _ = cache;
+        None
+    }
+
     /// Attention scores: `out[j] = scale · q·k_j`, key j at `keys[j·stride..]`.
     fn scores(q: &[f32], keys: &[Self], stride: usize, scale: f32, out: &mut [f32]) {
         for (j, s) in out.iter_mut().enumerate() {
@@ -63,6 +69,10 @@ impl KvElem for f32 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
+    }
+
+    fn as_f32(cache: &[Self]) -> Option<&[f32]> {
+        Some(cache)
     }
 
     fn scores(q: &[f32], keys: &[Self], stride: usize, scale: f32, out: &mut [f32]) {

@@ -148,6 +148,8 @@ const PREFILL_CHUNK: usize = 512;
 const WIDEN_FROM: usize = 16;
 
 thread_local! {
+    /// Per pool thread, for prompt attention: the scores and rounded queries of one unit's rows.
+    static PROMPT_ROWS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
     /// Per pool thread: one query's attention scores, and the query rounded for the cache.
     static ATTN_ROW: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
@@ -438,16 +440,105 @@ impl Model {
         layers.keys[l].extend(k.iter().map(|&x| T::from_f32(x)));
         layers.values[l].extend(v.iter().map(|&x| T::from_f32(x)));
         let (keys, values) = (&layers.keys[l], &layers.values[l]);
-        if T::ROUNDS && n >= WIDEN_FROM {
+        if n >= WIDEN_FROM && crate::ops::grouped_kernels_available() && self.cfg.head_dim % 16 == 0
+        {
             // A prompt chunk: every cached key and value meets n queries of each head
-            // in its group, so widening them to f32 once beats converting at every use.
-            // The values are the same (f16 widens exactly), so are the results.
-            wide.clear();
-            wide.extend(keys.iter().chain(values.iter()).map(|x| x.to_f32()));
-            let (wk, wv) = wide.split_at(keys.len());
-            self.attention(q, wk, wv, pos0, n, true, by_head, out);
+            // in its group, so an f16 cache is widened to f32 once (exactly: the
+            // results do not change) and the queries share each load.
+            let (wk, wv) = match (T::as_f32(keys), T::as_f32(values)) {
+                (Some(k), Some(v)) => (k, v),
+                _ => {
+                    wide.clear();
+                    wide.extend(keys.iter().chain(values.iter()).map(|x| x.to_f32()));
+                    wide.split_at(keys.len())
+                }
+            };
+            self.attention_prompt(q, wk, wv, pos0, n, T::ROUNDS, by_head, out);
         } else {
             self.attention(q, keys, values, pos0, n, T::ROUNDS, by_head, out);
+        }
+    }
+
+    /// `attention` for a prompt chunk, over an f32 view of the cache, with the
+    /// AVX2 kernels: a unit of work is one KV head and two consecutive queries,
+    /// so each key is loaded once for every head of its group and each value
+    /// once for all six (query, head) pairs. Every score and every output is
+    /// summed in the same order as in `attention`, so the results are the same.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_prompt(
+        &self,
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        pos0: usize,
+        n: usize,
+        rounds: bool,
+        by_head: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let c = &self.cfg;
+        let (hd, q_dim, kv_dim) = (c.head_dim, c.q_dim(), c.kv_dim());
+        let group = c.n_heads / c.n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        const QB: usize = 2; // queries per unit
+        let blocks = n.div_ceil(QB);
+        let units = c.n_kv_heads * blocks;
+        let slabs = SendPtr(by_head.as_mut_ptr());
+        pool::global().run(&|part, parts| {
+            PROMPT_ROWS.with_borrow_mut(|(scores, qv)| {
+                let ctx_max = pos0 + n;
+                let rows = group * QB;
+                scores.resize(rows * ctx_max, 0.0);
+                qv.resize(rows * hd, 0.0);
+                for u in (part..units).step_by(parts) {
+                    let (b, g) = (u / c.n_kv_heads, u % c.n_kv_heads);
+                    let i0 = b * QB;
+                    let nq = QB.min(n - i0);
+                    let ctx = pos0 + i0 + nq; // keys the last query of the unit sees
+                                              // Rows r = qi·group + h: query i0+qi, head g·group+h.
+                    for qi in 0..nq {
+                        for h in 0..group {
+                            let r = qi * group + h;
+                            let src = &q[(i0 + qi) * q_dim + (g * group + h) * hd..][..hd];
+                            for (a, x) in qv[r * hd..(r + 1) * hd].iter_mut().zip(src) {
+                                *a = if rounds { round_to_f16(*x) } else { *x };
+                            }
+                        }
+                    }
+                    let key0 = &keys[g * hd..];
+                    for qi in 0..nq {
+                        let rows_q = qi * group..(qi + 1) * group;
+                        prompt_scores(qv, hd, rows_q, key0, kv_dim, scale, scores, ctx_max, ctx);
+                        for r in qi * group..(qi + 1) * group {
+                            let own = pos0 + i0 + qi + 1;
+                            let row = &mut scores[r * ctx_max..r * ctx_max + ctx];
+                            crate::ops::softmax(&mut row[..own], rounds);
+                            row[own..].fill(0.0); // later keys are masked: weight 0
+                        }
+                    }
+                    let value0 = &values[g * hd..];
+                    // SAFETY: each (head, query) slice of the slab belongs to this unit alone.
+                    let out_row = |r: usize| unsafe {
+                        let (qi, h) = (r / group, r % group);
+                        slabs.get().add(((g * group + h) * n + i0 + qi) * hd)
+                    };
+                    prompt_weighted_sums(
+                        scores,
+                        ctx_max,
+                        ctx,
+                        nq * group,
+                        value0,
+                        kv_dim,
+                        hd,
+                        out_row,
+                    );
+                }
+            })
+        });
+        for (h, slab) in by_head.chunks_exact(n * hd).enumerate() {
+            for (i, o) in slab.chunks_exact(hd).enumerate() {
+                out[i * q_dim + h * hd..][..hd].copy_from_slice(o);
+            }
         }
     }
 
@@ -513,4 +604,108 @@ impl Model {
             }
         }
     }
+}
+
+/// Scores of query rows `rows` (of `qv`, `hd` each) against keys 0..`ctx`, into
+/// `scores[r·ctx_max..]`, through the shared-key kernel in groups of up to three.
+#[allow(clippy::too_many_arguments)]
+fn prompt_scores(
+    qv: &[f32],
+    hd: usize,
+    rows: std::ops::Range<usize>,
+    keys: &[f32],
+    stride: usize,
+    scale: f32,
+    scores: &mut [f32],
+    ctx_max: usize,
+    ctx: usize,
+) {
+    assert!(ctx == 0 || (ctx - 1) * stride + hd <= keys.len());
+    assert!(rows.end * ctx_max <= scores.len() && rows.end * hd <= qv.len());
+    let (qp, op) = (qv.as_ptr(), scores.as_mut_ptr());
+    // SAFETY (both): in bounds, asserted above.
+    let q = |r: usize| unsafe { qp.add(r * hd) };
+    let o = |r: usize| unsafe { op.add(r * ctx_max) };
+    let mut r = rows.start;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller checked the CPU (grouped_kernels_available); bounds asserted above.
+    unsafe {
+        use crate::simd_avx2::scores_shared;
+        while r + 3 <= rows.end {
+            scores_shared::<3>(
+                [q(r), q(r + 1), q(r + 2)],
+                hd,
+                keys.as_ptr(),
+                stride,
+                scale,
+                [o(r), o(r + 1), o(r + 2)],
+                ctx,
+            );
+            r += 3;
+        }
+        while r < rows.end {
+            scores_shared::<1>([q(r)], hd, keys.as_ptr(), stride, scale, [o(r)], ctx);
+            r += 1;
+        }
+    }
+    let _ = (q, o, r);
+}
+
+/// Outputs of `n_rows` rows of weights (`scores[r·ctx_max..][..ctx]`) over
+/// values 0..`ctx`, into `out(r)`, through the shared-value kernel in groups of up to six.
+#[allow(clippy::too_many_arguments)]
+fn prompt_weighted_sums(
+    scores: &[f32],
+    ctx_max: usize,
+    ctx: usize,
+    n_rows: usize,
+    values: &[f32],
+    stride: usize,
+    hd: usize,
+    out: impl Fn(usize) -> *mut f32,
+) {
+    assert!(ctx == 0 || (ctx - 1) * stride + hd <= values.len());
+    assert!(n_rows * ctx_max <= scores.len());
+    let p = |r: usize| scores[r * ctx_max..].as_ptr();
+    let mut r = 0;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as in prompt_scores; `out(r)` is writable for hd values.
+    unsafe {
+        use crate::simd_avx2::weighted_sum_shared;
+        let v = values.as_ptr();
+        while r + 6 <= n_rows {
+            weighted_sum_shared::<6>(
+                [p(r), p(r + 1), p(r + 2), p(r + 3), p(r + 4), p(r + 5)],
+                ctx,
+                v,
+                stride,
+                hd,
+                [
+                    out(r),
+                    out(r + 1),
+                    out(r + 2),
+                    out(r + 3),
+                    out(r + 4),
+                    out(r + 5),
+                ],
+            );
+            r += 6;
+        }
+        while r + 3 <= n_rows {
+            weighted_sum_shared::<3>(
+                [p(r), p(r + 1), p(r + 2)],
+                ctx,
+                v,
+                stride,
+                hd,
+                [out(r), out(r + 1), out(r + 2)],
+            );
+            r += 3;
+        }
+        while r < n_rows {
+            weighted_sum_shared::<1>([p(r)], ctx, v, stride, hd, [out(r)]);
+            r += 1;
+        }
+    }
+    let _ = (p, r);
 }

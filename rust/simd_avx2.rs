@@ -446,7 +446,7 @@ pub unsafe fn scores<E: CacheLanes>(
         for d in (0..hd).step_by(8) {
             acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(d)), key(jj, d), acc);
         }
-        *o = hsum(acc) * scale;
+        *o = hsum_ggml(acc) * scale;
     }
 }
 
@@ -664,5 +664,108 @@ pub unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
     for i in body..gate.len() {
         gate[i] = gate[i] / (1.0 + (-gate[i]).exp()) * up[i];
+    }
+}
+
+/// `scores` for `R` queries at once (the heads that share one KV head): each
+/// key is loaded once for all of them. Per score, the same arithmetic in the
+/// same order as `scores`, so the results are identical.
+///
+/// # Safety
+/// As for `scores`; every `qs[r]` of length `hd`, every `outs[r]` of length `n`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn scores_shared<const R: usize>(
+    qs: [*const f32; R],
+    hd: usize,
+    keys: *const f32,
+    stride: usize,
+    scale: f32,
+    outs: [*mut f32; R],
+    n: usize,
+) {
+    let mut j = 0;
+    while j + 4 <= n {
+        let mut acc = [[_mm256_setzero_ps(); 4]; R];
+        for d in (0..hd).step_by(8) {
+            let k = [0, 1, 2, 3].map(|i| _mm256_loadu_ps(keys.add((j + i) * stride + d)));
+            for r in 0..R {
+                let qv = _mm256_loadu_ps(qs[r].add(d));
+                for i in 0..4 {
+                    acc[r][i] = _mm256_fmadd_ps(qv, k[i], acc[r][i]);
+                }
+            }
+        }
+        for r in 0..R {
+            let s = _mm_mul_ps(sum_lanes_of_4_ps(acc[r]), _mm_set1_ps(scale));
+            _mm_storeu_ps(outs[r].add(j), s);
+        }
+        j += 4;
+    }
+    for jj in j..n {
+        for r in 0..R {
+            let mut acc = _mm256_setzero_ps();
+            for d in (0..hd).step_by(8) {
+                acc = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(qs[r].add(d)),
+                    _mm256_loadu_ps(keys.add(jj * stride + d)),
+                    acc,
+                );
+            }
+            *outs[r].add(jj) = hsum_ggml(acc) * scale;
+        }
+    }
+}
+
+/// Lane k of the result = the sum of the eight lanes of `a[k]`, in ggml's order
+/// (as `sum_lanes_of_8_ps`, for four).
+#[inline(always)]
+unsafe fn sum_lanes_of_4_ps(a: [__m256; 4]) -> __m128 {
+    let half = |v: __m256| _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let p = _mm_hadd_ps(half(a[0]), half(a[1]));
+    let q = _mm_hadd_ps(half(a[2]), half(a[3]));
+    _mm_hadd_ps(p, q)
+}
+
+/// The sum of the eight lanes of `v` in ggml's order (halves, then pairs): the
+/// attention kernels reduce every score this way, however keys are grouped.
+#[inline(always)]
+unsafe fn hsum_ggml(v: __m256) -> f32 {
+    let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let p = _mm_hadd_ps(h, h);
+    _mm_cvtss_f32(_mm_hadd_ps(p, p))
+}
+
+/// `weighted_sum` for `P` rows of weights at once (several queries over the same
+/// values): each value is loaded once for all of them. `ps[r]` has `n` weights
+/// (zeros past a row's own context); per output, the same sum in the same
+/// order as `weighted_sum`.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `hd` a multiple of 16; `values` readable for `n` rows of
+/// `hd` at `stride`; `outs[r]` writable for `hd`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn weighted_sum_shared<const P: usize>(
+    ps: [*const f32; P],
+    n: usize,
+    values: *const f32,
+    stride: usize,
+    hd: usize,
+    outs: [*mut f32; P],
+) {
+    for d in (0..hd).step_by(16) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; P];
+        for j in 0..n {
+            let row = values.add(j * stride + d);
+            let (v0, v1) = (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
+            for r in 0..P {
+                let w = _mm256_broadcast_ss(&*ps[r].add(j));
+                acc[r][0] = _mm256_fmadd_ps(w, v0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(w, v1, acc[r][1]);
+            }
+        }
+        for r in 0..P {
+            _mm256_storeu_ps(outs[r].add(d), acc[r][0]);
+            _mm256_storeu_ps(outs[r].add(d + 8), acc[r][1]);
+        }
     }
 }

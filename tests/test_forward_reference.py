@@ -155,3 +155,18 @@ def test_a_prompt_longer_than_a_chunk_matches_reference(tmp_path):
     assert rel_err(ours, ref) < 1e-4
     (last,) = model.kernel.forward([(model.kernel.new_sequence(), prompt)])
     np.testing.assert_allclose(np.frombuffer(last, np.float32), ours[len(prompt) - 1], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["Q4_1", "F32"])
+def test_a_prompt_at_once_equals_token_by_token_exactly(tmp_path, kind):
+    # A prompt takes other paths than decoding (tiles of several tokens, attention
+    # that shares each key among queries and heads); every sum runs in the same
+    # order, so the logits are the same to the bit.
+    write_gguf_model(tmp_path / "m.gguf", BLOCKY, random_weights(BLOCKY, VOCAB, seed=12), kind)
+    model = load_model(tmp_path / "m.gguf")
+    prompt = [(i * 7919 + 3) % VOCAB for i in range(40)]
+    (raw,) = model.kernel.forward([(model.kernel.new_sequence(), prompt)], all_logits=True)
+    at_once = np.frombuffer(raw, np.float32).reshape(len(prompt), -1)
+    seq = model.kernel.new_sequence()
+    one_by_one = np.array([np.frombuffer(model.kernel.forward([(seq, [t])])[0], np.float32) for t in prompt])
+    np.testing.assert_array_equal(at_once, one_by_one)
