@@ -11,6 +11,7 @@
 //!   matrices that share an input run in one parallel section (`matmul_many`).
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::pool::{self, SendPtr};
 use crate::quant::Q8Activations;
@@ -260,24 +261,37 @@ pub fn matmul_many(
     }
     let products = &*products;
     let q8 = &*q8;
-    pool::global().run(&|part, parts| {
-        for (&(w, _), &out) in products.iter().zip(&outs) {
-            // Whole groups of eight, or rows in fours (the row kernel's decode tile).
-            let align = if w.is_grouped() {
-                crate::groups::ROWS
-            } else {
-                4
-            };
-            rows_job(
-                isa,
-                w,
-                x,
-                q8,
-                n_tok,
-                pool::split(w.rows, part, parts, align),
-                out,
-            );
+    // Work is dealt in chunks that threads claim as they go, about four per
+    // thread per matrix: a thread slowed by the machine's other load takes fewer,
+    // instead of leaving the others waiting at the end (a static split did, ~4%).
+    let parts = pool::global().threads();
+    let mut chunk_rows = [0usize; MAX_SHARED];
+    let mut first_chunk = [0usize; MAX_SHARED + 1];
+    for (i, (w, _)) in products.iter().enumerate() {
+        // Whole groups of eight, or rows in fours (the row kernel's decode tile).
+        let align = if w.is_grouped() {
+            crate::groups::ROWS
+        } else {
+            4
+        };
+        let units = w.rows.div_ceil(align);
+        chunk_rows[i] = units.div_ceil(4 * parts).max(1) * align;
+        first_chunk[i + 1] = first_chunk[i] + w.rows.div_ceil(chunk_rows[i]);
+    }
+    let total = first_chunk[products.len()];
+    let next = AtomicUsize::new(0);
+    pool::global().run(&|_, _| loop {
+        let c = next.fetch_add(1, Ordering::Relaxed);
+        if c >= total {
+            break;
         }
+        let i = (0..products.len())
+            .find(|&i| c < first_chunk[i + 1])
+            .unwrap();
+        let w = products[i].0;
+        let start = (c - first_chunk[i]) * chunk_rows[i];
+        let rows = start..(start + chunk_rows[i]).min(w.rows);
+        rows_job(isa, w, x, q8, n_tok, rows, outs[i]);
     });
 }
 
