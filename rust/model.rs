@@ -12,6 +12,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::kv_cache::{KvCache, KvElem, Layers, Store};
@@ -484,13 +485,14 @@ impl Model {
         let blocks = n.div_ceil(QB);
         let units = c.n_kv_heads * blocks;
         let slabs = SendPtr(by_head.as_mut_ptr());
-        pool::global().run(&|part, parts| {
+        let next = AtomicUsize::new(0);
+        pool::global().run(&|_, _| {
             PROMPT_ROWS.with_borrow_mut(|(scores, qv)| {
                 let ctx_max = pos0 + n;
                 let rows = group * QB;
                 scores.resize(rows * ctx_max, 0.0);
                 qv.resize(rows * hd, 0.0);
-                for u in (part..units).step_by(parts) {
+                while let Some(u) = claim(&next, units) {
                     let (b, g) = (u / c.n_kv_heads, u % c.n_kv_heads);
                     let i0 = b * QB;
                     let nq = QB.min(n - i0);
@@ -567,12 +569,13 @@ impl Model {
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
 
-        // Units of work are (query, head) pairs, dealt out in turn so that every
-        // thread gets a like share of early (short) and late (long) queries.
+        // Units of work are (query, head) pairs, claimed in order by whichever
+        // thread is free, so early (short) and late (long) queries spread evenly.
         // Each writes its own head_dim slice of a (head, query, head_dim) slab.
         let slabs = SendPtr(by_head.as_mut_ptr());
         let units = n * c.n_heads;
-        pool::global().run(&|part, parts| {
+        let next = AtomicUsize::new(0);
+        pool::global().run(&|_, _| {
             ATTN_ROW.with_borrow_mut(|(scores, qv)| {
                 if scores.capacity() < c.max_seq_len {
                     // Room for a full context at once: growing with it would reallocate.
@@ -580,7 +583,7 @@ impl Model {
                 }
                 scores.resize(pos0 + n, 0.0);
                 qv.resize(hd, 0.0);
-                for u in (part..units).step_by(parts) {
+                while let Some(u) = claim(&next, units) {
                     let (i, h) = (u / c.n_heads, u % c.n_heads);
                     // SAFETY: each (head, query) slice is written by the one part that owns the unit.
                     let o = unsafe {
@@ -708,4 +711,11 @@ fn prompt_weighted_sums(
         }
     }
     let _ = (p, r);
+}
+
+/// The next unit of parallel work, 0..`units`, for whichever thread asks first
+/// (threads slowed by other load take fewer), or None when all are taken.
+fn claim(next: &AtomicUsize, units: usize) -> Option<usize> {
+    let u = next.fetch_add(1, Ordering::Relaxed);
+    (u < units).then_some(u)
 }
