@@ -50,15 +50,37 @@ fn quant_at(dtype: DType) -> usize {
     }
 }
 
+/// Where things are, for rows of `row_bytes` of one format.
+struct Layout {
+    bb: usize,   // bytes of one GGUF block
+    nb: usize,   // blocks per row
+    gb: usize,   // bytes of one grouped block (eight rows' block b)
+    head: usize, // bytes of a grouped block's scales (and minimums)
+    qa: usize,   // offset of the quants in a GGUF block
+}
+
+impl Layout {
+    fn of(dtype: DType, row_bytes: usize) -> Layout {
+        let (_, bb) = dtype.block();
+        Layout {
+            bb,
+            nb: row_bytes / bb,
+            gb: ROWS * bb,
+            head: header_bytes(dtype),
+            qa: quant_at(dtype),
+        }
+    }
+}
+
 /// Rewrites eight rows (`rows`, GGUF layout, `row_bytes` each) as one group in `out`.
 pub fn group(dtype: DType, row_bytes: usize, rows: &[u8], out: &mut [u8]) {
-    let (_, bb) = dtype.block();
-    let (nb, gb, head, qa) = (
-        row_bytes / bb,
-        ROWS * bb,
-        header_bytes(dtype),
-        quant_at(dtype),
-    );
+    let Layout {
+        bb,
+        nb,
+        gb,
+        head,
+        qa,
+    } = Layout::of(dtype, row_bytes);
     debug_assert_eq!(rows.len(), ROWS * row_bytes);
     for b in 0..nb {
         let o = &mut out[b * gb..(b + 1) * gb];
@@ -95,13 +117,13 @@ fn nibble(quants: &[u8], k: usize) -> u8 {
 
 /// Row `r` (0..8) of a group, back in GGUF layout, into `out` (`row_bytes`).
 pub fn ungroup_row(dtype: DType, row_bytes: usize, grp: &[u8], r: usize, out: &mut [u8]) {
-    let (_, bb) = dtype.block();
-    let (nb, gb, head, qa) = (
-        row_bytes / bb,
-        ROWS * bb,
-        header_bytes(dtype),
-        quant_at(dtype),
-    );
+    let Layout {
+        bb,
+        nb,
+        gb,
+        head,
+        qa,
+    } = Layout::of(dtype, row_bytes);
     for b in 0..nb {
         let g = &grp[b * gb..(b + 1) * gb];
         let o = &mut out[b * bb..(b + 1) * bb];
