@@ -14,6 +14,14 @@ import pytest
 SERVER_CONTEXT = 1024  # small, so the context-overflow tests need small prompts
 
 
+def peak_rss_bytes(pid: int) -> int:
+    """A process's peak resident set (Linux: VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
 @contextmanager
 def running_server(log_path: Path, *args: str):
     """Starts `pycompat serve --port 0 ARGS`; yields (process, http://127.0.0.1:PORT/v1)."""

@@ -5,22 +5,14 @@ below the GGUF file's size plus 200 MB)."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import running_server
+from conftest import peak_rss_bytes, running_server
 from pycompat.loading.load import default_model_path, load_model
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-
-
-def peak_rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
 
 
 def test_serving_a_full_2048_token_context_stays_under_file_size_plus_200_mb(tmp_path):
