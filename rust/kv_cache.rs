@@ -115,52 +115,6 @@ impl KvElem for F16 {
         f16_to_f32(self.0)
     }
 
-    #[inline(always)]
-    fn dot(a: &[f32], b: &[Self]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if a.len() % 8 == 0 && is_x86_feature_detected!("f16c") && is_x86_feature_detected!("fma") {
-            // SAFETY: features checked; F16 is a transparent u16 and lengths match.
-            return unsafe {
-                crate::simd_avx2::dot_f16(
-                    a,
-                    std::slice::from_raw_parts(b.as_ptr() as *const u16, b.len()),
-                )
-            };
-        }
-        let mut acc = [0f32; 8];
-        for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-            for l in 0..8 {
-                acc[l] += x[l] * y[l].to_f32();
-            }
-        }
-        let n = a.len() / 8 * 8;
-        acc.iter().sum::<f32>()
-            + a[n..]
-                .iter()
-                .zip(&b[n..])
-                .map(|(x, y)| x * y.to_f32())
-                .sum::<f32>()
-    }
-
-    #[inline(always)]
-    fn axpy(a: f32, x: &[Self], out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if out.len() % 8 == 0 && is_x86_feature_detected!("f16c") && is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as in `dot`.
-            return unsafe {
-                crate::simd_avx2::axpy_f16(
-                    a,
-                    std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()),
-                    out,
-                )
-            };
-        }
-        for (o, v) in out.iter_mut().zip(x) {
-            *o += a * v.to_f32();
-        }
-    }
-
     fn scores(q: &[f32], keys: &[Self], stride: usize, scale: f32, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if simd_ok(q.len()) && fits(keys.len(), out.len(), stride, q.len()) {
