@@ -391,6 +391,7 @@ impl Model {
                 Store::F16(layers) => {
                     self.append_and_attend(layers, l, q, k, v, pos0, n, by_head, wide, attn)
                 }
+                Store::None => unreachable!("a placeholder cache reached the forward pass"),
             }
             matmul_many(attn, n, q8, &mut [(&layer.wo, &mut *proj)], true);
             x.iter_mut().zip(&*proj).for_each(|(a, b)| *a += b);

@@ -4,7 +4,7 @@
 //! out, weight bytes through the buffer protocol at load. Compute runs with
 //! the GIL released so the server's event loop keeps serving meanwhile.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use pyo3::buffer::PyBuffer;
 use pyo3::create_exception;
@@ -12,7 +12,7 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{CachePool, KvCache};
 use crate::model::{Config, KernelError as CoreError, Model, SeqInput};
 use crate::sampler::{Sampler as CoreSampler, SamplingParams};
 use crate::tensor::DType;
@@ -72,10 +72,18 @@ fn config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<Config> {
     })
 }
 
-/// A sequence's KV cache. Used by one step at a time.
+/// A sequence's KV cache. Used by one step at a time. When the sequence goes,
+/// its cache goes back to the model's pool for the next one.
 #[pyclass(module = "pycompat._kernel")]
 struct Sequence {
     cache: KvCache,
+    pool: Arc<CachePool>,
+}
+
+impl Drop for Sequence {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.cache));
+    }
 }
 
 #[pymethods]
@@ -117,6 +125,7 @@ impl Sampler {
 #[pyclass(module = "pycompat._kernel", frozen)]
 struct KernelModel {
     inner: Model,
+    caches: Arc<CachePool>,
 }
 
 fn f32_bytes<'py>(py: Python<'py>, v: &[f32]) -> Bound<'py, PyBytes> {
@@ -176,7 +185,10 @@ impl KernelModel {
                 Model::new(cfg, map)
             })
         })?;
-        Ok(KernelModel { inner })
+        Ok(KernelModel {
+            inner,
+            caches: Arc::default(),
+        })
     }
 
     #[getter]
@@ -191,7 +203,8 @@ impl KernelModel {
 
     fn new_sequence(&self) -> Sequence {
         Sequence {
-            cache: self.inner.new_cache(),
+            cache: self.caches.take(|| self.inner.new_cache()),
+            pool: Arc::clone(&self.caches),
         }
     }
 

@@ -170,3 +170,16 @@ def test_a_prompt_at_once_equals_token_by_token_exactly(tmp_path, kind):
     seq = model.kernel.new_sequence()
     one_by_one = np.array([np.frombuffer(model.kernel.forward([(seq, [t])])[0], np.float32) for t in prompt])
     np.testing.assert_array_equal(at_once, one_by_one)
+
+
+def test_a_recycled_cache_starts_empty(tmp_path):
+    # A finished sequence's cache is kept for the next one (its memory is warm);
+    # the next sequence must not see what it held.
+    write_hf_model(tmp_path / "m", ODD, random_weights(ODD, VOCAB, seed=13), "F32")
+    model = load_model(tmp_path / "m")
+    old = model.kernel.new_sequence()
+    model.kernel.forward([(old, PROMPT)])
+    del old
+    recycled, fresh = model.kernel.new_sequence(), model.kernel.new_sequence()
+    assert len(recycled) == 0
+    assert model.kernel.forward([(recycled, [1, 2, 3])]) == model.kernel.forward([(fresh, [1, 2, 3])])
