@@ -11,7 +11,15 @@ from contextlib import contextmanager
 
 import pytest
 
-SERVER_CONTEXT = 1024  # small, so the context-overflow tests need small prompts
+SERVER_CONTEXT = 1024
+
+
+def pytest_report_header(config):
+    import openapi
+
+    if openapi.SPEC_PRESENT:
+        return f"responses validated against {openapi.SPEC_PATH}"
+    return f"OpenAI's OpenAPI spec not found at {openapi.SPEC_PATH}: responses are NOT schema-validated (set PYCOMPAT_OPENAPI_SPEC)"  # small, so the context-overflow tests need small prompts
 
 
 def peak_rss_bytes(pid: int) -> int:

@@ -1,5 +1,11 @@
 """Validation of response bodies against OpenAI's own OpenAPI spec
-(../shared/openai-openapi/openapi.yaml), the contract we implement.
+(../shared/openai-openapi/openapi.yaml beside this repository, or the file
+named by PYCOMPAT_OPENAPI_SPEC), the contract we implement.
+
+The spec is not part of this repository. Where it is missing (a clone on its
+own), validation is left out and says so: test_the_openapi_spec_is_present
+skips with the path it looked at, and the pytest header names it; every other
+assertion of the tests still runs.
 
 Two adjustments make the spec checkable with a JSON Schema validator:
 ``nullable: true`` (OpenAPI 3.0 style, still used in places) becomes an
@@ -12,12 +18,15 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 from pathlib import Path
 
 import jsonschema
 import yaml
 
-SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "openai-openapi" / "openapi.yaml"
+SPEC_PATH = Path(os.environ.get("PYCOMPAT_OPENAPI_SPEC")
+                 or Path(__file__).resolve().parents[2] / "shared" / "openai-openapi" / "openapi.yaml")
+SPEC_PRESENT = SPEC_PATH.is_file()
 
 
 def _adjust(node):
@@ -29,7 +38,8 @@ def _adjust(node):
     if node.pop("nullable", False):
         node = {"anyOf": [node, {"type": "null"}]}
         return node
-    if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node:
+    # Closed whether or not the schema says "type: object" (Model, for one, does not).
+    if node.get("type", "object") == "object" and "properties" in node and "additionalProperties" not in node:
         node["additionalProperties"] = False
     return node
 
@@ -51,8 +61,10 @@ def _validator(name: str) -> jsonschema.Draft202012Validator:
 
 
 def validate(name: str, body: dict) -> None:
-    """Raises jsonschema.ValidationError if ``body`` is not a valid ``name`` (a component schema)."""
-    _validator(name).validate(body)
+    """Raises jsonschema.ValidationError if ``body`` is not a valid ``name`` (a
+    component schema). Without the spec, does nothing (see the module's note)."""
+    if SPEC_PRESENT:
+        _validator(name).validate(body)
 
 
 def validate_completion_chunk(chunk: dict) -> None:
