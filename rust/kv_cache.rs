@@ -7,61 +7,25 @@
 
 use crate::quant::{f16_to_f32, f32_to_f16};
 
+/// How a cache element's bits are laid out, for the kernels that read them raw.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Bits {
+    F32,
+    /// IEEE half precision, as `u16`. Attention then rounds its f32 operands
+    /// (queries, softmax weights) to f16 before they meet the cache, as
+    /// llama.cpp's f16 path does.
+    F16,
+}
+
 /// Element type of a cache: how a value is stored and read back.
 pub trait KvElem: Copy + Send + Sync + 'static {
-    /// Whether attention rounds its f32 operands (queries, softmax weights) to
-    /// this precision before meeting the cache, as llama.cpp's f16 path does.
-    const ROUNDS: bool;
+    const BITS: Bits;
     fn from_f32(v: f32) -> Self;
     fn to_f32(self) -> f32;
-
-    /// Σ a[i]·b[i], accumulated in f32.
-    #[inline(always)]
-    fn dot(a: &[f32], b: &[Self]) -> f32 {
-        let mut acc = [0f32; 8];
-        let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-        let (ra, rb) = (ca.remainder(), cb.remainder());
-        for (x, y) in ca.zip(cb) {
-            for l in 0..8 {
-                acc[l] += x[l] * y[l].to_f32();
-            }
-        }
-        let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y.to_f32()).sum();
-        acc.iter().sum::<f32>() + tail
-    }
-
-    /// out[i] += a·x[i]
-    #[inline(always)]
-    fn axpy(a: f32, x: &[Self], out: &mut [f32]) {
-        for (o, v) in out.iter_mut().zip(x) {
-            *o += a * v.to_f32();
-        }
-    }
-
-    /// The cache as f32 values, if that is what it holds.
-    fn as_f32(cache: &[Self]) -> Option<&[f32]> {
-        let _ = cache;
-        None
-    }
-
-    /// Attention scores: `out[j] = scale · q·k_j`, key j at `keys[j·stride..]`.
-    fn scores(q: &[f32], keys: &[Self], stride: usize, scale: f32, out: &mut [f32]) {
-        for (j, s) in out.iter_mut().enumerate() {
-            *s = Self::dot(q, &keys[j * stride..][..q.len()]) * scale;
-        }
-    }
-
-    /// `out = Σ_j p[j]·v_j`, value j at `values[j·stride..]`.
-    fn weighted_sum(p: &[f32], values: &[Self], stride: usize, out: &mut [f32]) {
-        out.fill(0.0);
-        for (j, &pj) in p.iter().enumerate() {
-            Self::axpy(pj, &values[j * stride..][..out.len()], out);
-        }
-    }
 }
 
 impl KvElem for f32 {
-    const ROUNDS: bool = false;
+    const BITS: Bits = Bits::F32;
     #[inline(always)]
     fn from_f32(v: f32) -> Self {
         v
@@ -69,33 +33,6 @@ impl KvElem for f32 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
-    }
-
-    fn as_f32(cache: &[Self]) -> Option<&[f32]> {
-        Some(cache)
-    }
-
-    fn scores(q: &[f32], keys: &[Self], stride: usize, scale: f32, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if simd_ok(q.len()) && fits(keys.len(), out.len(), stride, q.len()) {
-            // SAFETY: features checked, every key in bounds.
-            return unsafe { crate::simd_avx2::scores(q, keys.as_ptr(), stride, scale, out) };
-        }
-        for (j, s) in out.iter_mut().enumerate() {
-            *s = Self::dot(q, &keys[j * stride..][..q.len()]) * scale;
-        }
-    }
-
-    fn weighted_sum(p: &[f32], values: &[Self], stride: usize, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if simd_ok(out.len()) && fits(values.len(), p.len(), stride, out.len()) {
-            // SAFETY: as in `scores`.
-            return unsafe { crate::simd_avx2::weighted_sum(p, values.as_ptr(), stride, out) };
-        }
-        out.fill(0.0);
-        for (j, &pj) in p.iter().enumerate() {
-            Self::axpy(pj, &values[j * stride..][..out.len()], out);
-        }
     }
 }
 
@@ -105,7 +42,7 @@ impl KvElem for f32 {
 pub struct F16(pub u16);
 
 impl KvElem for F16 {
-    const ROUNDS: bool = true;
+    const BITS: Bits = Bits::F16;
     #[inline(always)]
     fn from_f32(v: f32) -> Self {
         F16(f32_to_f16(v))
@@ -114,36 +51,62 @@ impl KvElem for F16 {
     fn to_f32(self) -> f32 {
         f16_to_f32(self.0)
     }
+}
 
-    fn scores(q: &[f32], keys: &[Self], stride: usize, scale: f32, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if simd_ok(q.len()) && fits(keys.len(), out.len(), stride, q.len()) {
-            // SAFETY: features checked, every key in bounds; F16 is a transparent u16.
-            return unsafe {
-                crate::simd_avx2::scores(q, keys.as_ptr() as *const u16, stride, scale, out)
-            };
-        }
-        for (j, s) in out.iter_mut().enumerate() {
-            *s = Self::dot(q, &keys[j * stride..][..q.len()]) * scale;
-        }
+/// Whether attention over a cache of `T` rounds its operands to f16.
+pub fn rounds<T: KvElem>() -> bool {
+    T::BITS == Bits::F16
+}
+
+/// The cache as f32 values, if that is what it holds.
+pub fn as_f32<T: KvElem>(cache: &[T]) -> Option<&[f32]> {
+    // SAFETY: an element with F32 bits is an f32 (the only such KvElem is f32).
+    (T::BITS == Bits::F32)
+        .then(|| unsafe { std::slice::from_raw_parts(cache.as_ptr() as *const f32, cache.len()) })
+}
+
+/// Attention scores: `out[j] = scale · q·k_j`, key j at `keys[j·stride..]`.
+pub fn scores<T: KvElem>(q: &[f32], keys: &[T], stride: usize, scale: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd_ok(q.len()) && fits(keys.len(), out.len(), stride, q.len()) {
+        use crate::simd_avx2::scores as simd;
+        // SAFETY: features checked, every key in bounds; BITS says what the elements are.
+        return unsafe {
+            match T::BITS {
+                Bits::F32 => simd(q, keys.as_ptr() as *const f32, stride, scale, out),
+                Bits::F16 => simd(q, keys.as_ptr() as *const u16, stride, scale, out),
+            }
+        };
     }
+    for (j, s) in out.iter_mut().enumerate() {
+        let key = &keys[j * stride..][..q.len()];
+        *s = q.iter().zip(key).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
+    }
+}
 
-    fn weighted_sum(p: &[f32], values: &[Self], stride: usize, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if simd_ok(out.len()) && fits(values.len(), p.len(), stride, out.len()) {
-            // SAFETY: as in `scores`.
-            return unsafe {
-                crate::simd_avx2::weighted_sum(p, values.as_ptr() as *const u16, stride, out)
-            };
-        }
-        out.fill(0.0);
-        for (j, &pj) in p.iter().enumerate() {
-            Self::axpy(pj, &values[j * stride..][..out.len()], out);
+/// `out = Σ_j p[j]·v_j`, value j at `values[j·stride..]`.
+pub fn weighted_sum<T: KvElem>(p: &[f32], values: &[T], stride: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd_ok(out.len()) && fits(values.len(), p.len(), stride, out.len()) {
+        use crate::simd_avx2::weighted_sum as simd;
+        // SAFETY: as in `scores`.
+        return unsafe {
+            match T::BITS {
+                Bits::F32 => simd(p, values.as_ptr() as *const f32, stride, out),
+                Bits::F16 => simd(p, values.as_ptr() as *const u16, stride, out),
+            }
+        };
+    }
+    let width = out.len();
+    out.fill(0.0);
+    for (j, &pj) in p.iter().enumerate() {
+        for (o, v) in out.iter_mut().zip(&values[j * stride..][..width]) {
+            *o += pj * v.to_f32();
         }
     }
 }
 
-/// Whether the f16 SIMD attention kernels run here, for vectors of `len`.
+/// Whether the SIMD attention kernels run here, for vectors of `len`.
 #[cfg(target_arch = "x86_64")]
 fn simd_ok(len: usize) -> bool {
     len % 8 == 0
@@ -273,18 +236,18 @@ mod tests {
                     .map(F16::from_f32)
                     .collect();
                 let q = values(hd, 2);
-                let mut scores = vec![0f32; n_keys];
-                F16::scores(&q, &cache, stride, 0.5, &mut scores);
+                let mut got = vec![0f32; n_keys];
+                scores(&q, &cache, stride, 0.5, &mut got);
                 let mut out = vec![0f32; hd];
                 let p = values(n_keys, 3);
-                F16::weighted_sum(&p, &cache, stride, &mut out);
+                weighted_sum(&p, &cache, stride, &mut out);
                 for j in 0..n_keys {
                     let exact: f64 = (0..hd)
                         .map(|d| q[d] as f64 * cache[j * stride + d].to_f32() as f64)
                         .sum::<f64>()
                         * 0.5;
                     assert!(
-                        (scores[j] as f64 - exact).abs() < 1e-4,
+                        (got[j] as f64 - exact).abs() < 1e-4,
                         "hd {hd}, {n_keys} keys, key {j}"
                     );
                 }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::kv_cache::{KvCache, KvElem, Layers, Store};
+use crate::kv_cache::{self, KvCache, KvElem, Layers, Store};
 use crate::ops::{matmul_many, rms_norm, rope_angles, rope_rotate, softmax, swiglu};
 use crate::pool::{self, SendPtr};
 use crate::quant::{round_to_f16, Q8Activations};
@@ -447,7 +447,7 @@ impl Model {
             // A prompt chunk: every cached key and value meets n queries of each head
             // in its group, so an f16 cache is widened to f32 once (exactly: the
             // results do not change) and the queries share each load.
-            let (wk, wv) = match (T::as_f32(keys), T::as_f32(values)) {
+            let (wk, wv) = match (kv_cache::as_f32(keys), kv_cache::as_f32(values)) {
                 (Some(k), Some(v)) => (k, v),
                 _ => {
                     wide.clear();
@@ -455,9 +455,18 @@ impl Model {
                     wide.split_at(keys.len())
                 }
             };
-            self.attention_prompt(q, wk, wv, pos0, n, T::ROUNDS, by_head, out);
+            self.attention_prompt(q, wk, wv, pos0, n, kv_cache::rounds::<T>(), by_head, out);
         } else {
-            self.attention(q, keys, values, pos0, n, T::ROUNDS, by_head, out);
+            self.attention(
+                q,
+                keys,
+                values,
+                pos0,
+                n,
+                kv_cache::rounds::<T>(),
+                by_head,
+                out,
+            );
         }
     }
 
@@ -596,9 +605,9 @@ impl Model {
                         *a = round(*b);
                     }
                     let scores = &mut scores[..ctx];
-                    T::scores(qv, &keys[kv_off..], kv_dim, scale, scores);
+                    kv_cache::scores(qv, &keys[kv_off..], kv_dim, scale, scores);
                     softmax(scores, rounds);
-                    T::weighted_sum(scores, &values[kv_off..], kv_dim, o);
+                    kv_cache::weighted_sum(scores, &values[kv_off..], kv_dim, o);
                 }
             })
         });

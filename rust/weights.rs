@@ -74,11 +74,11 @@ impl Arena {
         self.len == 0
     }
 
-    /// # Safety
-    /// `start..start+len` must lie inside the arena and not be borrowed elsewhere.
-    unsafe fn slice_mut(&self, start: usize, len: usize) -> &mut [u8] {
-        debug_assert!(start + len <= self.len);
-        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
+    /// The bytes `start..start+len`, for filling while the arena has one owner.
+    fn slice_mut(&mut self, start: usize, len: usize) -> &mut [u8] {
+        assert!(start + len <= self.len, "outside the arena");
+        // SAFETY: inside the allocation, and `&mut self` makes the borrow exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
     }
 
     pub(crate) fn ptr_at(&self, start: usize) -> *const u8 {
@@ -179,17 +179,17 @@ pub fn load(
         layout.push((total, dtype, bytes));
         total += bytes;
     }
-    let arena = Arc::new(Arena::new(total)?);
+    // Filled while owned here, then shared by the tensors.
+    let mut arena = Arena::new(total)?;
     let mut files: HashMap<&str, File> = HashMap::new();
-    let mut tensors = HashMap::with_capacity(sources.len());
+    let mut grouped = Vec::with_capacity(sources.len());
     for (s, &(start, dtype, bytes)) in sources.iter().zip(&layout) {
         if !files.contains_key(s.path.as_str()) {
             let f = File::open(&s.path).map_err(|e| format!("{}: {e}", s.path))?;
             files.insert(&s.path, f);
         }
         let file = &files[s.path.as_str()];
-        // SAFETY: tensors' ranges in the arena are disjoint and nothing else holds them yet.
-        let dest = unsafe { arena.slice_mut(start, bytes) };
+        let dest = arena.slice_mut(start, bytes);
         let read_err =
             |e: std::io::Error| format!("{}: reading {} from {}: {e}", s.name, s.path, s.offset);
         if dtype == s.dtype {
@@ -199,8 +199,14 @@ pub fn load(
         }
         // The grouped layout is what the SIMD kernels read fastest; the portable
         // path reads rows one after another.
-        let grouped = ops::grouped_kernels_available()
-            && regroup(dtype, s.rows, dtype.nbytes(s.cols).unwrap(), dest);
+        grouped.push(
+            ops::grouped_kernels_available()
+                && regroup(dtype, s.rows, dtype.nbytes(s.cols).unwrap(), dest),
+        );
+    }
+    let arena = Arc::new(arena);
+    let mut tensors = HashMap::with_capacity(sources.len());
+    for ((s, &(start, dtype, _)), &grouped) in sources.iter().zip(&layout).zip(&grouped) {
         let tensor = Tensor::in_arena(dtype, s.rows, s.cols, Arc::clone(&arena), start, grouped)
             .map_err(|e| format!("{}: {e}", s.name))?;
         tensors.insert(s.name.clone(), tensor);

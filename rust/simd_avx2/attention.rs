@@ -25,6 +25,9 @@ unsafe fn sum_lanes_of_8_ps(a: [__m256; 8]) -> __m256 {
 /// by F16C) or f32 (a cache widened once for a whole prompt chunk).
 pub trait CacheLanes: Copy {
     /// Eight consecutive elements as f32.
+    ///
+    /// # Safety
+    /// AVX2 and F16C; eight elements readable from `p`.
     unsafe fn load8(p: *const Self) -> __m256;
 }
 
