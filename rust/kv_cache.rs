@@ -86,6 +86,13 @@ pub fn scores<T: KvElem>(q: &[f32], keys: &[T], stride: usize, scale: f32, out: 
 
 /// `out = Σ_j p[j]·v_j`, value j at `values[j·stride..]`.
 pub fn weighted_sum<T: KvElem>(p: &[f32], values: &[T], stride: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    weighted_sum_onto(p, values, stride, out)
+}
+
+/// `out += Σ_j p[j]·v_j`, each output one chain of multiply-adds in key order,
+/// so a sum taken a cache block at a time equals the sum taken at once.
+pub fn weighted_sum_onto<T: KvElem>(p: &[f32], values: &[T], stride: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if simd_ok(out.len()) && fits(values.len(), p.len(), stride, out.len()) {
         use crate::simd_avx2::weighted_sum as simd;
@@ -98,7 +105,6 @@ pub fn weighted_sum<T: KvElem>(p: &[f32], values: &[T], stride: usize, out: &mut
         };
     }
     let width = out.len();
-    out.fill(0.0);
     for (j, &pj) in p.iter().enumerate() {
         for (o, v) in out.iter_mut().zip(&values[j * stride..][..width]) {
             *o += pj * v.to_f32();
@@ -121,93 +127,94 @@ fn fits(len: usize, n: usize, stride: usize, width: usize) -> bool {
     n == 0 || (n - 1) * stride + width <= len
 }
 
-/// Per layer: (position, kv_heads · head_dim), row-major.
-pub struct Layers<T> {
+/// The cache's storage: per layer, keys and values of `n_blocks` blocks of
+/// `block_size` positions, each position `kv_dim` wide. Which blocks hold which
+/// sequence's positions is the caller's business (a block table per sequence):
+/// the forward pass writes a sequence's new positions into its blocks and
+/// attends over the blocks that hold its earlier ones.
+pub struct Blocks<T> {
     pub keys: Vec<Vec<T>>,
     pub values: Vec<Vec<T>>,
 }
 
-impl<T: KvElem> Layers<T> {
-    /// Room for `capacity` elements per layer, reserved (address space only:
-    /// pages become resident as positions are written), so appending never
-    /// reallocates and copies the cache.
-    fn new(n_layers: usize, capacity: usize) -> Self {
-        let layer = || {
-            (0..n_layers)
-                .map(|_| Vec::with_capacity(capacity))
-                .collect()
-        };
-        Layers {
+/// A zero-filled vector of `n` elements from `alloc_zeroed`: large ones come
+/// straight from the OS as untouched pages, so a cache's budget costs memory
+/// only as its blocks are first written.
+fn zeroed<T: KvElem>(n: usize) -> Vec<T> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let layout = std::alloc::Layout::array::<T>(n).expect("cache size overflows");
+    // SAFETY: the layout is non-empty; all-zero bits are a valid f32 and a valid F16
+    // (the only KvElem types); the vector takes ownership with the same layout.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout) as *mut T;
+        if p.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Vec::from_raw_parts(p, n, n)
+    }
+}
+
+impl<T: KvElem> Blocks<T> {
+    fn new(n_layers: usize, per_layer: usize) -> Self {
+        let layer = || (0..n_layers).map(|_| zeroed(per_layer)).collect();
+        Blocks {
             keys: layer(),
             values: layer(),
         }
     }
-
-    fn truncate(&mut self, len: usize) {
-        for layer in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            layer.truncate(len);
-        }
-    }
 }
 
-#[derive(Default)]
 pub enum Store {
-    /// A cache with no room (`KvCache::default()`), a placeholder.
-    #[default]
-    None,
-    F32(Layers<f32>),
-    F16(Layers<F16>),
+    F32(Blocks<f32>),
+    F16(Blocks<F16>),
 }
 
-#[derive(Default)]
-pub struct KvCache {
+/// A paged KV cache: `n_blocks` blocks shared by any number of sequences.
+pub struct KvStore {
     pub(crate) store: Store,
-    kv_dim: usize,
-    len: usize,
+    pub kv_dim: usize,
+    pub n_layers: usize,
+    pub block_size: usize,
+    pub n_blocks: usize,
 }
 
-impl KvCache {
-    /// A cache for up to `max_tokens` positions of `kv_dim` keys and values per layer.
-    pub fn new(n_layers: usize, kv_dim: usize, f16: bool, max_tokens: usize) -> KvCache {
-        let capacity = kv_dim * max_tokens;
+impl KvStore {
+    pub fn new(n_layers: usize, kv_dim: usize, f16: bool, block_size: usize, n_blocks: usize) -> KvStore {
+        assert!(block_size > 0, "a cache block holds at least one position");
+        let per_layer = n_blocks
+            .checked_mul(block_size * kv_dim)
+            .expect("cache size overflows");
         let store = if f16 {
-            Store::F16(Layers::new(n_layers, capacity))
+            Store::F16(Blocks::new(n_layers, per_layer))
         } else {
-            Store::F32(Layers::new(n_layers, capacity))
+            Store::F32(Blocks::new(n_layers, per_layer))
         };
-        KvCache {
+        KvStore {
             store,
             kv_dim,
-            len: 0,
+            n_layers,
+            block_size,
+            n_blocks,
         }
     }
 
-    /// Tokens whose keys and values are cached.
-    pub fn len(&self) -> usize {
-        self.len
+    /// Bytes one block takes: keys and values of every layer.
+    pub fn bytes_per_block(&self) -> usize {
+        let elem = match self.store {
+            Store::F32(_) => 4,
+            Store::F16(_) => 2,
+        };
+        2 * self.n_layers * self.block_size * self.kv_dim * elem
     }
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Forgets every position from `len` on (no-op if it is not shorter).
-    pub fn truncate(&mut self, len: usize) {
-        if len < self.len {
-            self.len = len;
-            let n = len * self.kv_dim;
-            match &mut self.store {
-                Store::F32(l) => l.truncate(n),
-                Store::F16(l) => l.truncate(n),
-                Store::None => {}
-            }
-        }
-    }
-
-    /// Called by the forward pass once every layer has appended `n` positions.
-    pub(crate) fn advance(&mut self, n: usize) {
-        self.len += n;
-    }
+/// Where position `pos` of a sequence with block table `blocks` lives in a
+/// layer's storage: the element offset of its row.
+#[inline]
+pub fn row_offset(blocks: &[u32], block_size: usize, kv_dim: usize, pos: usize) -> usize {
+    (blocks[pos / block_size] as usize * block_size + pos % block_size) * kv_dim
 }
 
 #[cfg(test)]
@@ -265,28 +272,27 @@ mod tests {
     }
 }
 
-/// Finished sequences' caches kept for new ones: their pages are resident
-/// already, so a new request neither faults them in nor has the kernel zero
-/// them (~3% of a prompt's time otherwise). At most one is kept idle, so
-/// memory stays bounded by the sequences that run at once, plus one.
+/// Finished sequences' stores kept for new ones (the `Sequence` API, used by
+/// tests and tools): their pages are resident already, so a new sequence
+/// neither faults them in nor has the kernel zero them. At most one is kept
+/// idle, so memory stays bounded by the sequences that run at once, plus one.
 #[derive(Default)]
-pub struct CachePool {
-    idle: std::sync::Mutex<Option<KvCache>>,
+pub struct StorePool {
+    idle: std::sync::Mutex<Option<KvStore>>,
 }
 
-impl CachePool {
-    /// An empty cache: a kept one if there is, else `make()`.
-    pub fn take(&self, make: impl FnOnce() -> KvCache) -> KvCache {
+impl StorePool {
+    /// A kept store if there is one, else `make()`.
+    pub fn take(&self, make: impl FnOnce() -> KvStore) -> KvStore {
         let kept = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take();
         kept.unwrap_or_else(make)
     }
 
-    /// Takes back a cache no sequence uses any more.
-    pub fn give(&self, mut cache: KvCache) {
-        cache.truncate(0);
+    /// Takes back a store no sequence uses any more.
+    pub fn give(&self, store: KvStore) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.is_none() {
-            *idle = Some(cache);
+            *idle = Some(store);
         }
     }
 }

@@ -7,15 +7,16 @@
 //! maps Hugging Face names onto these.
 //!
 //! The entry point, `Model::forward`, takes a batch: several sequences, each
-//! with its own KV cache and its new tokens (a whole prompt, or one decoded
-//! token). This first version runs them one after another.
+//! with its block table in a shared paged KV cache and its new tokens (a
+//! prompt or a chunk of one, or one decoded token). All of them go through
+//! each weight matrix together.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::kv_cache::{self, KvCache, KvElem, Layers, Store};
+use crate::kv_cache::{self, row_offset, Blocks, KvElem, KvStore, Store};
 use crate::ops::{matmul_many, rms_norm, rope_angles, rope_rotate, softmax, swiglu};
 use crate::pool::{self, SendPtr};
 use crate::quant::{round_to_f16, Q8Activations};
@@ -131,9 +132,12 @@ struct Scratch {
     cos: Vec<f32>,
     sin: Vec<f32>,
     logits: Vec<f32>,
-    /// Logits gathered over the chunks of a long input.
-    all_logits: Vec<f32>,
     q8: Q8Activations,
+    /// The pass's rows that take the decode attention path, as (row, segment).
+    decode_rows: Vec<(usize, usize)>,
+    /// The pass's rows whose logits are wanted, as (row, segment).
+    logit_rows: Vec<(usize, usize)>,
+    segments: Vec<Segment>,
 }
 
 /// `v` resized to `n` (its capacity is kept, so this allocates only to grow).
@@ -155,12 +159,36 @@ thread_local! {
     static ATTN_ROW: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// One sequence of a batch: its cache, its new tokens, and whether logits are
-/// wanted for every new token (teacher forcing) or only the last.
-pub struct SeqInput<'a> {
-    pub cache: &'a mut KvCache,
+/// Which logits a batch entry wants back.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Want {
+    /// None: a prompt chunk that is not the prompt's end.
+    Nothing,
+    /// Its last new token's (to sample the next token from).
+    Last,
+    /// Every new token's (teacher forcing, scoring a text).
+    All,
+}
+
+/// One sequence of a batch: its block table (which cache blocks hold its
+/// positions, in order), how many positions are cached already, and its new
+/// tokens, which go to positions `start..start + tokens.len()`.
+pub struct Entry<'a> {
+    pub blocks: &'a [u32],
+    pub start: usize,
     pub tokens: &'a [u32],
-    pub all_logits: bool,
+    pub want: Want,
+}
+
+/// A run of consecutive new tokens of one entry inside one pass.
+#[derive(Clone, Copy)]
+struct Segment {
+    entry: usize,
+    /// Index of its first token within the entry's new tokens.
+    offset: usize,
+    len: usize,
+    /// Its first row in the pass's activations.
+    row: usize,
 }
 
 impl Model {
@@ -219,99 +247,106 @@ impl Model {
         })
     }
 
-    pub fn new_cache(&self) -> KvCache {
-        KvCache::new(
+    /// A paged cache of `n_blocks` blocks of `block_size` positions for this model.
+    pub fn new_store(&self, block_size: usize, n_blocks: usize) -> KvStore {
+        KvStore::new(
             self.cfg.n_layers,
             self.cfg.kv_dim(),
             self.cfg.kv_f16,
-            self.cfg.max_seq_len,
+            block_size,
+            n_blocks,
         )
     }
 
-    /// Runs one step over a batch. Returns, per sequence, the logits of its
-    /// last new token (vocab values) or of every new token (tokens × vocab).
-    /// Inputs are all checked before any cache changes.
-    pub fn forward(&self, batch: &mut [SeqInput]) -> Result<Vec<Vec<f32>>, KernelError> {
-        let mut all = Vec::with_capacity(batch.len());
-        self.forward_each(batch, |_, logits| all.push(logits.to_vec()))?;
-        Ok(all)
-    }
-
-    /// `forward`, handing each sequence's logits to `take(index, logits)` from
-    /// the kernel's own buffer instead of returning copies.
-    pub fn forward_each(
-        &self,
-        batch: &mut [SeqInput],
-        mut take: impl FnMut(usize, &[f32]),
-    ) -> Result<(), KernelError> {
-        for (i, s) in batch.iter().enumerate() {
-            if s.tokens.is_empty() {
+    /// Checks a batch against the model and the cache: known tokens, room in
+    /// the context, block tables that cover every position and name real blocks.
+    fn check(&self, kv: &KvStore, batch: &[Entry]) -> Result<(), KernelError> {
+        if kv.kv_dim != self.cfg.kv_dim() || kv.n_layers != self.cfg.n_layers {
+            return err("the KV cache was made for another model");
+        }
+        for (i, e) in batch.iter().enumerate() {
+            if e.tokens.is_empty() {
                 return err(format!("sequence {i} has no new tokens"));
             }
-            if let Some(bad) = s
-                .tokens
-                .iter()
-                .find(|&&t| t as usize >= self.cfg.vocab_size)
-            {
+            if let Some(bad) = e.tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
                 return err(format!(
                     "token id {bad} is outside the vocabulary of {}",
                     self.cfg.vocab_size
                 ));
             }
-            let total = s.cache.len() + s.tokens.len();
+            let total = e.start + e.tokens.len();
             if total > self.cfg.max_seq_len {
                 return err(format!(
                     "sequence {i} would hold {total} tokens, the context is {}",
                     self.cfg.max_seq_len
                 ));
             }
-        }
-        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        for (i, s) in batch.iter_mut().enumerate() {
-            let logits = self.forward_one(&mut scratch, s.cache, s.tokens, s.all_logits);
-            take(i, logits);
+            let needed = total.div_ceil(kv.block_size);
+            if e.blocks.len() < needed {
+                return err(format!(
+                    "sequence {i} needs {needed} cache blocks for {total} positions, its table has {}",
+                    e.blocks.len()
+                ));
+            }
+            if let Some(bad) = e.blocks[..needed].iter().find(|&&b| b as usize >= kv.n_blocks) {
+                return err(format!("cache block {bad} does not exist (the cache has {})", kv.n_blocks));
+            }
         }
         Ok(())
     }
 
-    /// One sequence's new tokens, a chunk at a time: a long prompt needs buffers
-    /// for one chunk's activations, not its whole length (llama.cpp's micro-batch
-    /// is the same size), and a chunk's activations stay in the L2 cache.
-    fn forward_one<'s>(
+    /// Runs one step over a batch: every entry's new tokens go through the
+    /// layers together (one pass over the weights for all of them, in passes
+    /// of at most `PREFILL_CHUNK` tokens), their keys and values are written to
+    /// their blocks, and `take(index, logits)` receives the logits each entry
+    /// wants, from the kernel's own buffer: once for `Want::Last` (vocab values),
+    /// one or more times, in order, for `Want::All` (rows × vocab each time).
+    /// The batch is checked before any cache block changes.
+    ///
+    /// Each entry's results are the same whatever else is in the batch: rows
+    /// never mix in the matrix products, and attention is per sequence.
+    pub fn forward(
         &self,
-        sc: &'s mut Scratch,
-        cache: &mut KvCache,
-        tokens: &[u32],
-        all_logits: bool,
-    ) -> &'s [f32] {
-        if tokens.len() <= PREFILL_CHUNK {
-            return self.forward_chunk(sc, cache, tokens, all_logits);
-        }
-        let mut kept = std::mem::take(&mut sc.all_logits);
-        kept.clear();
-        for chunk in tokens.chunks(PREFILL_CHUNK) {
-            let logits = self.forward_chunk(sc, cache, chunk, all_logits);
-            if all_logits {
-                kept.extend_from_slice(logits);
-            } else {
-                kept.clear();
-                kept.extend_from_slice(logits); // only the last chunk's last row is wanted
+        kv: &mut KvStore,
+        batch: &[Entry],
+        mut take: impl FnMut(usize, &[f32]),
+    ) -> Result<(), KernelError> {
+        self.check(kv, batch)?;
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut segments = std::mem::take(&mut scratch.segments);
+        let (mut entry, mut offset) = (0, 0);
+        while entry < batch.len() {
+            segments.clear();
+            let mut rows = 0;
+            while rows < PREFILL_CHUNK && entry < batch.len() {
+                let len = (batch[entry].tokens.len() - offset).min(PREFILL_CHUNK - rows);
+                segments.push(Segment { entry, offset, len, row: rows });
+                rows += len;
+                offset += len;
+                if offset == batch[entry].tokens.len() {
+                    (entry, offset) = (entry + 1, 0);
+                }
             }
+            self.forward_pass(&mut scratch, kv, batch, &segments, &mut take);
         }
-        sc.all_logits = kept;
-        &sc.all_logits
+        scratch.segments = segments;
+        Ok(())
     }
 
-    fn forward_chunk<'s>(
+    /// One pass: the segments' tokens (at most `PREFILL_CHUNK`) through every
+    /// layer. A pass's activations stay in the L2 cache, and its buffers have a
+    /// bounded size however long the prompts are (llama.cpp's micro-batch is the same).
+    fn forward_pass(
         &self,
-        sc: &'s mut Scratch,
-        cache: &mut KvCache,
-        tokens: &[u32],
-        all_logits: bool,
-    ) -> &'s [f32] {
+        sc: &mut Scratch,
+        kv: &mut KvStore,
+        batch: &[Entry],
+        segments: &[Segment],
+        take: &mut impl FnMut(usize, &[f32]),
+    ) {
         let c = &self.cfg;
-        let (n, dim, hd, q_dim, kv_dim) = (tokens.len(), c.dim, c.head_dim, c.q_dim(), c.kv_dim());
-        let pos0 = cache.len();
+        let (dim, hd, q_dim, kv_dim) = (c.dim, c.head_dim, c.q_dim(), c.kv_dim());
+        let n: usize = segments.iter().map(|s| s.len).sum();
         let Scratch {
             x,
             xn,
@@ -327,25 +362,27 @@ impl Model {
             cos,
             sin,
             logits,
-            all_logits: _,
             q8,
+            decode_rows,
+            logit_rows,
+            segments: _,
         } = sc;
 
         let x = sized(x, n * dim);
-        for (row, &tok) in x.chunks_exact_mut(dim).zip(tokens) {
-            self.embed.dequantize_row(tok as usize, row);
-        }
-
         let half = c.rope_inv_freq.len();
         let (cos, sin) = (sized(cos, n * half), sized(sin, n * half));
-        for i in 0..n {
-            let span = i * half..(i + 1) * half;
-            rope_angles(
-                pos0 + i,
-                &c.rope_inv_freq,
-                &mut cos[span.clone()],
-                &mut sin[span],
-            );
+        decode_rows.clear();
+        for (si, s) in segments.iter().enumerate() {
+            let e = &batch[s.entry];
+            for i in 0..s.len {
+                let (row, pos) = (s.row + i, e.start + s.offset + i);
+                self.embed.dequantize_row(e.tokens[s.offset + i] as usize, &mut x[row * dim..][..dim]);
+                let span = row * half..(row + 1) * half;
+                rope_angles(pos, &c.rope_inv_freq, &mut cos[span.clone()], &mut sin[span]);
+                if !self.prompt_attention_for(s.len) {
+                    decode_rows.push((row, si));
+                }
+            }
         }
 
         let xn = sized(xn, n * dim);
@@ -355,9 +392,9 @@ impl Model {
             sized(v, n * kv_dim),
         );
         let attn = sized(attn, n * q_dim);
-        let by_head = sized(by_head, n * q_dim);
         let proj = sized(proj, n * dim);
         let (gate, up) = (sized(gate, n * c.ffn_dim), sized(up, n * c.ffn_dim));
+        let bs = kv.block_size;
 
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(x, &layer.attn_norm, c.norm_eps, xn);
@@ -384,14 +421,13 @@ impl Model {
                     rope_rotate(head, cs, sn, c.rope_neox);
                 }
             }
-            match &mut cache.store {
-                Store::F32(layers) => {
-                    self.append_and_attend(layers, l, q, k, v, pos0, n, by_head, wide, attn)
+            match &mut kv.store {
+                Store::F32(blocks) => {
+                    self.write_and_attend(blocks, bs, l, batch, segments, decode_rows, q, k, v, by_head, wide, attn)
                 }
-                Store::F16(layers) => {
-                    self.append_and_attend(layers, l, q, k, v, pos0, n, by_head, wide, attn)
+                Store::F16(blocks) => {
+                    self.write_and_attend(blocks, bs, l, batch, segments, decode_rows, q, k, v, by_head, wide, attn)
                 }
-                Store::None => unreachable!("a placeholder cache reached the forward pass"),
             }
             matmul_many(attn, n, q8, &mut [(&layer.wo, &mut *proj)], true);
             x.iter_mut().zip(&*proj).for_each(|(a, b)| *a += b);
@@ -408,65 +444,114 @@ impl Model {
             matmul_many(gate, n, q8, &mut [(&layer.w_down, &mut *proj)], true);
             x.iter_mut().zip(&*proj).for_each(|(a, b)| *a += b);
         }
-        cache.advance(n);
 
-        let first = if all_logits { 0 } else { n - 1 };
-        let rows = n - first;
-        let normed = &mut xn[..rows * dim];
-        rms_norm(&x[first * dim..], &self.out_norm, c.norm_eps, normed);
-        let logits = sized(logits, rows * c.vocab_size);
+        // Logits only for the rows that want them: the LM head is the largest matrix.
+        logit_rows.clear();
+        for (si, s) in segments.iter().enumerate() {
+            let e = &batch[s.entry];
+            let ends = s.offset + s.len == e.tokens.len();
+            match e.want {
+                Want::All => logit_rows.extend((0..s.len).map(|i| (s.row + i, si))),
+                Want::Last if ends => logit_rows.push((s.row + s.len - 1, si)),
+                _ => {}
+            }
+        }
+        if logit_rows.is_empty() {
+            return;
+        }
+        let m = logit_rows.len();
+        for (j, &(row, _)) in logit_rows.iter().enumerate() {
+            rms_norm(
+                &x[row * dim..][..dim],
+                &self.out_norm,
+                c.norm_eps,
+                &mut xn[j * dim..][..dim],
+            );
+        }
+        let logits = sized(logits, m * c.vocab_size);
         matmul_many(
-            normed,
-            rows,
+            &xn[..m * dim],
+            m,
             q8,
             &mut [(self.lm_head.as_ref().unwrap_or(&self.embed), &mut *logits)],
             true,
         );
-        logits
+        // Consecutive rows of one segment go out together.
+        let mut j = 0;
+        while j < m {
+            let si = logit_rows[j].1;
+            let mut end = j + 1;
+            while end < m && logit_rows[end].1 == si {
+                end += 1;
+            }
+            let vs = c.vocab_size;
+            take(segments[si].entry, &logits[j * vs..end * vs]);
+            j = end;
+        }
     }
 
+    /// Whether a segment of `len` tokens takes the prompt attention path (the
+    /// cache widened to f32, keys and values shared among queries).
+    fn prompt_attention_for(&self, len: usize) -> bool {
+        len >= WIDEN_FROM && crate::ops::grouped_kernels_available() && self.cfg.head_dim % 16 == 0
+    }
+
+    /// Writes the pass's new keys and values to their blocks, then computes
+    /// every row's attention: decode rows together, prompt segments one by one.
     #[allow(clippy::too_many_arguments)]
-    fn append_and_attend<T: KvElem>(
+    fn write_and_attend<T: KvElem>(
         &self,
-        layers: &mut Layers<T>,
+        blocks: &mut Blocks<T>,
+        bs: usize,
         l: usize,
+        batch: &[Entry],
+        segments: &[Segment],
+        decode_rows: &[(usize, usize)],
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        pos0: usize,
-        n: usize,
-        by_head: &mut [f32],
+        by_head: &mut Vec<f32>,
         wide: &mut Vec<f32>,
         out: &mut [f32],
     ) {
-        layers.keys[l].extend(k.iter().map(|&x| T::from_f32(x)));
-        layers.values[l].extend(v.iter().map(|&x| T::from_f32(x)));
-        let (keys, values) = (&layers.keys[l], &layers.values[l]);
-        if n >= WIDEN_FROM && crate::ops::grouped_kernels_available() && self.cfg.head_dim % 16 == 0
-        {
-            // A prompt chunk: every cached key and value meets n queries of each head
-            // in its group, so an f16 cache is widened to f32 once (exactly: the
-            // results do not change) and the queries share each load.
-            let (wk, wv) = match (kv_cache::as_f32(keys), kv_cache::as_f32(values)) {
-                (Some(k), Some(v)) => (k, v),
-                _ => {
-                    wide.clear();
-                    wide.extend(keys.iter().chain(values.iter()).map(|x| x.to_f32()));
-                    wide.split_at(keys.len())
+        let (kv_dim, q_dim) = (self.cfg.kv_dim(), self.cfg.q_dim());
+        let (keys, values) = (&mut blocks.keys[l], &mut blocks.values[l]);
+        for s in segments {
+            let e = &batch[s.entry];
+            for i in 0..s.len {
+                let at = row_offset(e.blocks, bs, kv_dim, e.start + s.offset + i);
+                let row = (s.row + i) * kv_dim..(s.row + i + 1) * kv_dim;
+                for (dst, &src) in keys[at..at + kv_dim].iter_mut().zip(&k[row.clone()]) {
+                    *dst = T::from_f32(src);
                 }
-            };
-            self.attention_prompt(q, wk, wv, pos0, n, kv_cache::rounds::<T>(), by_head, out);
-        } else {
-            self.attention(
-                q,
-                keys,
-                values,
-                pos0,
-                n,
-                kv_cache::rounds::<T>(),
-                by_head,
-                out,
-            );
+                for (dst, &src) in values[at..at + kv_dim].iter_mut().zip(&v[row]) {
+                    *dst = T::from_f32(src);
+                }
+            }
+        }
+        let (keys, values) = (&blocks.keys[l][..], &blocks.values[l][..]);
+        let rounds = kv_cache::rounds::<T>();
+        if !decode_rows.is_empty() {
+            self.attention(q, keys, values, bs, batch, segments, decode_rows, rounds, out);
+        }
+        for s in segments.iter().filter(|s| self.prompt_attention_for(s.len)) {
+            // A prompt chunk: every cached key and value meets `len` queries of each
+            // head in its group, so the sequence's cache is gathered and widened to
+            // f32 once (exactly: the results do not change) and the queries share each load.
+            let e = &batch[s.entry];
+            let (pos0, ctx) = (e.start + s.offset, e.start + s.offset + s.len);
+            wide.clear();
+            for part in [keys, values] {
+                for b in 0..ctx.div_ceil(bs) {
+                    let from = e.blocks[b] as usize * bs * kv_dim;
+                    let rows = bs.min(ctx - b * bs);
+                    wide.extend(part[from..from + rows * kv_dim].iter().map(|x| x.to_f32()));
+                }
+            }
+            let (wk, wv) = wide.split_at(ctx * kv_dim);
+            let rows = s.row * q_dim..(s.row + s.len) * q_dim;
+            let slab = sized(by_head, s.len * q_dim);
+            self.attention_prompt(&q[rows.clone()], wk, wv, pos0, s.len, rounds, slab, &mut out[rows]);
         }
     }
 
@@ -554,9 +639,10 @@ impl Model {
         }
     }
 
-    /// Causal grouped-query attention of `n` new queries at positions
-    /// `pos0..pos0+n` over the cached keys/values (which already include them).
-    /// q and out: (n, n_heads · head_dim).
+    /// Causal grouped-query attention for the pass's decode rows (`(row,
+    /// segment)` pairs; a row's query sits at its position and sees the keys of
+    /// every position up to its own, already written), read block by block
+    /// from the layer's `keys` and `values`. q and out: (rows, n_heads · head_dim).
     ///
     /// With an f16 cache (`rounds`), rounding follows llama.cpp's (non-flash)
     /// attention, which multiplies in f16: queries and softmax weights are
@@ -567,10 +653,11 @@ impl Model {
         q: &[f32],
         keys: &[T],
         values: &[T],
-        pos0: usize,
-        n: usize,
+        bs: usize,
+        batch: &[Entry],
+        segments: &[Segment],
+        rows: &[(usize, usize)],
         rounds: bool,
-        by_head: &mut [f32],
         out: &mut [f32],
     ) {
         let round = |x: f32| if rounds { round_to_f16(x) } else { x };
@@ -579,11 +666,12 @@ impl Model {
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
 
-        // Units of work are (query, head) pairs, claimed in order by whichever
-        // thread is free, so early (short) and late (long) queries spread evenly.
-        // Each writes its own head_dim slice of a (head, query, head_dim) slab.
-        let slabs = SendPtr(by_head.as_mut_ptr());
-        let units = n * c.n_heads;
+        // Units of work are (row, head) pairs, claimed in order by whichever
+        // thread is free, so short and long contexts spread evenly. Each
+        // writes its own head_dim slice of `out`.
+        assert!(rows.iter().all(|&(r, _)| (r + 1) * q_dim <= out.len()));
+        let outs = SendPtr(out.as_mut_ptr());
+        let units = rows.len() * c.n_heads;
         let next = AtomicUsize::new(0);
         pool::global().run(&|_, _| {
             ATTN_ROW.with_borrow_mut(|(scores, qv)| {
@@ -591,31 +679,35 @@ impl Model {
                     // Room for a full context at once: growing with it would reallocate.
                     scores.reserve_exact(c.max_seq_len - scores.len());
                 }
-                scores.resize(pos0 + n, 0.0);
                 qv.resize(hd, 0.0);
                 while let Some(u) = claim(&next, units) {
-                    let (i, h) = (u / c.n_heads, u % c.n_heads);
-                    // SAFETY: each (head, query) slice is written by the one part that owns the unit.
+                    let ((row, si), h) = (rows[u / c.n_heads], u % c.n_heads);
+                    let s = &segments[si];
+                    let e = &batch[s.entry];
+                    let ctx = e.start + s.offset + (row - s.row) + 1;
+                    // SAFETY: rows are distinct and in bounds (asserted above); each
+                    // (row, head) slice is written by the thread that claimed the unit.
                     let o = unsafe {
-                        std::slice::from_raw_parts_mut(slabs.get().add((h * n + i) * hd), hd)
+                        std::slice::from_raw_parts_mut(outs.get().add(row * q_dim + h * hd), hd)
                     };
                     let kv_off = (h / group) * hd;
-                    let ctx = pos0 + i + 1;
-                    for (a, b) in qv.iter_mut().zip(&q[i * q_dim + h * hd..][..hd]) {
+                    for (a, b) in qv.iter_mut().zip(&q[row * q_dim + h * hd..][..hd]) {
                         *a = round(*b);
                     }
-                    let scores = &mut scores[..ctx];
-                    kv_cache::scores(qv, &keys[kv_off..], kv_dim, scale, scores);
+                    scores.resize(ctx, 0.0);
+                    for (b, part) in scores.chunks_mut(bs).enumerate() {
+                        let at = e.blocks[b] as usize * bs * kv_dim + kv_off;
+                        kv_cache::scores(qv, &keys[at..], kv_dim, scale, part);
+                    }
                     softmax(scores, rounds);
-                    kv_cache::weighted_sum(scores, &values[kv_off..], kv_dim, o);
+                    o.fill(0.0);
+                    for (b, part) in scores.chunks(bs).enumerate() {
+                        let at = e.blocks[b] as usize * bs * kv_dim + kv_off;
+                        kv_cache::weighted_sum_onto(part, &values[at..], kv_dim, o);
+                    }
                 }
             })
         });
-        for (h, slab) in by_head.chunks_exact(n * hd).enumerate() {
-            for (i, o) in slab.chunks_exact(hd).enumerate() {
-                out[i * q_dim + h * hd..][..hd].copy_from_slice(o);
-            }
-        }
     }
 }
 

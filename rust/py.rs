@@ -12,8 +12,10 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use crate::kv_cache::{CachePool, KvCache};
-use crate::model::{Config, KernelError as CoreError, Model, SeqInput};
+use std::sync::Mutex;
+
+use crate::kv_cache::{KvStore, StorePool};
+use crate::model::{Config, Entry, KernelError as CoreError, Model, Want};
 use crate::sampler::{Sampler as CoreSampler, SamplingParams};
 use crate::tensor::DType;
 use crate::weights::{self, Quantize, TensorSource};
@@ -72,30 +74,49 @@ fn config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<Config> {
     })
 }
 
-/// A sequence's KV cache. Used by one step at a time. When the sequence goes,
-/// its cache goes back to the model's pool for the next one.
+/// One sequence with a cache of its own, for a whole context (tests and
+/// tools; the server's engine shares a `KvCache` among all its sequences).
+/// When the sequence goes, its cache goes back to the model's pool for the next one.
 #[pyclass(module = "pycompat._kernel")]
 struct Sequence {
-    cache: KvCache,
-    pool: Arc<CachePool>,
+    store: Option<KvStore>,
+    table: Vec<u32>,
+    len: usize,
+    pool: Arc<StorePool>,
 }
 
 impl Drop for Sequence {
     fn drop(&mut self) {
-        self.pool.give(std::mem::take(&mut self.cache));
+        if let Some(store) = self.store.take() {
+            self.pool.give(store);
+        }
     }
 }
 
 #[pymethods]
 impl Sequence {
     fn __len__(&self) -> usize {
-        self.cache.len()
+        self.len
     }
 
     /// Forgets cached positions from `length` on.
     fn truncate(&mut self, length: usize) {
-        self.cache.truncate(length);
+        self.len = self.len.min(length);
     }
+}
+
+/// A paged KV cache shared by the sequences of a server: `n_blocks` blocks of
+/// `block_size` positions. Which blocks a sequence uses is the caller's choice
+/// (its block table); the engine in Python allocates, shares and frees them.
+#[pyclass(module = "pycompat._kernel", frozen)]
+struct KvCache {
+    store: Mutex<KvStore>,
+    #[pyo3(get)]
+    n_blocks: usize,
+    #[pyo3(get)]
+    block_size: usize,
+    #[pyo3(get)]
+    bytes_per_block: usize,
 }
 
 /// A request's sampling parameters and seeded random generator.
@@ -125,8 +146,11 @@ impl Sampler {
 #[pyclass(module = "pycompat._kernel", frozen)]
 struct KernelModel {
     inner: Model,
-    caches: Arc<CachePool>,
+    stores: Arc<StorePool>,
 }
+
+/// Block size of a `Sequence`'s own cache.
+const SEQUENCE_BLOCK: usize = 16;
 
 fn f32_bytes<'py>(py: Python<'py>, v: &[f32]) -> Bound<'py, PyBytes> {
     let mut raw = Vec::with_capacity(v.len() * 4);
@@ -187,7 +211,7 @@ impl KernelModel {
         })?;
         Ok(KernelModel {
             inner,
-            caches: Arc::default(),
+            stores: Arc::default(),
         })
     }
 
@@ -202,15 +226,34 @@ impl KernelModel {
     }
 
     fn new_sequence(&self) -> Sequence {
+        let n_blocks = self.inner.cfg.max_seq_len.div_ceil(SEQUENCE_BLOCK);
         Sequence {
-            cache: self.caches.take(|| self.inner.new_cache()),
-            pool: Arc::clone(&self.caches),
+            store: Some(self.stores.take(|| self.inner.new_store(SEQUENCE_BLOCK, n_blocks))),
+            table: (0..n_blocks as u32).collect(),
+            len: 0,
+            pool: Arc::clone(&self.stores),
         }
     }
 
-    /// One forward step over a batch of (sequence, new token ids).
-    /// Returns per sequence the f32 logits, as bytes, of its last new token,
-    /// or of every new token when `all_logits` (tokens × vocab, row-major).
+    /// A paged cache of `n_blocks` blocks of `block_size` positions. Its memory
+    /// is reserved, and becomes resident as blocks are first written.
+    #[pyo3(signature = (n_blocks, block_size=16))]
+    fn new_cache(&self, n_blocks: usize, block_size: usize) -> PyResult<KvCache> {
+        if block_size == 0 || n_blocks == 0 {
+            return Err(kernel_err("a cache needs at least one block of at least one position"));
+        }
+        let store = self.inner.new_store(block_size, n_blocks);
+        Ok(KvCache {
+            bytes_per_block: store.bytes_per_block(),
+            store: Mutex::new(store),
+            n_blocks,
+            block_size,
+        })
+    }
+
+    /// One forward step over (sequence, new token ids) pairs, each sequence on
+    /// its own. Returns per sequence the f32 logits, as bytes, of its last new
+    /// token, or of every new token when `all_logits` (tokens × vocab, row-major).
     #[pyo3(signature = (batch, all_logits=false))]
     fn forward<'py>(
         &self,
@@ -218,46 +261,124 @@ impl KernelModel {
         mut batch: Vec<(PyRefMut<'py, Sequence>, Vec<u32>)>,
         all_logits: bool,
     ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-        let mut inputs: Vec<SeqInput> = batch
-            .iter_mut()
-            .map(|(seq, tokens)| SeqInput {
-                cache: &mut seq.cache,
-                tokens,
-                all_logits,
-            })
-            .collect();
-        let logits = py.detach(|| contain_panic(|| self.inner.forward(&mut inputs)))?;
-        Ok(logits.iter().map(|l| f32_bytes(py, l)).collect())
+        let want = if all_logits { Want::All } else { Want::Last };
+        let mut out = Vec::with_capacity(batch.len());
+        for (seq, tokens) in batch.iter_mut() {
+            let seq: &mut Sequence = seq;
+            let logits = py.detach(|| self.sequence_forward(seq, tokens, want, |l| l.to_vec()))?;
+            out.push(f32_bytes(py, &logits));
+        }
+        Ok(out)
     }
 
-    /// One forward step over a batch of (sequence, new token ids, sampler);
-    /// returns the next token chosen for each sequence.
+    /// One forward step over (sequence, new token ids, sampler) triples, each
+    /// sequence on its own; returns the next token chosen for each.
     fn step<'py>(
         &self,
         py: Python<'py>,
         mut batch: Vec<(PyRefMut<'py, Sequence>, Vec<u32>, PyRefMut<'py, Sampler>)>,
     ) -> PyResult<Vec<u32>> {
-        let mut inputs = Vec::with_capacity(batch.len());
-        let mut samplers = Vec::with_capacity(batch.len());
+        let mut chosen = Vec::with_capacity(batch.len());
         for (seq, tokens, sampler) in batch.iter_mut() {
-            inputs.push(SeqInput {
-                cache: &mut seq.cache,
-                tokens,
-                all_logits: false,
-            });
-            samplers.push(&mut sampler.inner);
+            let (seq, sampler): (&mut Sequence, _) = (seq, &mut sampler.inner);
+            chosen.push(py.detach(|| self.sequence_forward(seq, tokens, Want::Last, |l| sampler.sample(l)))?);
         }
-        let chosen = py.detach(|| {
-            contain_panic(|| -> Result<Vec<u32>, CoreError> {
-                let mut chosen = vec![0; samplers.len()];
-                self.inner.forward_each(&mut inputs, |i, logits| {
-                    chosen[i] = samplers[i].sample(logits)
-                })?;
-                Ok(chosen)
+        Ok(chosen)
+    }
+
+    /// One batched step over the sequences of a shared cache: each entry is
+    /// (block table, cached positions, new token ids, logits wanted). Returns
+    /// per entry its logits as bytes (the last new token's, every new token's
+    /// with `all_logits`), or None for an entry that wants none.
+    #[pyo3(signature = (cache, batch, all_logits=false))]
+    fn forward_paged<'py>(
+        &self,
+        py: Python<'py>,
+        cache: &KvCache,
+        batch: Vec<(Vec<u32>, usize, Vec<u32>, bool)>,
+        all_logits: bool,
+    ) -> PyResult<Vec<Option<Bound<'py, PyBytes>>>> {
+        let entries = entries(&batch, |&(ref b, s, ref t, wants)| {
+            let want = match (wants, all_logits) {
+                (false, _) => Want::Nothing,
+                (true, false) => Want::Last,
+                (true, true) => Want::All,
+            };
+            (b, s, t, want)
+        });
+        let mut got: Vec<Vec<f32>> = vec![Vec::new(); batch.len()];
+        py.detach(|| {
+            let mut store = cache.store.lock().unwrap_or_else(|e| e.into_inner());
+            contain_panic(|| self.inner.forward(&mut store, &entries, |i, l| got[i].extend_from_slice(l)))
+        })?;
+        Ok(batch
+            .iter()
+            .zip(&got)
+            .map(|(e, l)| e.3.then(|| f32_bytes(py, l)))
+            .collect())
+    }
+
+    /// The engine's step: one batched forward pass over the sequences of a
+    /// shared cache, each entry (block table, cached positions, new token ids,
+    /// sampler or None), then each sampler picks its sequence's next token.
+    /// Returns per entry the token, or None where there is no sampler (a
+    /// prompt chunk before the prompt's end).
+    fn step_paged<'py>(
+        &self,
+        py: Python<'py>,
+        cache: &KvCache,
+        mut batch: Vec<(Vec<u32>, usize, Vec<u32>, Option<PyRefMut<'py, Sampler>>)>,
+    ) -> PyResult<Vec<Option<u32>>> {
+        let mut entries = Vec::with_capacity(batch.len());
+        let mut samplers: Vec<Option<&mut CoreSampler>> = Vec::with_capacity(batch.len());
+        for (blocks, start, tokens, sampler) in batch.iter_mut() {
+            let want = if sampler.is_some() { Want::Last } else { Want::Nothing };
+            entries.push(Entry { blocks, start: *start, tokens, want });
+            samplers.push(sampler.as_mut().map(|s| &mut s.inner));
+        }
+        let mut chosen = vec![None; entries.len()];
+        py.detach(|| {
+            let mut store = cache.store.lock().unwrap_or_else(|e| e.into_inner());
+            contain_panic(|| {
+                self.inner.forward(&mut store, &entries, |i, logits| {
+                    if let Some(s) = samplers[i].as_mut() {
+                        chosen[i] = Some(s.sample(logits));
+                    }
+                })
             })
         })?;
         Ok(chosen)
     }
+}
+
+impl KernelModel {
+    /// A `Sequence`'s new tokens through the model; `take` gets its logits.
+    fn sequence_forward<R>(
+        &self,
+        seq: &mut Sequence,
+        tokens: &[u32],
+        want: Want,
+        take: impl FnOnce(&[f32]) -> R,
+    ) -> Result<R, CoreError> {
+        contain_panic(|| {
+            let store = seq.store.as_mut().expect("a live sequence has its cache");
+            let entry = Entry { blocks: &seq.table, start: seq.len, tokens, want };
+            let mut all = Vec::new();
+            self.inner.forward(store, &[entry], |_, l| all.extend_from_slice(l))?;
+            seq.len += tokens.len();
+            Ok(take(&all))
+        })
+    }
+}
+
+fn entries<'a, T>(batch: &'a [T], f: impl Fn(&'a T) -> (&'a Vec<u32>, usize, &'a Vec<u32>, Want)) -> Vec<Entry<'a>> {
+    batch
+        .iter()
+        .map(|e| {
+            let (blocks, start, tokens, want) = f(e);
+            Entry { blocks, start, tokens, want }
+        })
+        .collect()
 }
 
 /// Dequantizes `count` elements of `dtype` from `data` into f32 bytes
@@ -303,6 +424,7 @@ fn _kernel(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_class::<KernelModel>()?;
     m.add_class::<Sequence>()?;
+    m.add_class::<KvCache>()?;
     m.add_class::<Sampler>()?;
     m.add("KernelError", m.py().get_type::<KernelError>())?;
     Ok(())

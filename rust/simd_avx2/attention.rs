@@ -84,8 +84,9 @@ pub unsafe fn scores<E: CacheLanes>(
     }
 }
 
-/// `out = Σ_j p[j]·v_j`, value j at `values + j·stride`. The output stays in
-/// registers (up to 64 values at a time) while the values stream by.
+/// `out += Σ_j p[j]·v_j`, value j at `values + j·stride`. The output stays in
+/// registers (up to 64 values at a time) while the values stream by; each
+/// output is one chain of multiply-adds in key order.
 ///
 /// # Safety
 /// AVX2, FMA and F16C; `out.len()` a multiple of 8; every value readable for `out.len()`.
@@ -123,6 +124,9 @@ unsafe fn weighted_sum_chunk<E: CacheLanes, const K: usize>(
     out: *mut f32,
 ) {
     let mut acc = [_mm256_setzero_ps(); K];
+    for (k, a) in acc.iter_mut().enumerate() {
+        *a = _mm256_loadu_ps(out.add(8 * k));
+    }
     for (j, &pj) in p.iter().enumerate() {
         let w = _mm256_set1_ps(pj);
         let row = values.add(j * stride);

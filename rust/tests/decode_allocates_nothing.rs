@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use pycompat_kernel::model::{Config, Model, SeqInput};
+use pycompat_kernel::model::{Config, Entry, Model, Want};
 use pycompat_kernel::quant::quantize;
 use pycompat_kernel::sampler::{Sampler, SamplingParams};
 use pycompat_kernel::tensor::{DType, Tensor};
@@ -86,38 +86,45 @@ fn tiny_model(dtype: DType) -> Model {
     Model::new(cfg, tensors).unwrap()
 }
 
+/// Three sequences decode together in one shared paged cache, as in the
+/// server's engine: after the first steps, a step allocates nothing.
 #[test]
 fn a_decode_step_allocates_nothing() {
     for dtype in [DType::Q4_1, DType::Q8_0, DType::F16] {
         let model = tiny_model(dtype);
-        let mut cache = model.new_cache();
-        let mut sampler = Sampler::new(
-            SamplingParams {
-                temperature: 0.8,
-                top_p: 0.9,
-                top_k: 0,
-                min_p: 0.0,
-            },
-            7,
-        );
-        let mut token = 0u32;
-        let mut step = |cache: &mut _, token: &mut u32, tokens: &[u32]| {
-            let mut batch = [SeqInput {
-                cache,
-                tokens,
-                all_logits: false,
-            }];
-            model
-                .forward_each(&mut batch, |_, logits| *token = sampler.sample(logits))
-                .unwrap();
+        let mut store = model.new_store(16, 12);
+        let tables: Vec<Vec<u32>> = (0..3).map(|s| (4 * s..4 * s + 4).collect()).collect();
+        let params = SamplingParams {
+            temperature: 0.8,
+            top_p: 0.9,
+            top_k: 0,
+            min_p: 0.0,
         };
-        step(&mut cache, &mut token, &[1, 2, 3, 4, 5]); // prompt: buffers grow here
-        let t = [token];
-        step(&mut cache, &mut token, &t); // first decode: the decode-sized paths warm up
+        let mut samplers: Vec<Sampler> = (0..3).map(|s| Sampler::new(params.clone(), s)).collect();
+        let mut lens = [0usize; 3];
+        let mut next = [[0u32; 1]; 3];
+        let mut step = |store: &mut _, prompts: Option<&[u32]>| {
+            let inputs = next; // arrays, not vectors: the test itself allocates nothing
+            let batch = [0, 1, 2].map(|s| Entry {
+                blocks: &tables[s],
+                start: lens[s],
+                tokens: prompts.unwrap_or(&inputs[s]),
+                want: Want::Last,
+            });
+            let added = batch.each_ref().map(|e| e.tokens.len());
+            model
+                .forward(store, &batch, |i, logits| next[i][0] = samplers[i].sample(logits))
+                .unwrap();
+            drop(batch);
+            for s in 0..3 {
+                lens[s] += added[s];
+            }
+        };
+        step(&mut store, Some(&[1, 2, 3, 4, 5])); // prompts: buffers grow here
+        step(&mut store, None); // first decode: the decode-sized paths warm up
         let before = ALLOCATIONS.load(Ordering::Relaxed);
         for _ in 0..5 {
-            let t = [token];
-            step(&mut cache, &mut token, &t);
+            step(&mut store, None);
         }
         let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
         assert_eq!(
