@@ -8,6 +8,8 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from pycompat.engine.config import EngineConfig
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 # Bounds a request that sets no max_tokens and never meets a stop token (small
@@ -49,6 +51,18 @@ def _parser() -> argparse.ArgumentParser:
                        "(about 2x or 4x less memory than f16, and faster); block-quantized weights stay as they are")
     serve.add_argument("--threads", type=int, metavar="N",
                        help="compute threads (default: the number of cores available to the process)")
+    engine = serve.add_argument_group("engine", "how concurrent requests share the model")
+    engine.add_argument("--kv-cache-mb", type=float, default=EngineConfig.kv_cache_mb, metavar="MB",
+                        help="KV cache budget in MiB, for all requests together; memory is taken as it is first "
+                        f"used (default: {EngineConfig.kv_cache_mb:g})")
+    engine.add_argument("--max-queue", type=int, default=EngineConfig.max_queue, metavar="N",
+                        help="requests that may wait for room in the cache; beyond it, 429 with Retry-After "
+                        f"(default: {EngineConfig.max_queue})")
+    engine.add_argument("--step-tokens", type=int, default=EngineConfig.step_tokens, metavar="N",
+                        help="most tokens one batched step computes; long prompts are split into chunks so "
+                        f"running streams keep going (default: {EngineConfig.step_tokens})")
+    engine.add_argument("--no-prefix-caching", action="store_true",
+                        help="recompute every prompt instead of reusing cached blocks of earlier ones")
     serve.add_argument("--max-body-mb", type=float, default=8, metavar="MB", help="largest request body accepted, in MiB (default: 8)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity (default: info)")
 
@@ -70,7 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pycompat.api.app import App
     from pycompat.api.errors import error_body
     from pycompat.api.registry import Registry, ServedModel
-    from pycompat.engine.generate import Engine
+    from pycompat.engine.scheduler import CacheTooSmall, Engine
     from pycompat.http.server import Limits, serve
     from pycompat.loading.load import DEFAULT_MODEL_ID, default_model_path, load_model
 
@@ -90,11 +104,24 @@ def _serve(args: argparse.Namespace) -> int:
     log.info("loaded %s from %s in %.1f s (context %d tokens, %d threads, sampling defaults %s)",
              model.name, path, model.load_seconds, model.context_length, _kernel.threads(), model.sampling_defaults or "OpenAI's")
     ids = [model_id] + [a for a in args.alias if a != model_id]
-    registry = Registry([ServedModel(ids, Engine(model), int(path.stat().st_mtime))])
+    if args.max_queue < 0 or args.step_tokens < 1:
+        raise SystemExit("pycompat: error: --max-queue must be at least 0 and --step-tokens at least 1")
+    config = EngineConfig(kv_cache_mb=args.kv_cache_mb, max_queue=args.max_queue, step_tokens=args.step_tokens,
+                          prefix_caching=not args.no_prefix_caching)
+    try:
+        engine = Engine(model, config)
+    except CacheTooSmall as e:
+        raise SystemExit(f"pycompat: error: {e}") from None
+    kv = engine.stats()["kv_cache"]
+    log.info("KV cache: %.0f MiB budget, %d blocks of %d tokens (%d tokens in all), prefix caching %s; queue up to %d",
+             kv["budget_mb"], kv["blocks_total"], kv["block_size"], kv["blocks_total"] * kv["block_size"],
+             "on" if config.prefix_caching else "off", config.max_queue)
+    registry = Registry([ServedModel(ids, engine, int(path.stat().st_mtime))])
     limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)))
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(engine.run)
             listeners = await nursery.start(partial(serve, App(registry), error_body, args.host, args.port, limits))
             host, port = listeners[0].socket.getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host

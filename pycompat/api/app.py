@@ -61,8 +61,13 @@ class App:
         return await handler(request)
 
     async def _health(self, request: Request) -> Response:
+        # One model per server for now: its engine's figures are the server's.
+        engine = self.registry.models[0].engine
+        stats = engine.stats()
         return json_response({
             "status": "ok",
             "models": [m.ids[0] for m in self.registry.models],
-            "generating": sum(m.engine.active for m in self.registry.models),
+            "generating": stats["running"],
+            "queued": stats["waiting"],
+            "kv_cache": stats["kv_cache"],
         })

@@ -8,12 +8,13 @@ import trio
 
 from pycompat.api import sse
 from pycompat.api.errors import APIError, invalid_type, invalid_value
-from pycompat.api.generation import SAMPLING_FIELDS, check_fits, events, now, run_to_end, sampling_options, usage
+from pycompat.api.generation import SAMPLING_FIELDS, check_admissible, events, now, run_to_end, sampling_options, usage
 from pycompat.api.ids import new_id
 from pycompat.api.params import Params, parse_json_object
 from pycompat.api.registry import Registry
 from pycompat.api.render import json_response, sse_response
-from pycompat.engine.generate import Engine, Finished, SamplingOptions
+from pycompat.engine.generate import Finished, SamplingOptions
+from pycompat.engine.scheduler import Engine
 from pycompat.http.messages import Request, Response
 from pycompat.loading.chat_template import TemplateError
 
@@ -94,7 +95,7 @@ async def create(registry: Registry, request: Request) -> Response:
         raise APIError(400, str(e), param="messages") from None
     # Off the event loop: a long prompt takes a while to tokenize.
     prompt = await trio.to_thread.run_sync(model.tokenizer.encode, prompt_text)
-    check_fits(served.engine, len(prompt), max_tokens, "messages")
+    check_admissible(served.engine, len(prompt), max_tokens, "messages")
 
     completion_id, created = new_id("chatcmpl-"), now()
     if stream:
@@ -113,7 +114,7 @@ async def create(registry: Registry, request: Request) -> Response:
                 "finish_reason": result.finished.reason,
             }
         ],
-        "usage": usage(result.finished.prompt_tokens, result.finished.completion_tokens),
+        "usage": usage(result.finished.prompt_tokens, result.finished.completion_tokens, result.finished.cached_tokens),
     }
     return json_response(body)
 
@@ -138,7 +139,7 @@ async def _stream(engine: Engine, prompt: list[int], opts: SamplingOptions, comp
             if include_usage:
                 yield sse.event({
                     "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id,
-                    "choices": [], "usage": usage(ev.prompt_tokens, ev.completion_tokens),
+                    "choices": [], "usage": usage(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens),
                 })
         else:
             yield chunk({"content": ev.text})

@@ -8,12 +8,13 @@ import trio
 
 from pycompat.api import sse
 from pycompat.api.errors import APIError, invalid_type, invalid_value
-from pycompat.api.generation import SAMPLING_FIELDS, check_fits, events, now, run_to_end, sampling_options, usage
+from pycompat.api.generation import SAMPLING_FIELDS, check_admissible, events, now, run_to_end, sampling_options, usage
 from pycompat.api.ids import new_id
 from pycompat.api.params import Params, parse_json_object
 from pycompat.api.registry import Registry
 from pycompat.api.render import json_response, sse_response
-from pycompat.engine.generate import Engine, Finished, SamplingOptions
+from pycompat.engine.generate import Finished, SamplingOptions
+from pycompat.engine.scheduler import Engine
 from pycompat.http.messages import Request, Response
 
 IMPLEMENTED = {"model", "prompt", "max_tokens", "stream", "stream_options"} | SAMPLING_FIELDS
@@ -66,24 +67,29 @@ async def create(registry: Registry, request: Request) -> Response:
     # Off the event loop: long prompts take a while to tokenize.
     encoded = await trio.to_thread.run_sync(lambda: [_encode(served.engine, prompt, i) for i, prompt in enumerate(prompts)])
     for ids in encoded:
-        check_fits(served.engine, len(ids), opts.max_tokens, "prompt")
+        check_admissible(served.engine, len(ids), opts.max_tokens, "prompt")
 
     completion_id, created = new_id("cmpl-"), now()
     if stream:
         return sse_response(_stream(served.engine, encoded, opts, completion_id, created, model_id, include_usage))
-    choices, prompt_tokens, completion_tokens = [], 0, 0
-    for index, ids in enumerate(encoded):
-        result = await run_to_end(served.engine, ids, opts)
-        choices.append({"text": result.text, "index": index, "logprobs": None, "finish_reason": result.finished.reason})
-        prompt_tokens += result.finished.prompt_tokens
-        completion_tokens += result.finished.completion_tokens
+    # Several prompts run at once: the engine batches them.
+    results = [None] * len(encoded)
+
+    async def run(index: int, ids: list[int]) -> None:
+        results[index] = await run_to_end(served.engine, ids, opts)
+
+    async with trio.open_nursery() as nursery:
+        for index, ids in enumerate(encoded):
+            nursery.start_soon(run, index, ids)
+    choices = [{"text": r.text, "index": i, "logprobs": None, "finish_reason": r.finished.reason} for i, r in enumerate(results)]
+    finished = [r.finished for r in results]
     body = {
         "id": completion_id,
         "object": "text_completion",
         "created": created,
         "model": model_id,
         "choices": choices,
-        "usage": usage(prompt_tokens, completion_tokens),
+        "usage": usage(*(sum(getattr(f, k) for f in finished) for k in ("prompt_tokens", "completion_tokens", "cached_tokens"))),
     }
     return json_response(body)
 
@@ -95,15 +101,16 @@ async def _stream(engine: Engine, encoded: list[list[int]], opts: SamplingOption
             body["usage"] = usage_value
         return sse.event(body)
 
-    prompt_tokens = completion_tokens = 0
+    prompt_tokens = completion_tokens = cached_tokens = 0
     for index, ids in enumerate(encoded):
         async for ev in events(engine, ids, opts):
             if isinstance(ev, Finished):
                 yield chunk([{"text": "", "index": index, "logprobs": None, "finish_reason": ev.reason}])
                 prompt_tokens += ev.prompt_tokens
                 completion_tokens += ev.completion_tokens
+                cached_tokens += ev.cached_tokens
             else:
                 yield chunk([{"text": ev.text, "index": index, "logprobs": None, "finish_reason": None}])
     if include_usage:
-        yield chunk([], usage(prompt_tokens, completion_tokens))
+        yield chunk([], usage(prompt_tokens, completion_tokens, cached_tokens))
     yield sse.DONE

@@ -20,8 +20,10 @@ _TYPE_FOR_STATUS = {
 class APIError(Exception):
     """An error response: ``{"error": {"message", "type", "param", "code"}}`` with ``status``."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None, type: str | None = None):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None, type: str | None = None,
+                 headers: list[tuple[str, str]] | None = None):
         super().__init__(message)
+        self.headers = headers or []  # e.g. Retry-After on a 429
         self.status = status
         self.message = message
         self.param = param

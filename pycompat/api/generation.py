@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from pycompat.api.errors import APIError
 from pycompat.api.params import Params
-from pycompat.engine.generate import ContextOverflow, Engine, Finished, SamplingOptions, TextPiece
+from pycompat.engine.generate import Finished, SamplingOptions, TextPiece, generate
+from pycompat.engine.scheduler import ContextOverflow, Engine, QueueFull
 
 # Sampling fields every generating route implements. top_k and min_p are not
 # OpenAI's, but llama.cpp and vLLM accept them and so do we.
@@ -33,8 +34,26 @@ def sampling_options(p: Params, max_tokens: int | None, defaults: dict[str, floa
     )
 
 
-def check_fits(engine: Engine, prompt_tokens: int, max_tokens: int | None, param: str) -> None:
-    """A 400 naming both numbers when the prompt (and completion) exceed the context."""
+# What a client is told to wait before retrying when the queue is full.
+RETRY_AFTER_SECONDS = 1
+
+
+def queue_full() -> APIError:
+    return APIError(
+        429,
+        "The server is busy: too many requests are waiting. Please retry shortly.",
+        code="rate_limit_exceeded",
+        headers=[("retry-after", str(RETRY_AFTER_SECONDS))],
+    )
+
+
+def check_admissible(engine: Engine, prompt_tokens: int, max_tokens: int | None, param: str) -> None:
+    """Before a response starts: a 400 naming both numbers when the prompt (and
+    completion) exceed the context, a 429 when the queue is full."""
+    try:
+        engine.check_queue()
+    except QueueFull:
+        raise queue_full() from None
     try:
         engine.check_fits(prompt_tokens, max_tokens)
     except ContextOverflow as e:
@@ -50,12 +69,12 @@ def check_fits(engine: Engine, prompt_tokens: int, max_tokens: int | None, param
         ) from None
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
     }
 
@@ -68,20 +87,23 @@ class Result:
 
 async def run_to_end(engine: Engine, prompt: list[int], opts: SamplingOptions) -> Result:
     pieces = []
-    async with aclosing(engine.generate(prompt, opts)) as events:
-        async for ev in events:
-            if isinstance(ev, TextPiece):
-                pieces.append(ev.text)
-            else:
-                return Result("".join(pieces), ev)
+    async for ev in events(engine, prompt, opts):
+        if isinstance(ev, TextPiece):
+            pieces.append(ev.text)
+        else:
+            return Result("".join(pieces), ev)
     raise RuntimeError("generation ended without finishing")
 
 
 async def events(engine: Engine, prompt: list[int], opts: SamplingOptions) -> AsyncIterator[TextPiece | Finished]:
-    """engine.generate, closed promptly if the consumer stops early."""
-    async with aclosing(engine.generate(prompt, opts)) as gen:
-        async for ev in gen:
-            yield ev
+    """The engine's generation, closed promptly if the consumer stops early; a
+    full queue (a race with ``check_admissible``) becomes a 429."""
+    try:
+        async with aclosing(generate(engine, prompt, opts)) as gen:
+            async for ev in gen:
+                yield ev
+    except QueueFull:
+        raise queue_full() from None
 
 
 def now() -> int:

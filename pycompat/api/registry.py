@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pycompat.api.errors import model_not_found
-from pycompat.engine.generate import Engine
+from pycompat.engine.scheduler import Engine
 
 OWNER = "pycompat"
 

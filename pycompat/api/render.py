@@ -18,7 +18,7 @@ def json_response(body: dict, status: int = 200) -> Response:
 
 
 def error_response(e: APIError) -> Response:
-    return Response(e.status, e.body())
+    return Response(e.status, e.body(), headers=list(e.headers))
 
 
 def sse_response(events: AsyncIterator[bytes]) -> Response:

@@ -1,9 +1,9 @@
-"""Generation: prompt ids in, text pieces out, one kernel step at a time.
+"""A request's side of generation: prompt ids in, text pieces out.
 
-Each request owns a kernel Sequence (its KV cache) and a Sampler (its
-parameters and seeded generator). Steps run in a worker thread (the kernel
-releases the GIL), one at a time: requests that run together take turns step
-by step. The batching engine replaces this with one batched step for all.
+The engine (scheduler.py) computes tokens for every request together; here
+one request's tokens become text: detokenized as they arrive, cut at its stop
+strings, and counted. Leaving early (a client that went away, a stop string)
+cancels the request in the engine, which frees its cache blocks at the next step.
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import trio
-
 from pycompat import _kernel
+from pycompat.engine.scheduler import Ended, Engine, QueueFull  # noqa: F401 (QueueFull: raised from here)
 from pycompat.engine.stop import StopMatcher
-from pycompat.loading.load import LoadedModel
 
 
 @dataclass
@@ -40,65 +38,42 @@ class Finished:
     reason: str  # "stop" or "length"
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens reused from the prefix cache
 
 
-class ContextOverflow(Exception):
-    """The prompt plus the requested completion do not fit the context."""
-
-    def __init__(self, prompt_tokens: int, max_tokens: int | None, context_length: int):
-        self.prompt_tokens, self.max_tokens, self.context_length = prompt_tokens, max_tokens, context_length
-        super().__init__(f"{prompt_tokens} prompt tokens + {max_tokens} > {context_length}")
+class GenerationFailed(Exception):
+    """The engine could not compute this request (a kernel error)."""
 
 
-class Engine:
-    def __init__(self, model: LoadedModel):
-        self.model = model
-        self._step_lock = trio.Lock()
-        self.active = 0  # generations in progress (shown by /health)
+async def generate(engine: Engine, prompt: list[int], opts: SamplingOptions) -> AsyncIterator[TextPiece | Finished]:
+    """Yields text pieces as they become final, then one Finished.
 
-    def check_fits(self, prompt_tokens: int, max_tokens: int | None) -> None:
-        """Raises ContextOverflow unless the prompt leaves room for at least one token
-        (and for all of ``max_tokens`` when given)."""
-        need = prompt_tokens + (max_tokens if max_tokens is not None else 1)
-        if need > self.model.context_length:
-            raise ContextOverflow(prompt_tokens, max_tokens, self.model.context_length)
-
-    async def generate(self, prompt: list[int], opts: SamplingOptions) -> AsyncIterator[TextPiece | Finished]:
-        """Yields text pieces as they become final, then one Finished.
-
-        Closing the iterator early (a client that went away) abandons the request
-        and frees its cache.
-        """
-        self.check_fits(len(prompt), opts.max_tokens)
-        kernel, tokenizer = self.model.kernel, self.model.tokenizer
-        budget = self.model.context_length - len(prompt)
-        if opts.max_tokens is not None:
-            budget = min(budget, opts.max_tokens)
-        sequence = kernel.new_sequence()
-        seed = opts.seed if opts.seed is not None else secrets.randbits(64)
-        sampler = _kernel.Sampler(opts.temperature, opts.top_p, opts.top_k, opts.min_p, seed % (1 << 64))
-        decoder, stops = tokenizer.decoder(), StopMatcher(opts.stop)
-
-        self.active += 1
-        try:
-            new_tokens, generated, reason = prompt, 0, "length"
-            while generated < budget:
-                async with self._step_lock:
-                    (token,) = await trio.to_thread.run_sync(kernel.step, [(sequence, new_tokens, sampler)])
-                if token in tokenizer.stop_ids:
-                    reason = "stop"
+    Raises QueueFull (before yielding anything) when the queue is full, and
+    ContextOverflow when the request cannot fit the context.
+    """
+    seed = opts.seed if opts.seed is not None else secrets.randbits(64)
+    sampler = _kernel.Sampler(opts.temperature, opts.top_p, opts.top_k, opts.min_p, seed % (1 << 64))
+    seq, tokens = engine.submit(prompt, opts.max_tokens, sampler)
+    decoder, stops = engine.model.tokenizer.decoder(), StopMatcher(opts.stop)
+    generated, reason, cached = 0, "stop", 0
+    try:
+        async with tokens:
+            async for item in tokens:
+                if isinstance(item, Ended):
+                    if item.reason == "error":
+                        raise GenerationFailed(item.error)
+                    reason, cached = item.reason, item.cached_tokens
                     break
                 generated += 1
-                text = stops.push(decoder.push(token))
+                text = stops.push(decoder.push(item))
                 if text:
                     yield TextPiece(text)
                 if stops.stopped:
-                    reason = "stop"
+                    reason, cached = "stop", seq.cached_tokens
                     break
-                new_tokens = [token]
-            rest = stops.flush()
-            if rest:
-                yield TextPiece(rest)
-            yield Finished(reason, len(prompt), generated)
-        finally:
-            self.active -= 1
+        rest = stops.flush()
+        if rest:
+            yield TextPiece(rest)
+        yield Finished(reason, len(prompt), generated, cached)
+    finally:
+        engine.cancel(seq)  # no-op for a sequence that has ended
