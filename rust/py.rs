@@ -128,8 +128,8 @@ struct Sampler {
 #[pymethods]
 impl Sampler {
     #[new]
-    #[pyo3(signature = (temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=0))]
-    fn new(temperature: f32, top_p: f32, top_k: usize, min_p: f32, seed: u64) -> Self {
+    #[pyo3(signature = (temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=0, logit_bias=Vec::new()))]
+    fn new(temperature: f32, top_p: f32, top_k: usize, min_p: f32, seed: u64, logit_bias: Vec<(u32, f32)>) -> Self {
         let params = SamplingParams {
             temperature,
             top_p,
@@ -137,7 +137,7 @@ impl Sampler {
             min_p,
         };
         Sampler {
-            inner: CoreSampler::new(params, seed),
+            inner: CoreSampler::new(params, seed).with_bias(logit_bias),
         }
     }
 }

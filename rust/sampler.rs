@@ -72,6 +72,10 @@ pub struct Sampler {
     rng: Rng,
     /// The candidate list, kept so sampling a token does not allocate.
     cand: Vec<(u32, f32)>,
+    /// Added to the logits of these tokens before choosing (OpenAI's logit_bias).
+    bias: Vec<(u32, f32)>,
+    /// The logits with `bias` added (kept, like `cand`).
+    biased: Vec<f32>,
 }
 
 /// Index of the largest value; the lowest index wins ties, as a stable argmax should.
@@ -95,10 +99,36 @@ impl Sampler {
             params,
             rng: Rng::new(seed),
             cand: Vec::new(),
+            bias: Vec::new(),
+            biased: Vec::new(),
         }
     }
 
+    /// Adds `bias` to the logit of each listed token before every choice; ids
+    /// outside the vocabulary are ignored.
+    pub fn with_bias(mut self, bias: Vec<(u32, f32)>) -> Sampler {
+        self.bias = bias;
+        self
+    }
+
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.bias.is_empty() {
+            return self.sample_unbiased(logits);
+        }
+        let mut biased = std::mem::take(&mut self.biased);
+        biased.clear();
+        biased.extend_from_slice(logits);
+        for &(token, b) in &self.bias {
+            if let Some(l) = biased.get_mut(token as usize) {
+                *l += b;
+            }
+        }
+        let chosen = self.sample_unbiased(&biased);
+        self.biased = biased;
+        chosen
+    }
+
+    fn sample_unbiased(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         if p.temperature <= 0.0 || p.top_k == 1 || logits.len() == 1 {
             return argmax(logits);
@@ -229,6 +259,15 @@ mod tests {
             assert_eq!(top_p.sample(&logits), 0);
             assert!(min_p.sample(&logits) < 2);
         }
+    }
+
+    #[test]
+    fn logit_bias_bans_and_forces_tokens() {
+        let logits = [5.0, 4.0, 0.0, 0.0];
+        let mut ban = Sampler::new(params(0.0, 1.0, 0, 0.0), 1).with_bias(vec![(0, -100.0), (9, 50.0)]);
+        assert_eq!(ban.sample(&logits), 1);
+        let mut force = Sampler::new(params(1.0, 1.0, 0, 0.0), 1).with_bias(vec![(3, 100.0)]);
+        assert!((0..200).all(|_| force.sample(&logits) == 3));
     }
 
     #[test]

@@ -50,7 +50,21 @@ def test_sse_framing_is_exact(http):
 
 def test_health(http):
     r = http.get("/health")
-    assert r.status_code == 200 and r.json()["status"] == "ok"
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "ok"
+    kv = body["kv_cache"]
+    assert kv["blocks_used"] + kv["blocks_cached"] + kv["blocks_free"] == kv["blocks_total"] > 0
+    assert kv["budget_mb"] > 0 and isinstance(body["queued"], int) and isinstance(body["generating"], int)
+
+
+def test_logit_bias_bans_tokens(http):
+    """Banning the end-of-turn tokens makes an answer run to max_tokens; a bias
+    of +100 forces a token."""
+    banned = http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 30, "temperature": 0, "logit_bias": {"0": -100, "2": -100}}).json()
+    assert banned["choices"][0]["finish_reason"] == "length" and banned["usage"]["completion_tokens"] == 30
+    forced = http.post("/v1/completions", json={"model": MODEL, "prompt": "Hello", "max_tokens": 3, "logit_bias": {"330": 100}}).json()
+    text = forced["choices"][0]["text"]
+    assert text and text == text[: len(text) // 3] * 3  # one token, three times
 
 
 @pytest.mark.parametrize(
@@ -92,6 +106,10 @@ def test_deeply_nested_json_is_refused(http):
         ({**CHAT, "top_k": -1}, "top_k"),
         ({**CHAT, "min_p": 2}, "min_p"),
         ({**CHAT, "stop": 5}, "stop"),
+        ({**CHAT, "logit_bias": [1]}, "logit_bias"),
+        ({**CHAT, "logit_bias": {"abc": 1}}, "logit_bias"),
+        ({**CHAT, "logit_bias": {"999999": 1}}, "logit_bias"),
+        ({**CHAT, "logit_bias": {"5": 101}}, "logit_bias"),
     ],
 )
 def test_chat_field_errors(http, body, param):

@@ -21,7 +21,7 @@ from pycompat.loading.chat_template import TemplateError
 IMPLEMENTED = {"model", "messages", "max_tokens", "max_completion_tokens", "stream", "stream_options"} | SAMPLING_FIELDS
 # Defined by OpenAI for this route; accepted and ignored until implemented.
 IGNORED = {
-    "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs", "metadata",
+    "audio", "frequency_penalty", "function_call", "functions", "logprobs", "metadata",
     "modalities", "moderation", "n", "parallel_tool_calls", "prediction", "presence_penalty",
     "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention", "reasoning_effort",
     "response_format", "safety_identifier", "service_tier", "store", "tool_choice", "tools",
@@ -88,7 +88,7 @@ async def create(registry: Registry, request: Request) -> Response:
         max_tokens = p.integer("max_tokens", 1)
     served = registry.get(model_id)
     model = served.engine.model
-    opts = sampling_options(p, max_tokens, model.sampling_defaults)
+    opts = sampling_options(p, max_tokens, model.sampling_defaults, model.kernel.vocab_size)
     try:
         prompt_text = model.chat_template.render(messages, add_generation_prompt=True)
     except TemplateError as e:

@@ -18,7 +18,7 @@ from pycompat.engine.scheduler import Engine
 from pycompat.http.messages import Request, Response
 
 IMPLEMENTED = {"model", "prompt", "max_tokens", "stream", "stream_options"} | SAMPLING_FIELDS
-IGNORED = {"best_of", "echo", "frequency_penalty", "logit_bias", "logprobs", "n", "presence_penalty", "suffix", "user"}
+IGNORED = {"best_of", "echo", "frequency_penalty", "logprobs", "n", "presence_penalty", "suffix", "user"}
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this route
 MAX_PROMPTS = 64
 
@@ -63,7 +63,8 @@ async def create(registry: Registry, request: Request) -> Response:
     include_usage = p.stream_include_usage(stream)
     max_tokens = p.integer("max_tokens", 0)
     served = registry.get(model_id)
-    opts = sampling_options(p, DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens, served.engine.model.sampling_defaults)
+    opts = sampling_options(p, DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens, served.engine.model.sampling_defaults,
+                            served.engine.model.kernel.vocab_size)
     # Off the event loop: long prompts take a while to tokenize.
     encoded = await trio.to_thread.run_sync(lambda: [_encode(served.engine, prompt, i) for i, prompt in enumerate(prompts)])
     for ids in encoded:

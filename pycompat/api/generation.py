@@ -15,11 +15,11 @@ from pycompat.engine.scheduler import ContextOverflow, Engine, QueueFull
 
 # Sampling fields every generating route implements. top_k and min_p are not
 # OpenAI's, but llama.cpp and vLLM accept them and so do we.
-SAMPLING_FIELDS = {"temperature", "top_p", "top_k", "min_p", "seed", "stop"}
+SAMPLING_FIELDS = {"temperature", "top_p", "top_k", "min_p", "seed", "stop", "logit_bias"}
 INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
-def sampling_options(p: Params, max_tokens: int | None, defaults: dict[str, float]) -> SamplingOptions:
+def sampling_options(p: Params, max_tokens: int | None, defaults: dict[str, float], vocab_size: int) -> SamplingOptions:
     """Sampling fields from the request; those it leaves out come from the
     model's recommended ``defaults``, then from OpenAI's defaults."""
     top_k = p.integer("top_k", 0)
@@ -31,6 +31,7 @@ def sampling_options(p: Params, max_tokens: int | None, defaults: dict[str, floa
         min_p=p.number("min_p", defaults.get("min_p", 0.0), 0.0, 1.0),
         seed=p.integer("seed", *INT64),
         stop=p.stop(),
+        logit_bias=p.logit_bias(vocab_size),
     )
 
 

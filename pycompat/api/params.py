@@ -45,6 +45,9 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+MAX_LOGIT_BIAS = 1024  # entries; OpenAI's limit is in the same range
+
+
 class Params:
     """Typed access to a request body's fields. ``null`` counts as absent."""
 
@@ -111,6 +114,24 @@ class Params:
         if len(value) > MAX_STOP_STRINGS:
             raise invalid_value(name, f"array too long. Expected an array with maximum length {MAX_STOP_STRINGS}, but got an array with length {len(value)} instead.")
         return value
+
+    def logit_bias(self, vocab_size: int, name: str = "logit_bias") -> dict[int, float]:
+        """``{"token id": bias}``, each bias in [-100, 100], added to that token's logit."""
+        value = self._get(name, False)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise invalid_type(name, "an object", value)
+        if len(value) > MAX_LOGIT_BIAS:
+            raise invalid_value(name, f"too many entries. Expected at most {MAX_LOGIT_BIAS}, but got {len(value)} instead.")
+        out = {}
+        for key, bias in value.items():
+            if not (isinstance(key, str) and key.isascii() and key.isdigit() and int(key) < vocab_size):
+                raise invalid_value(name, f"the key {key!r} is not a token id of this model (0 to {vocab_size - 1}).")
+            if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
+                raise invalid_value(name, f"the bias of token {key} must be a number from -100 to 100, but got {bias!r} instead.")
+            out[int(key)] = float(bias)
+        return out
 
     def stream_include_usage(self, stream: bool) -> bool:
         """``stream_options.include_usage``; stream_options is only allowed with stream."""

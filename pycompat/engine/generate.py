@@ -26,6 +26,7 @@ class SamplingOptions:
     min_p: float = 0.0
     seed: int | None = None  # None: a fresh random seed
     stop: list[str] = field(default_factory=list)
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
 
 
 @dataclass
@@ -52,7 +53,7 @@ async def generate(engine: Engine, prompt: list[int], opts: SamplingOptions) -> 
     ContextOverflow when the request cannot fit the context.
     """
     seed = opts.seed if opts.seed is not None else secrets.randbits(64)
-    sampler = _kernel.Sampler(opts.temperature, opts.top_p, opts.top_k, opts.min_p, seed % (1 << 64))
+    sampler = _kernel.Sampler(opts.temperature, opts.top_p, opts.top_k, opts.min_p, seed % (1 << 64), list(opts.logit_bias.items()))
     seq, tokens = engine.submit(prompt, opts.max_tokens, sampler)
     decoder, stops = engine.model.tokenizer.decoder(), StopMatcher(opts.stop)
     generated, reason, cached = 0, "stop", 0
