@@ -149,8 +149,15 @@ fn worker(shared: Arc<Shared>, index: usize) {
 }
 
 /// A raw pointer that parallel parts may share, each writing its own disjoint range.
-#[derive(Clone, Copy)]
 pub struct SendPtr<T>(pub *mut T);
+
+// Copy whatever T is (a derive would ask T to be Copy): it is only a pointer.
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
 // SAFETY: users write disjoint ranges only (see each use).
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}

@@ -147,6 +147,8 @@ impl Sampler {
 struct KernelModel {
     inner: Model,
     stores: Arc<StorePool>,
+    /// The logits a batched step samples from, kept between steps.
+    sampled_logits: Mutex<Vec<f32>>,
 }
 
 /// Block size of a `Sequence`'s own cache.
@@ -212,6 +214,7 @@ impl KernelModel {
         Ok(KernelModel {
             inner,
             stores: Arc::default(),
+            sampled_logits: Mutex::default(),
         })
     }
 
@@ -336,15 +339,33 @@ impl KernelModel {
             entries.push(Entry { blocks, start: *start, tokens, want });
             samplers.push(sampler.as_mut().map(|s| &mut s.inner));
         }
-        let mut chosen = vec![None; entries.len()];
-        py.detach(|| {
+        let vocab = self.inner.cfg.vocab_size;
+        let chosen = py.detach(|| {
             let mut store = cache.store.lock().unwrap_or_else(|e| e.into_inner());
+            let mut rows = self.sampled_logits.lock().unwrap_or_else(|e| e.into_inner());
             contain_panic(|| {
+                // The logits of every entry that samples, then all samplers at once.
+                rows.clear();
+                let mut row_of = vec![usize::MAX; entries.len()];
                 self.inner.forward(&mut store, &entries, |i, logits| {
-                    if let Some(s) = samplers[i].as_mut() {
-                        chosen[i] = Some(s.sample(logits));
+                    row_of[i] = rows.len() / vocab;
+                    rows.extend_from_slice(logits);
+                })?;
+                let mut jobs: Vec<(&mut CoreSampler, &[f32])> = Vec::new();
+                let mut which = Vec::new();
+                for (i, s) in samplers.iter_mut().enumerate() {
+                    if let Some(s) = s.as_mut() {
+                        jobs.push((&mut **s, &rows[row_of[i] * vocab..][..vocab]));
+                        which.push(i);
                     }
-                })
+                }
+                let mut picked = vec![0u32; jobs.len()];
+                crate::sampler::sample_all(&mut jobs, &mut picked);
+                let mut chosen = vec![None; entries.len()];
+                for (i, t) in which.into_iter().zip(picked) {
+                    chosen[i] = Some(t);
+                }
+                Ok(chosen)
             })
         })?;
         Ok(chosen)
