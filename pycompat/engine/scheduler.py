@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import trio
+import trio.testing
 
 from pycompat import _kernel
 from pycompat.engine.blocks import ROOT, BlockManager
@@ -174,6 +175,12 @@ class Engine:
             self.steps += 1
             for (seq, n, _), token in zip(batch, chosen):
                 self._advance(seq, n, token)
+            # Let every request task turn its new token into text and send it
+            # before the next step starts: the kernel's threads then have the
+            # cores to themselves. (Running that Python work during the step
+            # preempted them, and each preemption left the other kernel thread
+            # waiting: 16-stream steps took 20% longer.)
+            await trio.testing.wait_all_tasks_blocked()
 
     def _schedule(self) -> list[tuple[Sequence, int, bool]]:
         """This step's batch: (sequence, tokens to compute, whether they end its input)."""
