@@ -155,32 +155,52 @@ class Engine:
     async def run(self) -> None:
         """Runs steps while there is work; sleeps otherwise. Start it in the server's nursery."""
         while True:
-            self._drop_cancelled()
-            batch = self._schedule()
-            if not batch:
-                self._work = trio.Event()
-                await self._work.wait()
-                continue
-            entries = [
-                (seq.blocks, seq.computed, seq.tokens[seq.computed : seq.computed + n], seq.sampler if last else None)
-                for seq, n, last in batch
-            ]
             try:
-                chosen = await trio.to_thread.run_sync(self.model.kernel.step_paged, self.cache, entries)
-            except Exception as e:  # a kernel bug: fail this batch's requests, keep serving
-                log.exception("step failed")
-                for seq, _, _ in batch:
-                    self._finish(seq, "error", str(e))
-                continue
-            self.steps += 1
-            for (seq, n, _), token in zip(batch, chosen):
-                self._advance(seq, n, token)
-            # Let every request task turn its new token into text and send it
-            # before the next step starts: the kernel's threads then have the
-            # cores to themselves. (Running that Python work during the step
-            # preempted them, and each preemption left the other kernel thread
-            # waiting: 16-stream steps took 20% longer.)
-            await trio.testing.wait_all_tasks_blocked()
+                await self._step()
+            except Exception:  # a bug in the engine itself: fail every request, start afresh
+                log.exception("engine failure: failing every request and clearing the KV cache")
+                self._fail_all("The engine failed while running this request.")
+
+    async def _step(self) -> None:
+        self._drop_cancelled()
+        batch = self._schedule()
+        if not batch:
+            self._work = trio.Event()
+            await self._work.wait()
+            return
+        entries = [
+            (seq.blocks, seq.computed, seq.tokens[seq.computed : seq.computed + n], seq.sampler if last else None)
+            for seq, n, last in batch
+        ]
+        try:
+            chosen = await trio.to_thread.run_sync(self.model.kernel.step_paged, self.cache, entries)
+        except Exception as e:  # the kernel refused the batch (a bug): fail its requests, keep serving
+            log.exception("step failed")
+            for seq, _, _ in batch:
+                self._finish(seq, "error", str(e))
+            return
+        self.steps += 1
+        for (seq, n, _), token in zip(batch, chosen):
+            self._advance(seq, n, token)
+        # Let every request task turn its new token into text and send it
+        # before the next step starts: the kernel's threads then have the
+        # cores to themselves. (Running that Python work during the step
+        # preempted them, and each preemption left the other kernel thread
+        # waiting: 16-stream steps took 20% longer.)
+        await trio.testing.wait_all_tasks_blocked()
+
+    def _fail_all(self, message: str) -> None:
+        for seq in self.running + list(self.waiting):
+            try:
+                seq.out.send_nowait(Ended("error", 0, message))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            seq.out.close()
+        self.running.clear()
+        self.waiting.clear()
+        cfg = self.config
+        self.blocks = BlockManager(self.blocks.n_blocks, cfg.block_size, cfg.prefix_caching)
+        self._reserved = 0
 
     def _schedule(self) -> list[tuple[Sequence, int, bool]]:
         """This step's batch: (sequence, tokens to compute, whether they end its input)."""

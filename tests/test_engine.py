@@ -1,0 +1,115 @@
+"""The engine in process (pytest-trio), on a small random model: what the
+server tests cannot arrange, such as a failing kernel step or a bug in the
+engine's own bookkeeping."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import trio
+
+from pycompat.engine.config import EngineConfig
+from pycompat.engine.generate import Finished, GenerationFailed, SamplingOptions, TextPiece, generate
+from pycompat.engine.scheduler import Engine
+from pycompat.loading.load import load_model
+from tiny_models import TinyConfig, byte_vocab, random_weights, write_gguf_model
+
+VOCAB = len(byte_vocab()[0])
+GREEDY = SamplingOptions(max_tokens=12, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("engine") / "tiny.gguf"
+    cfg = TinyConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96)
+    write_gguf_model(path, cfg, random_weights(cfg, VOCAB, seed=9), "Q8_0")
+    return load_model(str(path))
+
+
+class FailingKernel:
+    """The model's kernel, except that step_paged raises on chosen calls."""
+
+    def __init__(self, kernel, fail_on: set[int]):
+        self._kernel, self._fail_on, self.calls = kernel, fail_on, 0
+
+    def step_paged(self, cache, batch):
+        self.calls += 1
+        if self.calls in self._fail_on:
+            raise RuntimeError("injected failure")
+        return self._kernel.step_paged(cache, batch)
+
+    def __getattr__(self, name):
+        return getattr(self._kernel, name)
+
+
+async def collect(engine: Engine, prompt: list[int], opts: SamplingOptions = GREEDY) -> tuple[str, Finished]:
+    pieces = []
+    async for ev in generate(engine, prompt, opts):
+        if isinstance(ev, TextPiece):
+            pieces.append(ev.text)
+        else:
+            return "".join(pieces), ev
+    raise AssertionError("no Finished")
+
+
+async def test_a_failed_step_fails_its_requests_and_the_engine_goes_on(model):
+    engine = Engine(replace(model, kernel=FailingKernel(model.kernel, fail_on={2})), EngineConfig(kv_cache_mb=64))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        with pytest.raises(GenerationFailed, match="injected"):
+            await collect(engine, [5, 6, 7])
+        text, done = await collect(engine, [5, 6, 7])
+        assert done.completion_tokens == 12 and done.reason == "length"
+        assert engine.blocks.used == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_bug_in_the_engine_fails_everyone_and_it_starts_afresh(model, monkeypatch):
+    engine = Engine(model, EngineConfig(kv_cache_mb=64))
+    real_advance, calls = engine._advance, []
+
+    def buggy_advance(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyError("bookkeeping bug")
+        real_advance(*args)
+
+    monkeypatch.setattr(engine, "_advance", buggy_advance)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        results = []
+
+        async def one(prompt):
+            try:
+                results.append(await collect(engine, prompt))
+            except GenerationFailed as e:
+                results.append(e)
+
+        async with trio.open_nursery() as requests:
+            requests.start_soon(one, [1, 2, 3])
+            requests.start_soon(one, [4, 5, 6, 7])
+        assert all(isinstance(r, GenerationFailed) for r in results)
+        text, done = await collect(engine, [1, 2, 3])
+        assert done.completion_tokens == 12
+        assert engine.blocks.used == 0 and not engine.running and not engine.waiting
+        nursery.cancel_scope.cancel()
+
+
+async def test_batched_requests_get_what_they_get_alone(model):
+    engine = Engine(model, EngineConfig(kv_cache_mb=64, step_tokens=7))  # prompts in chunks, mixed with decodes
+    prompts = [[3 + i, 40 + i, 9, 12 + 2 * i, 100 - i] * (1 + i % 3) for i in range(6)]
+    sampled = [SamplingOptions(max_tokens=10, temperature=0.9, top_p=0.9, seed=i) for i in range(6)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        alone = [await collect(engine, p, o) for p, o in zip(prompts, sampled)]
+        together = [None] * len(prompts)
+
+        async def one(i):
+            together[i] = await collect(engine, prompts[i], sampled[i])
+
+        async with trio.open_nursery() as requests:
+            for i in range(len(prompts)):
+                requests.start_soon(one, i)
+        assert [t for t, _ in together] == [t for t, _ in alone]
+        nursery.cancel_scope.cancel()
