@@ -379,9 +379,9 @@ impl Model {
                 self.embed.dequantize_row(e.tokens[s.offset + i] as usize, &mut x[row * dim..][..dim]);
                 let span = row * half..(row + 1) * half;
                 rope_angles(pos, &c.rope_inv_freq, &mut cos[span.clone()], &mut sin[span]);
-                if !self.prompt_attention_for(s.len) {
-                    decode_rows.push((row, si));
-                }
+            }
+            if !self.prompt_attention_for(s.len) {
+                decode_rows.extend((s.row..s.row + s.len).map(|row| (row, si)));
             }
         }
 

@@ -268,7 +268,8 @@ impl KernelModel {
         let mut out = Vec::with_capacity(batch.len());
         for (seq, tokens) in batch.iter_mut() {
             let seq: &mut Sequence = seq;
-            let logits = py.detach(|| self.sequence_forward(seq, tokens, want, |l| l.to_vec()))?;
+            let mut logits = Vec::new();
+            py.detach(|| self.sequence_forward(seq, tokens, want, |l| logits.extend_from_slice(l)))?;
             out.push(f32_bytes(py, &logits));
         }
         Ok(out)
@@ -284,7 +285,9 @@ impl KernelModel {
         let mut chosen = Vec::with_capacity(batch.len());
         for (seq, tokens, sampler) in batch.iter_mut() {
             let (seq, sampler): (&mut Sequence, _) = (seq, &mut sampler.inner);
-            chosen.push(py.detach(|| self.sequence_forward(seq, tokens, Want::Last, |l| sampler.sample(l)))?);
+            let mut token = 0;
+            py.detach(|| self.sequence_forward(seq, tokens, Want::Last, |l| token = sampler.sample(l)))?;
+            chosen.push(token);
         }
         Ok(chosen)
     }
@@ -301,14 +304,15 @@ impl KernelModel {
         batch: Vec<(Vec<u32>, usize, Vec<u32>, bool)>,
         all_logits: bool,
     ) -> PyResult<Vec<Option<Bound<'py, PyBytes>>>> {
-        let entries = entries(&batch, |&(ref b, s, ref t, wants)| {
-            let want = match (wants, all_logits) {
-                (false, _) => Want::Nothing,
-                (true, false) => Want::Last,
-                (true, true) => Want::All,
-            };
-            (b, s, t, want)
-        });
+        let want = |wants: bool| match (wants, all_logits) {
+            (false, _) => Want::Nothing,
+            (true, false) => Want::Last,
+            (true, true) => Want::All,
+        };
+        let entries: Vec<Entry> = batch
+            .iter()
+            .map(|(blocks, start, tokens, wants)| Entry { blocks, start: *start, tokens, want: want(*wants) })
+            .collect();
         let mut got: Vec<Vec<f32>> = vec![Vec::new(); batch.len()];
         py.detach(|| {
             let mut store = cache.store.lock().unwrap_or_else(|e| e.into_inner());
@@ -373,33 +377,23 @@ impl KernelModel {
 }
 
 impl KernelModel {
-    /// A `Sequence`'s new tokens through the model; `take` gets its logits.
-    fn sequence_forward<R>(
+    /// A `Sequence`'s new tokens through the model; `take` gets its logits
+    /// (once for `Want::Last`; row chunks in order for `Want::All`).
+    fn sequence_forward(
         &self,
         seq: &mut Sequence,
         tokens: &[u32],
         want: Want,
-        take: impl FnOnce(&[f32]) -> R,
-    ) -> Result<R, CoreError> {
+        mut take: impl FnMut(&[f32]),
+    ) -> Result<(), CoreError> {
         contain_panic(|| {
             let store = seq.store.as_mut().expect("a live sequence has its cache");
             let entry = Entry { blocks: &seq.table, start: seq.len, tokens, want };
-            let mut all = Vec::new();
-            self.inner.forward(store, &[entry], |_, l| all.extend_from_slice(l))?;
+            self.inner.forward(store, &[entry], |_, l| take(l))?;
             seq.len += tokens.len();
-            Ok(take(&all))
+            Ok(())
         })
     }
-}
-
-fn entries<'a, T>(batch: &'a [T], f: impl Fn(&'a T) -> (&'a Vec<u32>, usize, &'a Vec<u32>, Want)) -> Vec<Entry<'a>> {
-    batch
-        .iter()
-        .map(|e| {
-            let (blocks, start, tokens, want) = f(e);
-            Entry { blocks, start, tokens, want }
-        })
-        .collect()
 }
 
 /// Dequantizes `count` elements of `dtype` from `data` into f32 bytes

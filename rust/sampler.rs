@@ -94,8 +94,8 @@ pub fn argmax(logits: &[f32]) -> u32 {
 const NUCLEUS_FIRST_TRY: usize = 512;
 
 // Tokens whose weight is at least this fraction of the most likely token's are
-// "near" it: top-p looks among them first (ordering 49k candidates to find a
-// nucleus of a few dozen cost 0.5 ms a token).
+// "near" it: top-p looks among them first, instead of ordering the whole
+// vocabulary to find a nucleus that usually holds a few dozen tokens.
 const NEAR_MAX_WEIGHT: f32 = 1e-5;
 
 impl Sampler {
@@ -266,8 +266,7 @@ impl Sampler {
 }
 
 /// Each sampler picks a token from its logits; the samplers run in parallel
-/// on the kernel's threads (a batch's sampling, done one after another, was
-/// a tenth of a 16-sequence step).
+/// on the kernel's threads (one after another, the other threads would idle).
 pub fn sample_all(jobs: &mut [(&mut Sampler, &[f32])], chosen: &mut [u32]) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     assert_eq!(jobs.len(), chosen.len());

@@ -56,25 +56,25 @@ async def generate(engine: Engine, prompt: list[int], opts: SamplingOptions) -> 
     sampler = _kernel.Sampler(opts.temperature, opts.top_p, opts.top_k, opts.min_p, seed % (1 << 64), list(opts.logit_bias.items()))
     seq, tokens = engine.submit(prompt, opts.max_tokens, sampler)
     decoder, stops = engine.model.tokenizer.decoder(), StopMatcher(opts.stop)
-    generated, reason, cached = 0, "stop", 0
+    generated, reason = 0, "stop"
     try:
         async with tokens:
             async for item in tokens:
                 if isinstance(item, Ended):
                     if item.reason == "error":
                         raise GenerationFailed(item.error)
-                    reason, cached = item.reason, item.cached_tokens
+                    reason = item.reason
                     break
                 generated += 1
                 text = stops.push(decoder.push(item))
                 if text:
                     yield TextPiece(text)
                 if stops.stopped:
-                    reason, cached = "stop", seq.cached_tokens
+                    reason = "stop"
                     break
         rest = stops.flush()
         if rest:
             yield TextPiece(rest)
-        yield Finished(reason, len(prompt), generated, cached)
+        yield Finished(reason, len(prompt), generated, seq.cached_tokens)
     finally:
         engine.cancel(seq)  # no-op for a sequence that has ended
