@@ -137,3 +137,57 @@ async def test_a_failing_handler_gives_500_not_a_traceback(server):
     await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     data = await read_until_closed(stream)
     assert data.startswith(b"HTTP/1.1 500 ") and b"secret" not in data and b"Traceback" not in data
+
+
+class ResetDuringBody(trio.abc.Stream):
+    """A client connection that sends one request, then never sends again,
+    and resets the connection once the response head has been written."""
+
+    def __init__(self, request: bytes):
+        self._request, self.sends = request, 0
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        if self._request:
+            data, self._request = self._request, b""
+            return data
+        await trio.sleep_forever()
+
+    async def send_all(self, data) -> None:
+        self.sends += 1
+        if self.sends > 1:
+            raise trio.BrokenResourceError("connection reset by peer")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        pass
+
+    async def send_eof(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_write_to_a_reset_connection_ends_that_connection_only():
+    """The failing write happens inside the task group that also watches the
+    socket; its error must end the connection quietly (it used to escape,
+    wrapped in an ExceptionGroup, and stop the server) and close the stream's
+    generator, which is what cancels a generation."""
+    from pycompat.api.render import sse_response
+    from pycompat.http.server import serve_connection
+
+    closed = trio.Event()
+
+    async def endless(request: Request) -> Response:
+        async def pieces():
+            try:
+                while True:
+                    yield b"data: x\n\n"
+            finally:
+                closed.set()
+
+        return sse_response(pieces())  # the routes' wrapper must close what it wraps
+
+    conn = ResetDuringBody(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+    with trio.fail_after(5):
+        await serve_connection(conn, endless, error_body, Limits())
+    assert closed.is_set() and conn.sends == 2

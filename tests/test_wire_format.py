@@ -160,6 +160,30 @@ def test_a_client_that_hangs_up_is_cancelled_and_others_go_on(http, server_url, 
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "length"
 
 
+def test_clients_that_reset_mid_stream_are_cancelled_and_the_server_goes_on(http, server_url):
+    """Clients that close while the server writes their stream, with its
+    tokens unread (the close becomes a reset): a write fails, the request is
+    cancelled and its blocks freed, and the server keeps serving. (A failed
+    write once ended the whole server.)"""
+    host, port = server_url.removeprefix("http://").removesuffix("/v1").split(":")
+    body = json.dumps({**CHAT, "messages": [{"role": "user", "content": "Write a long story."}], "stream": True, "max_tokens": 500}).encode()
+    for attempt in range(24):  # the failing write is a race: try it often
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+            s.recv(65536)  # tokens are flowing; more arrive, unread, before the close
+            time.sleep(0.02 * (attempt % 3))
+        deadline = time.monotonic() + 10
+        while True:  # (a request may still be queued when the client has gone: wait for all three)
+            health = http.get("/health").json()
+            if not (health["generating"] or health["queued"] or health["kv_cache"]["blocks_used"]):
+                break
+            assert time.monotonic() < deadline, (attempt, health)
+            time.sleep(0.02)
+    r = http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 3}, timeout=30)
+    assert r.status_code == 200
+
+
 def test_garbage_on_the_socket_gets_400_and_the_server_goes_on(http, server_url):
     host, port = server_url.removeprefix("http://").removesuffix("/v1").split(":")
     with socket.create_connection((host, int(port))) as s:

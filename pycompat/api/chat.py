@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import trio
 
@@ -133,14 +134,15 @@ async def _stream(engine: Engine, prompt: list[int], opts: SamplingOptions, comp
         return sse.event(body)
 
     yield chunk({"role": "assistant", "content": "", "refusal": None})
-    async for ev in events(engine, prompt, opts):
-        if isinstance(ev, Finished):
-            yield chunk({}, ev.reason)
-            if include_usage:
-                yield sse.event({
-                    "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id,
-                    "choices": [], "usage": usage(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens),
-                })
-        else:
-            yield chunk({"content": ev.text})
+    async with aclosing(events(engine, prompt, opts)) as generation:
+        async for ev in generation:
+            if isinstance(ev, Finished):
+                yield chunk({}, ev.reason)
+                if include_usage:
+                    yield sse.event({
+                        "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id,
+                        "choices": [], "usage": usage(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens),
+                    })
+            else:
+                yield chunk({"content": ev.text})
     yield sse.DONE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import trio
 
@@ -104,14 +105,15 @@ async def _stream(engine: Engine, encoded: list[list[int]], opts: SamplingOption
 
     prompt_tokens = completion_tokens = cached_tokens = 0
     for index, ids in enumerate(encoded):
-        async for ev in events(engine, ids, opts):
-            if isinstance(ev, Finished):
-                yield chunk([{"text": "", "index": index, "logprobs": None, "finish_reason": ev.reason}])
-                prompt_tokens += ev.prompt_tokens
-                completion_tokens += ev.completion_tokens
-                cached_tokens += ev.cached_tokens
-            else:
-                yield chunk([{"text": ev.text, "index": index, "logprobs": None, "finish_reason": None}])
+        async with aclosing(events(engine, ids, opts)) as generation:
+            async for ev in generation:
+                if isinstance(ev, Finished):
+                    yield chunk([{"text": "", "index": index, "logprobs": None, "finish_reason": ev.reason}])
+                    prompt_tokens += ev.prompt_tokens
+                    completion_tokens += ev.completion_tokens
+                    cached_tokens += ev.cached_tokens
+                else:
+                    yield chunk([{"text": ev.text, "index": index, "logprobs": None, "finish_reason": None}])
     if include_usage:
         yield chunk([], usage(prompt_tokens, completion_tokens, cached_tokens))
     yield sse.DONE

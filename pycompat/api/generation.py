@@ -88,11 +88,12 @@ class Result:
 
 async def run_to_end(engine: Engine, prompt: list[int], opts: SamplingOptions) -> Result:
     pieces = []
-    async for ev in events(engine, prompt, opts):
-        if isinstance(ev, TextPiece):
-            pieces.append(ev.text)
-        else:
-            return Result("".join(pieces), ev)
+    async with aclosing(events(engine, prompt, opts)) as generation:
+        async for ev in generation:
+            if isinstance(ev, TextPiece):
+                pieces.append(ev.text)
+            else:
+                return Result("".join(pieces), ev)
     raise RuntimeError("generation ended without finishing")
 
 

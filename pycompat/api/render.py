@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from pycompat.api import sse
 from pycompat.api.errors import APIError
@@ -27,10 +28,13 @@ def sse_response(events: AsyncIterator[bytes]) -> Response:
 
 async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """Passes events through; if producing one fails, the client gets an error
-    event (which the OpenAI SDKs raise as an APIError) instead of a cut stream."""
+    event (which the OpenAI SDKs raise as an APIError) instead of a cut stream.
+    Closing it closes ``events`` at once, and with it the generation behind
+    them (which frees the request's place in the engine)."""
     try:
-        async for e in events:
-            yield e
+        async with aclosing(events) as inner:
+            async for e in inner:
+                yield e
     except APIError as e:
         yield sse.event(e.to_dict())
     except Exception:

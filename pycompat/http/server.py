@@ -158,7 +158,13 @@ class _Connection:
             except Exception:
                 log.exception("handler failed on %s %s", request.method, request.target)
                 response = Response(500, error_body(500, "The server had an error while processing your request."))
-            await self.send_response(response)
+            try:
+                await self.send_response(response)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                # The client reset the connection mid-response. Caught here: out of
+                # this nursery it would arrive wrapped in an ExceptionGroup, which
+                # serve_connection's handler does not match, and end the server.
+                peer_closed = True
             nursery.cancel_scope.cancel()
         return not peer_closed
 
