@@ -13,9 +13,11 @@ if [ ! -d "llama_cpp_python-$VERSION" ]; then
     "$PY" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d .
     tar xzf "llama_cpp_python-$VERSION.tar.gz"
 fi
-# Native CPU flags, as the pip build of the in-process peer uses; no network features.
+# Native CPU flags without AMX, as scripts/dev builds the in-process peer (AMX
+# dies of an illegal instruction where the OS does not enable it); no network features.
+NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 cmake -S "llama_cpp_python-$VERSION/vendor/llama.cpp" -B build -DCMAKE_BUILD_TYPE=Release \
-    -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
+    -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX" -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >/dev/null
 cmake --build build --target llama-server -j"$(nproc)"
 echo "built $(pwd)/build/bin/llama-server"
