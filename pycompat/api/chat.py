@@ -5,17 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-import trio
-
-from pycompat.api import sse
+from pycompat.api import json_body, sse
 from pycompat.api.errors import APIError, invalid_type, invalid_value
-from pycompat.api.generation import SAMPLING_FIELDS, check_admissible, events, now, run_to_end, sampling_options, usage
+from pycompat.api.generation import (SAMPLING_FIELDS, check_length_bound, now, run_to_end, sampling_options,
+                                     start_generations, tokenize, usage)
 from pycompat.api.ids import new_id
-from pycompat.api.params import Params, parse_json_object
+from pycompat.api.params import INT32_MAX, Params
 from pycompat.api.registry import Registry
 from pycompat.api.render import json_response, sse_response
-from pycompat.engine.generate import Finished, SamplingOptions
-from pycompat.engine.scheduler import Engine
+from pycompat.engine.generate import Finished, Generation
 from pycompat.http.messages import Request, Response
 from pycompat.loading.chat_template import TemplateError
 
@@ -79,29 +77,34 @@ def parse_messages(value) -> list[dict]:
 
 
 async def create(registry: Registry, request: Request) -> Response:
-    p = Params(parse_json_object(request.body), IMPLEMENTED, IGNORED)
+    p = Params(await json_body.parse_object(request.body), IMPLEMENTED, IGNORED)
     model_id = p.string("model", required=True)
     messages = parse_messages(p.raw("messages"))
     stream = p.boolean("stream")
     include_usage = p.stream_include_usage(stream)
-    max_tokens = p.integer("max_completion_tokens", 1)
+    max_tokens = p.integer("max_completion_tokens", 1, INT32_MAX)
     if max_tokens is None:
-        max_tokens = p.integer("max_tokens", 1)
+        max_tokens = p.integer("max_tokens", 1, INT32_MAX)
     served = registry.get(model_id)
-    model = served.engine.model
+    engine = served.engine
+    model = engine.model
     opts = sampling_options(p, max_tokens, model.sampling_defaults, model.kernel.vocab_size)
+    # Before any work: messages that cannot fit the context whatever their tokens.
+    check_length_bound(engine, sum(len(m["content"].encode("utf-8")) for m in messages), max_tokens, "messages")
     try:
         prompt_text = model.chat_template.render(messages, add_generation_prompt=True)
     except TemplateError as e:
         raise APIError(400, str(e), param="messages") from None
-    # Off the event loop: a long prompt takes a while to tokenize.
-    prompt = await trio.to_thread.run_sync(model.tokenizer.encode, prompt_text)
-    check_admissible(served.engine, len(prompt), max_tokens, "messages")
+    prompt = await tokenize(engine, prompt_text, max_tokens, "messages")
+    (generation,) = start_generations(engine, [prompt], opts, "messages")
 
     completion_id, created = new_id("chatcmpl-"), now()
     if stream:
-        return sse_response(_stream(served.engine, prompt, opts, completion_id, created, model_id, include_usage))
-    result = await run_to_end(served.engine, prompt, opts)
+        return sse_response(_stream(generation, completion_id, created, model_id, include_usage), on_close=generation.cancel)
+    try:
+        result = await run_to_end(generation)
+    finally:
+        generation.cancel()
     body = {
         "id": completion_id,
         "object": "chat.completion",
@@ -120,7 +123,7 @@ async def create(registry: Registry, request: Request) -> Response:
     return json_response(body)
 
 
-async def _stream(engine: Engine, prompt: list[int], opts: SamplingOptions, completion_id: str, created: int, model_id: str, include_usage: bool) -> AsyncIterator[bytes]:
+async def _stream(generation: Generation, completion_id: str, created: int, model_id: str, include_usage: bool) -> AsyncIterator[bytes]:
     def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
         body = {
             "id": completion_id,
@@ -134,8 +137,8 @@ async def _stream(engine: Engine, prompt: list[int], opts: SamplingOptions, comp
         return sse.event(body)
 
     yield chunk({"role": "assistant", "content": "", "refusal": None})
-    async with aclosing(events(engine, prompt, opts)) as generation:
-        async for ev in generation:
+    async with aclosing(generation.events()) as events:
+        async for ev in events:
             if isinstance(ev, Finished):
                 yield chunk({}, ev.reason)
                 if include_usage:

@@ -7,14 +7,15 @@ from contextlib import aclosing
 
 import trio
 
-from pycompat.api import sse
+from pycompat.api import json_body, sse
 from pycompat.api.errors import APIError, invalid_type, invalid_value
-from pycompat.api.generation import SAMPLING_FIELDS, check_admissible, events, now, run_to_end, sampling_options, usage
+from pycompat.api.generation import (SAMPLING_FIELDS, Result, cancel_all, check_length_bound, context_exceeded, now,
+                                     run_to_end, sampling_options, start_generations, tokenize, usage)
 from pycompat.api.ids import new_id
-from pycompat.api.params import Params, parse_json_object
+from pycompat.api.params import INT32_MAX, Params
 from pycompat.api.registry import Registry
 from pycompat.api.render import json_response, sse_response
-from pycompat.engine.generate import Finished, SamplingOptions
+from pycompat.engine.generate import Finished, Generation
 from pycompat.engine.scheduler import Engine
 from pycompat.http.messages import Request, Response
 
@@ -41,14 +42,18 @@ def parse_prompts(value) -> list[str | list[int]]:
     raise invalid_type("prompt", "a string, an array of strings, an array of tokens or an array of token arrays", value)
 
 
-def _encode(engine: Engine, prompt: str | list[int], index: int) -> list[int]:
+def _check_token_ids(engine: Engine, ids: list[int]) -> list[int]:
+    vocab = engine.model.kernel.vocab_size
+    bad = next((t for t in ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        shown = bad if abs(bad) < 10**12 else f"{str(bad)[:12]}..."
+        raise invalid_value("prompt", f"token id {shown} is outside the vocabulary (0..{vocab - 1}).")
+    return list(ids)
+
+
+async def _encode(engine: Engine, prompt: str, index: int, max_tokens: int) -> list[int]:
     tokenizer = engine.model.tokenizer
-    if isinstance(prompt, list):
-        bad = next((t for t in prompt if not 0 <= t < engine.model.kernel.vocab_size), None)
-        if bad is not None:
-            raise invalid_value("prompt", f"token id {bad} is outside the vocabulary (0..{engine.model.kernel.vocab_size - 1}).")
-        return list(prompt)
-    ids = tokenizer.encode(prompt)
+    ids = await tokenize(engine, prompt, max_tokens, "prompt")
     if not ids:  # an empty prompt: start from BOS, as there is nothing else to condition on
         if tokenizer.bos_id is None:
             raise invalid_value("prompt", f"prompt {index} is empty and this model has no BOS token to start from.")
@@ -57,63 +62,97 @@ def _encode(engine: Engine, prompt: str | list[int], index: int) -> list[int]:
 
 
 async def create(registry: Registry, request: Request) -> Response:
-    p = Params(parse_json_object(request.body), IMPLEMENTED, IGNORED)
+    p = Params(await json_body.parse_object(request.body), IMPLEMENTED, IGNORED)
     model_id = p.string("model", required=True)
     prompts = parse_prompts(p.raw("prompt"))
     stream = p.boolean("stream")
     include_usage = p.stream_include_usage(stream)
-    max_tokens = p.integer("max_tokens", 0)
+    max_tokens = p.integer("max_tokens", 0, INT32_MAX)
+    max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
     served = registry.get(model_id)
-    opts = sampling_options(p, DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens, served.engine.model.sampling_defaults,
-                            served.engine.model.kernel.vocab_size)
-    # Off the event loop: long prompts take a while to tokenize.
-    encoded = await trio.to_thread.run_sync(lambda: [_encode(served.engine, prompt, i) for i, prompt in enumerate(prompts)])
-    for ids in encoded:
-        check_admissible(served.engine, len(ids), opts.max_tokens, "prompt")
-
+    engine = served.engine
+    opts = sampling_options(p, max_tokens, engine.model.sampling_defaults, engine.model.kernel.vocab_size)
+    # Strings are checked against the context before any is tokenized.
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            check_length_bound(engine, len(prompt.encode("utf-8")), max_tokens, "prompt")
+    encoded = [_check_token_ids(engine, prompt) if isinstance(prompt, list) else await _encode(engine, prompt, i, max_tokens)
+               for i, prompt in enumerate(prompts)]
     completion_id, created = new_id("cmpl-"), now()
+    if max_tokens == 0:
+        # Nothing to generate (the scoring idiom, with echo and logprobs): each prompt must still fit.
+        for ids in encoded:
+            if len(ids) > engine.model.context_length:
+                raise context_exceeded(engine.model.context_length, f"{len(ids)} tokens in the prompt", "prompt")
+        finished = [Finished("length", len(ids), 0) for ids in encoded]
+        if stream:
+            return sse_response(_stream_finished(finished, completion_id, created, model_id, include_usage))
+        return json_response(_body(completion_id, created, model_id, [("", f) for f in finished]))
+
+    generations = start_generations(engine, encoded, opts, "prompt")
     if stream:
-        return sse_response(_stream(served.engine, encoded, opts, completion_id, created, model_id, include_usage))
-    # Several prompts run at once: the engine batches them.
-    results = [None] * len(encoded)
+        return sse_response(_stream(generations, completion_id, created, model_id, include_usage), on_close=cancel_all(generations))
+    # The prompts run at once: the engine batches them.
+    results: list[Result | None] = [None] * len(generations)
 
-    async def run(index: int, ids: list[int]) -> None:
-        results[index] = await run_to_end(served.engine, ids, opts)
+    async def run(index: int) -> None:
+        results[index] = await run_to_end(generations[index])
 
-    async with trio.open_nursery() as nursery:
-        for index, ids in enumerate(encoded):
-            nursery.start_soon(run, index, ids)
-    choices = [{"text": r.text, "index": i, "logprobs": None, "finish_reason": r.finished.reason} for i, r in enumerate(results)]
-    finished = [r.finished for r in results]
-    body = {
+    try:
+        async with trio.open_nursery() as nursery:
+            for index in range(len(generations)):
+                nursery.start_soon(run, index)
+    finally:
+        cancel_all(generations)()
+    return json_response(_body(completion_id, created, model_id, [(r.text, r.finished) for r in results]))
+
+
+def _body(completion_id: str, created: int, model_id: str, outcomes: list[tuple[str, Finished]]) -> dict:
+    return {
         "id": completion_id,
         "object": "text_completion",
         "created": created,
         "model": model_id,
-        "choices": choices,
-        "usage": usage(*(sum(getattr(f, k) for f in finished) for k in ("prompt_tokens", "completion_tokens", "cached_tokens"))),
+        "choices": [{"text": text, "index": i, "logprobs": None, "finish_reason": f.reason} for i, (text, f) in enumerate(outcomes)],
+        "usage": _total_usage([f for _, f in outcomes]),
     }
-    return json_response(body)
 
 
-async def _stream(engine: Engine, encoded: list[list[int]], opts: SamplingOptions, completion_id: str, created: int, model_id: str, include_usage: bool) -> AsyncIterator[bytes]:
+def _chunker(completion_id: str, created: int, model_id: str, include_usage: bool):
     def chunk(choices: list[dict], usage_value: dict | None = None) -> bytes:
         body = {"id": completion_id, "object": "text_completion", "created": created, "model": model_id, "choices": choices}
         if include_usage:
             body["usage"] = usage_value
         return sse.event(body)
 
-    prompt_tokens = completion_tokens = cached_tokens = 0
-    for index, ids in enumerate(encoded):
-        async with aclosing(events(engine, ids, opts)) as generation:
-            async for ev in generation:
+    return chunk
+
+
+async def _stream(generations: list[Generation], completion_id: str, created: int, model_id: str, include_usage: bool) -> AsyncIterator[bytes]:
+    chunk = _chunker(completion_id, created, model_id, include_usage)
+    finished = []
+    # All prompts run together in the engine; their text is sent one prompt after another.
+    for index, generation in enumerate(generations):
+        async with aclosing(generation.events()) as events:
+            async for ev in events:
                 if isinstance(ev, Finished):
                     yield chunk([{"text": "", "index": index, "logprobs": None, "finish_reason": ev.reason}])
-                    prompt_tokens += ev.prompt_tokens
-                    completion_tokens += ev.completion_tokens
-                    cached_tokens += ev.cached_tokens
+                    finished.append(ev)
                 else:
                     yield chunk([{"text": ev.text, "index": index, "logprobs": None, "finish_reason": None}])
     if include_usage:
-        yield chunk([], usage(prompt_tokens, completion_tokens, cached_tokens))
+        yield chunk([], _total_usage(finished))
     yield sse.DONE
+
+
+async def _stream_finished(finished: list[Finished], completion_id: str, created: int, model_id: str, include_usage: bool) -> AsyncIterator[bytes]:
+    chunk = _chunker(completion_id, created, model_id, include_usage)
+    for index, f in enumerate(finished):
+        yield chunk([{"text": "", "index": index, "logprobs": None, "finish_reason": f.reason}])
+    if include_usage:
+        yield chunk([], _total_usage(finished))
+    yield sse.DONE
+
+
+def _total_usage(finished: list[Finished]) -> dict:
+    return usage(*(sum(getattr(f, k) for f in finished) for k in ("prompt_tokens", "completion_tokens", "cached_tokens")))

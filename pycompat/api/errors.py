@@ -34,7 +34,8 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def body(self) -> bytes:
-        return json.dumps(self.to_dict(), ensure_ascii=False).encode()
+        # A message may quote what a client sent; "replace" keeps even a lone surrogate from failing the error itself.
+        return json.dumps(self.to_dict(), ensure_ascii=False).encode("utf-8", "replace")
 
 
 def error_body(status: int, message: str) -> bytes:

@@ -1,16 +1,20 @@
-"""What the chat and completions routes share: sampling fields, context checks,
-running a generation to its end, and the usage object."""
+"""What the chat and completions routes share: sampling fields, prompts to
+tokens within the context, starting generations, running one to its end, and
+the usage object."""
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
+import trio
+
 from pycompat.api.errors import APIError
-from pycompat.api.params import Params
-from pycompat.engine.generate import Finished, SamplingOptions, TextPiece, generate
+from pycompat.api.params import INT32_MAX, Params
+from pycompat.engine.generate import Finished, Generation, SamplingOptions, TextPiece, start
 from pycompat.engine.scheduler import ContextOverflow, Engine, QueueFull
 
 # Sampling fields every generating route implements. top_k and min_p are not
@@ -22,7 +26,7 @@ INT64 = (-(1 << 63), (1 << 63) - 1)
 def sampling_options(p: Params, max_tokens: int | None, defaults: dict[str, float], vocab_size: int) -> SamplingOptions:
     """Sampling fields from the request; those it leaves out come from the
     model's recommended ``defaults``, then from OpenAI's defaults."""
-    top_k = p.integer("top_k", 0)
+    top_k = p.integer("top_k", 0, INT32_MAX)
     return SamplingOptions(
         max_tokens=max_tokens,
         temperature=p.number("temperature", defaults.get("temperature", 1.0), 0.0, 2.0),
@@ -48,26 +52,52 @@ def queue_full() -> APIError:
     )
 
 
-def check_admissible(engine: Engine, prompt_tokens: int, max_tokens: int | None, param: str) -> None:
-    """Before a response starts: a 400 naming both numbers when the prompt (and
-    completion) exceed the context, a 429 when the queue is full."""
+def context_exceeded(context_length: int, asked: str, param: str) -> APIError:
+    return APIError(
+        400,
+        f"This model's maximum context length is {context_length} tokens. However, you requested {asked}. "
+        "Please reduce the length of the prompt or the completion.",
+        param=param,
+        code="context_length_exceeded",
+    )
+
+
+def check_length_bound(engine: Engine, n_bytes: int, max_tokens: int | None, param: str) -> None:
+    """Refuses, before tokenizing, a text that cannot fit the context whatever
+    its tokens: tokenizing megabytes would hold a core for seconds for nothing."""
+    at_least = math.ceil(n_bytes / engine.model.tokenizer.max_bytes_per_token)
+    room = engine.model.context_length - (max_tokens if max_tokens is not None else 1)
+    if at_least > room:
+        raise context_exceeded(engine.model.context_length, f"a prompt of {n_bytes} bytes, at least {at_least} tokens", param)
+
+
+async def tokenize(engine: Engine, text: str, max_tokens: int | None, param: str) -> list[int]:
+    """``text``'s token ids, off the event loop, after the cheap length check."""
+    check_length_bound(engine, len(text.encode("utf-8")), max_tokens, param)
+    return await trio.to_thread.run_sync(engine.model.tokenizer.encode, text)
+
+
+def start_generations(engine: Engine, prompts: list[list[int]], opts: SamplingOptions, param: str) -> list[Generation]:
+    """Queues the prompts as one request, or answers why not: a 400 naming both
+    numbers when a prompt (and completion) exceed the context, a 429 when the queue is full."""
     try:
-        engine.check_queue()
+        return start(engine, prompts, opts)
     except QueueFull:
         raise queue_full() from None
-    try:
-        engine.check_fits(prompt_tokens, max_tokens)
     except ContextOverflow as e:
-        asked = f"{e.prompt_tokens} in the prompt" if max_tokens is None else (
-            f"{e.prompt_tokens + max_tokens} tokens ({e.prompt_tokens} in the prompt, {max_tokens} in the completion)"
+        asked = f"{e.prompt_tokens} in the prompt" if e.max_tokens is None else (
+            f"{e.prompt_tokens + e.max_tokens} tokens ({e.prompt_tokens} in the prompt, {e.max_tokens} in the completion)"
         )
-        raise APIError(
-            400,
-            f"This model's maximum context length is {e.context_length} tokens. However, you requested {asked}. "
-            "Please reduce the length of the prompt or the completion.",
-            param=param,
-            code="context_length_exceeded",
-        ) from None
+        raise context_exceeded(e.context_length, asked, param) from None
+
+
+def cancel_all(generations: list[Generation]) -> Callable[[], None]:
+    """A Response's ``on_close``: gives up whatever of these generations is still running."""
+    def cancel() -> None:
+        for g in generations:
+            g.cancel()
+
+    return cancel
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
@@ -86,26 +116,15 @@ class Result:
     finished: Finished
 
 
-async def run_to_end(engine: Engine, prompt: list[int], opts: SamplingOptions) -> Result:
+async def run_to_end(generation: Generation) -> Result:
     pieces = []
-    async with aclosing(events(engine, prompt, opts)) as generation:
-        async for ev in generation:
+    async with aclosing(generation.events()) as events:
+        async for ev in events:
             if isinstance(ev, TextPiece):
                 pieces.append(ev.text)
             else:
                 return Result("".join(pieces), ev)
     raise RuntimeError("generation ended without finishing")
-
-
-async def events(engine: Engine, prompt: list[int], opts: SamplingOptions) -> AsyncIterator[TextPiece | Finished]:
-    """The engine's generation, closed promptly if the consumer stops early; a
-    full queue (a race with ``check_admissible``) becomes a 429."""
-    try:
-        async with aclosing(generate(engine, prompt, opts)) as gen:
-            async for ev in gen:
-                yield ev
-    except QueueFull:
-        raise queue_full() from None
 
 
 def now() -> int:

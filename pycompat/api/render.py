@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 
 from pycompat.api import sse
@@ -15,15 +15,16 @@ log = logging.getLogger(__name__)
 
 
 def json_response(body: dict, status: int = 200) -> Response:
-    return Response(status, json.dumps(body, ensure_ascii=False).encode())
+    return Response(status, json.dumps(body, ensure_ascii=False).encode("utf-8", "replace"))
 
 
 def error_response(e: APIError) -> Response:
     return Response(e.status, e.body(), headers=list(e.headers))
 
 
-def sse_response(events: AsyncIterator[bytes]) -> Response:
-    return Response(200, content_type=sse.CONTENT_TYPE, headers=list(sse.HEADERS), stream=_guarded(events))
+def sse_response(events: AsyncIterator[bytes], on_close: Callable[[], None] | None = None) -> Response:
+    """A stream of events; ``on_close`` releases what produces them, even if the stream is never read."""
+    return Response(200, content_type=sse.CONTENT_TYPE, headers=list(sse.HEADERS), stream=_guarded(events), on_close=on_close)
 
 
 async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

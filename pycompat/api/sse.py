@@ -11,4 +11,4 @@ HEADERS = [("cache-control", "no-cache"), ("x-accel-buffering", "no")]
 
 
 def event(payload: dict) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace") + b"\n\n"

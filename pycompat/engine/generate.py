@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
+import trio
+
 from pycompat import _kernel
-from pycompat.engine.scheduler import Ended, Engine, QueueFull  # noqa: F401 (QueueFull: raised from here)
+from pycompat.engine.scheduler import Ended, Engine, QueueFull, Sequence  # noqa: F401 (QueueFull: raised from here)
 from pycompat.engine.stop import StopMatcher
 
 
@@ -46,35 +49,62 @@ class GenerationFailed(Exception):
     """The engine could not compute this request (a kernel error)."""
 
 
-async def generate(engine: Engine, prompt: list[int], opts: SamplingOptions) -> AsyncIterator[TextPiece | Finished]:
-    """Yields text pieces as they become final, then one Finished.
-
-    Raises QueueFull (before yielding anything) when the queue is full, and
-    ContextOverflow when the request cannot fit the context.
-    """
+def make_sampler(opts: SamplingOptions) -> _kernel.Sampler:
     seed = opts.seed if opts.seed is not None else secrets.randbits(64)
-    sampler = _kernel.Sampler(opts.temperature, opts.top_p, opts.top_k, opts.min_p, seed % (1 << 64), list(opts.logit_bias.items()))
-    seq, tokens = engine.submit(prompt, opts.max_tokens, sampler)
-    decoder, stops = engine.model.tokenizer.decoder(), StopMatcher(opts.stop)
-    generated, reason = 0, "stop"
-    try:
-        async with tokens:
-            async for item in tokens:
-                if isinstance(item, Ended):
-                    if item.reason == "error":
-                        raise GenerationFailed(item.error)
-                    reason = item.reason
-                    break
-                generated += 1
-                text = stops.push(decoder.push(item))
-                if text:
-                    yield TextPiece(text)
-                if stops.stopped:
-                    reason = "stop"
-                    break
-        rest = stops.flush()
-        if rest:
-            yield TextPiece(rest)
-        yield Finished(reason, len(prompt), generated, seq.cached_tokens)
-    finally:
-        engine.cancel(seq)  # no-op for a sequence that has ended
+    return _kernel.Sampler(opts.temperature, opts.top_p, opts.top_k, opts.min_p, seed % (1 << 64), list(opts.logit_bias.items()))
+
+
+@dataclass(eq=False)
+class Generation:
+    """One submitted sequence, seen from its request. ``events`` turns its tokens
+    into text; ``cancel`` gives it up (also when ``events`` was never read)."""
+
+    engine: Engine
+    seq: Sequence
+    tokens: trio.MemoryReceiveChannel
+    opts: SamplingOptions
+
+    def cancel(self) -> None:
+        self.engine.cancel(self.seq)  # no-op for a sequence that has ended
+
+    async def events(self) -> AsyncIterator[TextPiece | Finished]:
+        """Yields text pieces as they become final, then one Finished."""
+        decoder, stops = self.engine.model.tokenizer.decoder(), StopMatcher(self.opts.stop)
+        generated, reason = 0, "stop"
+        try:
+            async with self.tokens:
+                async for item in self.tokens:
+                    if isinstance(item, Ended):
+                        if item.reason == "error":
+                            raise GenerationFailed(item.error)
+                        reason = item.reason
+                        break
+                    generated += 1
+                    text = stops.push(decoder.push(item))
+                    if text:
+                        yield TextPiece(text)
+                    if stops.stopped:
+                        reason = "stop"
+                        break
+            rest = stops.flush()
+            if rest:
+                yield TextPiece(rest)
+            yield Finished(reason, self.seq.prompt_len, generated, self.seq.cached_tokens)
+        finally:
+            self.cancel()
+
+
+def start(engine: Engine, prompts: list[list[int]], opts: SamplingOptions) -> list[Generation]:
+    """Queues one request's prompts together: all of them, or none (raises
+    QueueFull or ContextOverflow). Nothing waits, so a caller can still answer
+    with an error status before its response begins."""
+    submitted = engine.submit(prompts, opts.max_tokens, [make_sampler(opts) for _ in prompts])
+    return [Generation(engine, seq, tokens, opts) for seq, tokens in submitted]
+
+
+async def generate(engine: Engine, prompt: list[int], opts: SamplingOptions) -> AsyncIterator[TextPiece | Finished]:
+    """One prompt's generation from start to end (raises as ``start`` does)."""
+    (generation,) = start(engine, [prompt], opts)
+    async with aclosing(generation.events()) as events:
+        async for ev in events:
+            yield ev

@@ -12,7 +12,8 @@ once and give their cache blocks back.
 
 A request is admitted only when the cache can hold everything it may need
 (prompt plus its most new tokens), counting blocks promised to running
-sequences, so a running sequence never runs out of blocks.
+sequences, so a running sequence never runs out of blocks. A request with
+several prompts is queued as one unit: all of its sequences, or none.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class Sequence:
     cached_tokens: int = 0  # prompt tokens found in the prefix cache
     sealed: int = 0  # leading full blocks given an identity
     parent: int = ROOT  # identity of the last sealed block
+    request: int = 0  # the request it belongs to (several prompts make several sequences)
     generated: int = 0
     reserved: int = 0  # blocks it may still allocate
     cancelled: bool = False
@@ -95,6 +97,8 @@ class Engine:
         self.cache = kernel.new_cache(n_blocks, bs)
         self.blocks = BlockManager(n_blocks, bs, config.prefix_caching)
         self.waiting: deque[Sequence] = deque()
+        self._waiting_requests: dict[int, int] = {}  # request -> its sequences in the queue
+        self._last_request = 0
         self.running: list[Sequence] = []
         self._reserved = 0  # blocks promised to running sequences, not yet allocated
         self._work = trio.Event()  # set when there may be something to do
@@ -110,21 +114,29 @@ class Engine:
 
     def check_queue(self) -> None:
         """Raises QueueFull when a new request would have no place in the queue."""
-        if len(self.waiting) >= self.config.max_queue:
+        if len(self._waiting_requests) >= self.config.max_queue:
             raise QueueFull()
 
-    def submit(self, prompt: list[int], max_tokens: int | None, sampler: _kernel.Sampler) -> tuple[Sequence, trio.MemoryReceiveChannel]:
-        """Queues a request; its tokens, then an Ended, arrive on the returned channel."""
+    def submit(self, prompts: list[list[int]], max_tokens: int | None,
+               samplers: list[_kernel.Sampler]) -> list[tuple[Sequence, trio.MemoryReceiveChannel]]:
+        """Queues one request's prompts as one unit (all, or none: QueueFull,
+        ContextOverflow); each sequence's tokens, then an Ended, arrive on its channel."""
         self.check_queue()
-        self.check_fits(len(prompt), max_tokens)
-        budget = self.model.context_length - len(prompt)
-        if max_tokens is not None:
-            budget = min(budget, max_tokens)
-        send, receive = trio.open_memory_channel(math.inf)
-        seq = Sequence(list(prompt), len(prompt), budget, sampler, send)
-        self.waiting.append(seq)
+        for prompt in prompts:
+            self.check_fits(len(prompt), max_tokens)
+        self._last_request += 1
+        submitted = []
+        for prompt, sampler in zip(prompts, samplers, strict=True):
+            budget = self.model.context_length - len(prompt)
+            if max_tokens is not None:
+                budget = min(budget, max_tokens)
+            send, receive = trio.open_memory_channel(math.inf)
+            seq = Sequence(list(prompt), len(prompt), budget, sampler, send, request=self._last_request)
+            self.waiting.append(seq)
+            submitted.append((seq, receive))
+        self._waiting_requests[self._last_request] = len(prompts)
         self._work.set()
-        return seq, receive
+        return submitted
 
     def cancel(self, seq: Sequence) -> None:
         """The request is gone: the sequence leaves at the next step."""
@@ -135,7 +147,7 @@ class Engine:
         b, per_block = self.blocks, self.cache.bytes_per_block
         return {
             "running": len(self.running),
-            "waiting": len(self.waiting),
+            "waiting": len(self._waiting_requests),
             "kv_cache": {
                 "budget_mb": round(b.n_blocks * per_block / MIB, 1),
                 "used_mb": round(b.used * per_block / MIB, 1),
@@ -195,6 +207,7 @@ class Engine:
             seq.out.close()
         self.running.clear()
         self.waiting.clear()
+        self._waiting_requests.clear()
         cfg = self.config
         self.blocks = BlockManager(self.blocks.n_blocks, cfg.block_size, cfg.prefix_caching)
         self._reserved = 0
@@ -218,6 +231,7 @@ class Engine:
             add(seq)
         while self.waiting and budget > 0 and self._admit(self.waiting[0]):
             seq = self.waiting.popleft()
+            self._unqueue(seq)
             self.running.append(seq)
             add(seq)
         return batch
@@ -287,7 +301,15 @@ class Engine:
             seq.blocks, seq.reserved = [], 0
         elif seq in self.waiting:
             self.waiting.remove(seq)
+            self._unqueue(seq)
         seq.out.close()
+
+    def _unqueue(self, seq: Sequence) -> None:
+        left = self._waiting_requests[seq.request] - 1
+        if left:
+            self._waiting_requests[seq.request] = left
+        else:
+            del self._waiting_requests[seq.request]
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self.running if s.cancelled] + [s for s in self.waiting if s.cancelled]:

@@ -8,8 +8,10 @@ template) are always recognised as the special tokens they name.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +95,28 @@ class Tokenizer:
         A BOS is prepended when the model wants one (or ``add_bos`` says so)
         and the text does not already begin with it.
         """
-        ids = self._tk.encode(text, add_special_tokens=False).ids
+        # The batch call releases the GIL for its whole run (the single-text one does
+        # not quite), and the fast variant skips offsets we never use.
+        encode_batch = getattr(self._tk, "encode_batch_fast", self._tk.encode_batch)
+        ids = encode_batch([text], add_special_tokens=False)[0].ids
         want_bos = self.add_bos if add_bos is None else add_bos and self.bos_id is not None
         if want_bos and (not ids or ids[0] != self.bos_id):
             ids.insert(0, self.bos_id)
         return ids
+
+    @functools.cached_property
+    def max_bytes_per_token(self) -> float:
+        """The most bytes of text one token can stand for, so that a text of B
+        bytes has at least B / this many tokens: what lets a request too long for
+        the context be refused without tokenizing it. Infinite when no bound holds
+        (an unknown-token model that fuses runs of unknown characters into one)."""
+        model = json.loads(self._tk.to_str()).get("model", {})
+        if model.get("unk_token") is not None and model.get("fuse_unk") and not model.get("byte_fallback"):
+            return math.inf
+        texts = self._tk.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=False)
+        longest = max(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+        # A normalizer may shorten text before it is split (NFC composes up to three bytes into one).
+        return float(max(1, longest) * (3 if self._tk.normalizer is not None else 1))
 
     def decode(self, ids: list[int]) -> str:
         """Text of ``ids``, special tokens left out."""
