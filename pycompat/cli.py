@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import resource
 import sys
 from functools import partial
 from pathlib import Path
 
 from pycompat.engine.config import EngineConfig
+from pycompat.http.server import Limits
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -63,7 +66,25 @@ def _parser() -> argparse.ArgumentParser:
                         f"running streams keep going (default: {EngineConfig.step_tokens})")
     engine.add_argument("--no-prefix-caching", action="store_true",
                         help="recompute every prompt instead of reusing cached blocks of earlier ones")
-    serve.add_argument("--max-body-mb", type=float, default=8, metavar="MB", help="largest request body accepted, in MiB (default: 8)")
+    access = serve.add_argument_group("access", "who may use the server")
+    access.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                        help="require 'Authorization: Bearer KEY' on every route but /health and / (repeatable; "
+                        "also the PYCOMPAT_API_KEY environment variable). With a key set, browser pages from any "
+                        "origin may call the server")
+    access.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                        help="let browser pages from this origin (e.g. http://192.168.1.5:3000, or *) call the server; "
+                        "without keys, only localhost origins and local app schemes may by default (repeatable)")
+    limits = serve.add_argument_group("connections", "limits that keep one client from holding the server")
+    limits.add_argument("--max-body-mb", type=float, default=8, metavar="MB", help="largest request body accepted, in MiB (default: 8)")
+    limits.add_argument("--max-connections", type=int, default=Limits.max_connections, metavar="N",
+                        help="open connections at most; beyond, idle kept-alive ones are closed, then new ones "
+                        f"wait in the listen backlog (default: {Limits.max_connections})")
+    limits.add_argument("--header-timeout", type=float, default=Limits.header_timeout, metavar="S",
+                        help=f"seconds to receive a request's head (default: {Limits.header_timeout:g})")
+    limits.add_argument("--body-timeout", type=float, default=Limits.body_timeout, metavar="S",
+                        help=f"seconds to receive a request's body (default: {Limits.body_timeout:g})")
+    limits.add_argument("--keepalive-timeout", type=float, default=Limits.keepalive_timeout, metavar="S",
+                        help=f"seconds a kept-alive connection may idle between requests (default: {Limits.keepalive_timeout:g})")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity (default: info)")
 
     convert = sub.add_parser(
@@ -81,11 +102,12 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     import trio
 
+    from pycompat.api.access import AccessPolicy, is_local_host
     from pycompat.api.app import App
     from pycompat.api.errors import error_body
     from pycompat.api.registry import Registry, ServedModel
     from pycompat.engine.scheduler import CacheTooSmall, Engine
-    from pycompat.http.server import Limits, serve
+    from pycompat.http.server import serve
     from pycompat.loading.load import DEFAULT_MODEL_ID, default_model_path, load_model
 
     from pycompat import _kernel
@@ -117,12 +139,17 @@ def _serve(args: argparse.Namespace) -> int:
              kv["budget_mb"], kv["blocks_total"], kv["block_size"], kv["blocks_total"] * kv["block_size"],
              "on" if config.prefix_caching else "off", config.max_queue)
     registry = Registry([ServedModel(ids, engine, int(path.stat().st_mtime))])
-    limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)))
+    limits = _limits(args, log)
+    keys = args.api_key + ([os.environ["PYCOMPAT_API_KEY"]] if os.environ.get("PYCOMPAT_API_KEY") else [])
+    access = AccessPolicy(keys, args.cors_origin, args.host)
+    if not keys and not is_local_host(args.host):
+        log.warning("listening on %s without an API key: anyone who can reach this address can use the model "
+                    "(set --api-key or PYCOMPAT_API_KEY)", args.host)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(engine.run)
-            listeners = await nursery.start(partial(serve, App(registry), error_body, args.host, args.port, limits))
+            listeners = await nursery.start(partial(serve, App(registry, access), error_body, args.host, args.port, limits))
             host, port = listeners[0].socket.getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host
             log.info("serving %s at http://%s:%d/v1", ", ".join(ids), shown, port)
@@ -132,6 +159,26 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _limits(args: argparse.Namespace, log: logging.Logger) -> Limits:
+    if min(args.max_connections, args.header_timeout, args.body_timeout, args.keepalive_timeout, args.max_body_mb) <= 0:
+        raise SystemExit("pycompat: error: --max-connections, the timeouts and --max-body-mb must be positive")
+    # Each connection is a file descriptor: take the most the system allows, and
+    # keep the cap below it (with room for model files, threads and logs).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 65536), hard))
+        except (ValueError, OSError):
+            pass
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    max_connections = args.max_connections
+    if soft != resource.RLIM_INFINITY and max_connections > soft - 64:
+        max_connections = max(1, soft - 64)
+        log.warning("--max-connections lowered to %d: the process may open only %d files", max_connections, soft)
+    return Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), max_connections=max_connections,
+                  header_timeout=args.header_timeout, body_timeout=args.body_timeout, keepalive_timeout=args.keepalive_timeout)
 
 
 def _convert(args: argparse.Namespace) -> int:
