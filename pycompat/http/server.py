@@ -123,7 +123,7 @@ class _Connection:
             if event is not h11.NEED_DATA:
                 return event
             if self.conn.they_are_waiting_for_100_continue:
-                await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+                await self._send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
             await self._receive()
 
     def _buffered(self) -> bool:
@@ -325,7 +325,7 @@ class _Connection:
         async with self._send_lock:
             if self.conn.our_state is h11.SEND_RESPONSE and not self.response_started:
                 try:
-                    await self.stream.send_all(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+                    await self.stream.send_all(self.conn.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")))
                 except DISCONNECTS:
                     return False
         # A response already under way finds a reset through its own writes; until
