@@ -82,6 +82,7 @@ def test_head_requests_get_heads_and_the_server_lives(http, path, status):
     (json.dumps({**CHAT, "top_k": 2**64, "stream": True}), "top_k"),
     (json.dumps({**CHAT, "seed": 2**64}), "seed"),
     (json.dumps({**CHAT, "max_tokens": 2**40}), "max_tokens"),
+    (json.dumps({**CHAT, "stop": ["a" * 100_000]}), "stop"),  # matching it cost seconds per token
     (json.dumps({**CHAT, "temperature": 0}).replace('"temperature": 0', '"temperature": NaN'), None),
     (json.dumps({**CHAT, "temperature": 0}).replace('"temperature": 0', '"temperature": Infinity'), None),
     (json.dumps({**CHAT, "temperature": 0}).replace('"temperature": 0', '"temperature": 1e999'), "temperature"),

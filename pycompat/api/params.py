@@ -13,6 +13,7 @@ from typing import Any
 from pycompat.api.errors import APIError, invalid_type, invalid_value, missing
 
 MAX_STOP_STRINGS = 4
+MAX_STOP_LENGTH = 1000
 INT32_MAX = (1 << 31) - 1  # the bound of integer fields that have no natural one
 
 
@@ -85,11 +86,14 @@ class Params:
         if value is None:
             return []
         if isinstance(value, str):
-            return [value]
+            value = [value]
         if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
             raise invalid_type(name, "a string or an array of strings", value)
         if len(value) > MAX_STOP_STRINGS:
             raise invalid_value(name, f"array too long. Expected an array with maximum length {MAX_STOP_STRINGS}, but got an array with length {len(value)} instead.")
+        # Matching a partial stop string costs its length squared per token: bound it.
+        if any(len(s) > MAX_STOP_LENGTH for s in value):
+            raise invalid_value(name, f"each stop sequence may be at most {MAX_STOP_LENGTH} characters long.")
         return value
 
     def logit_bias(self, vocab_size: int, name: str = "logit_bias") -> dict[int, float]:
