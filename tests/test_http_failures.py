@@ -295,6 +295,20 @@ async def test_idle_kept_alive_connections_make_room_for_new_ones(server):
     assert closed >= 1
 
 
+async def test_beyond_the_cap_new_connections_wait_until_a_slot_frees(server):
+    port = await server(limits=Limits(max_connections=2, header_timeout=0.5))
+    silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]  # hold both slots, send nothing
+    waiting = await trio.open_tcp_stream("127.0.0.1", port)  # in the listen backlog
+    await waiting.send_all(b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    start = trio.current_time()
+    with trio.fail_after(5):
+        answer = await waiting.receive_some(65536)
+    assert answer.startswith(b"HTTP/1.1 200 ") and trio.current_time() - start >= 0.3  # served once a silent one timed out
+    for s in silent:
+        with trio.fail_after(5):
+            assert await s.receive_some(65536) == b""  # closed at the head timeout
+
+
 async def serve_memory(limits: Limits):
     """A connection over an in-memory stream pair: (client stream, task that serves it)."""
     client, server_side = trio.testing.memory_stream_pair()

@@ -411,11 +411,14 @@ class _ConnectionSlots:
         self._free.release()
 
     async def take(self) -> None:
-        if self._free.value == 0:
-            idle = [c for c in self._open if c.idle_scope is not None]
-            for c in idle[: max(1, len(idle) // 8)]:
-                c.idle_scope.cancel()
-        await self._free.acquire()
+        while True:
+            if self._free.value == 0:  # full: close some idle connections (again, as others turn idle)
+                idle = [c for c in self._open if c.idle_scope is not None]
+                for c in idle[: max(1, len(idle) // 8)]:
+                    c.idle_scope.cancel()
+            with trio.move_on_after(0.25):
+                await self._free.acquire()
+                return
 
 
 async def serve(
@@ -437,8 +440,13 @@ async def serve(
 
     async def run(stream: trio.SocketStream) -> None:
         opened: list[_Connection] = []
+
+        def on_open(c: _Connection) -> None:
+            opened.append(c)
+            slots.track(c)
+
         try:
-            await serve_connection(stream, handler, error_body, limits, on_open=lambda c: (opened.append(c), slots.track(c)))
+            await serve_connection(stream, handler, error_body, limits, on_open=on_open)
         finally:
             slots.forget(opened[0] if opened else None)
 
