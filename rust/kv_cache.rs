@@ -115,10 +115,7 @@ pub fn weighted_sum_onto<T: KvElem>(p: &[f32], values: &[T], stride: usize, out:
 /// Whether the SIMD attention kernels run here, for vectors of `len`.
 #[cfg(target_arch = "x86_64")]
 fn simd_ok(len: usize) -> bool {
-    len % 8 == 0
-        && is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("f16c")
-        && is_x86_feature_detected!("fma")
+    len % 8 == 0 && crate::ops::avx2_enabled()
 }
 
 /// Whether `n` rows of `width` at `stride` lie within `len` elements.

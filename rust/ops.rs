@@ -6,7 +6,8 @@
 //!   in tiles of several rows × tokens (`simd_avx2.rs`); float weights are widened
 //!   one row at a time into an L1-sized buffer and met with every token.
 //! - Each kernel has an AVX2 version and a portable one; the choice is made per
-//!   call from the CPU's features, and the tests hold the two to the same results.
+//!   call from the CPU's features (`avx2_enabled`; `PYCOMPAT_KERNEL=portable`
+//!   forces the portable one), and the tests hold the two to the same results.
 //! - Rows are split evenly across the kernel's own thread pool (`pool.rs`); the
 //!   matrices that share an input run in one parallel section (`matmul_many`).
 
@@ -53,14 +54,47 @@ enum Isa {
     Avx2,
 }
 
+/// The environment variable that forces the portable kernels everywhere, with
+/// the value `portable`: how a user (or a test run) rules out a SIMD bug. Any
+/// other value, or none, lets each kernel pick the best the CPU runs.
+pub const KERNEL_ENV: &str = "PYCOMPAT_KERNEL";
+
+/// Whether the AVX2 kernels (with FMA and F16C) may run: the CPU has them and
+/// `PYCOMPAT_KERNEL` does not ask for the portable ones. Every run-time choice of
+/// a SIMD path goes through here. Decided once per process, so the weights'
+/// layout chosen at load (`weights.rs`) and the kernels that later read it agree.
+pub fn avx2_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        let forced_portable = std::env::var(KERNEL_ENV).is_ok_and(|v| v == "portable");
+        !forced_portable && cpu_has_avx2()
+    })
+}
+
+fn cpu_has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        return true;
+    }
+    false
+}
+
+/// The kernels this process runs: "avx2" or "portable".
+pub fn simd_path() -> &'static str {
+    if avx2_enabled() {
+        "avx2"
+    } else {
+        "portable"
+    }
+}
+
 fn pick_isa(allow_simd: bool) -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        if allow_simd
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-        {
+        if allow_simd && avx2_enabled() {
             return Isa::Avx2;
         }
     }

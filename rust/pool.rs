@@ -176,15 +176,27 @@ pub fn configure(n_threads: usize) -> bool {
     GLOBAL.set(Pool::new(n_threads)).is_ok()
 }
 
-/// The process's pool: as many threads as cores available, unless configured.
+/// The environment variable that sets the default number of compute threads
+/// (`configure`, e.g. `serve --threads`, still wins over it).
+pub const THREADS_ENV: &str = "PYCOMPAT_THREADS";
+
+/// The process's pool, unless configured: `PYCOMPAT_THREADS` threads if that is
+/// a positive number, else as many as cores available. Anything else in the
+/// variable is ignored; the server's start-up log shows the count in use.
 pub fn global() -> &'static Pool {
     GLOBAL.get_or_init(|| {
-        Pool::new(
-            thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-        )
+        let asked = std::env::var(THREADS_ENV).ok();
+        Pool::new(threads_from_env(asked.as_deref()))
     })
+}
+
+fn threads_from_env(value: Option<&str>) -> usize {
+    match value.and_then(|v| v.trim().parse::<usize>().ok()) {
+        Some(n) if n > 0 => n,
+        _ => thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    }
 }
 
 /// The `part`-th of `n` near-equal slices of 0..len, aligned down to `align`.
@@ -228,6 +240,18 @@ mod tests {
             count.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(count.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn threads_from_env_takes_positive_counts_only() {
+        let cores = thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        assert_eq!(threads_from_env(Some("3")), 3);
+        assert_eq!(threads_from_env(Some(" 1 ")), 1);
+        for ignored in [None, Some("0"), Some("-2"), Some("many"), Some("")] {
+            assert_eq!(threads_from_env(ignored), cores, "{ignored:?}");
+        }
     }
 
     #[test]

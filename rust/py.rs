@@ -419,8 +419,8 @@ fn dequantize<'py>(
     Ok(f32_bytes(py, &out))
 }
 
-/// Sets the number of compute threads. Must come before the first forward pass;
-/// returns False if the pool has already started.
+/// Sets the number of compute threads (over `PYCOMPAT_THREADS`). Must come before
+/// the first forward pass; returns False if the pool has already started.
 #[pyfunction]
 fn set_threads(n: usize) -> bool {
     crate::pool::configure(n)
@@ -432,10 +432,18 @@ fn threads() -> usize {
     crate::pool::global().threads()
 }
 
+/// Which kernels run: "avx2", or "portable" on CPUs without AVX2, FMA and F16C
+/// or when `PYCOMPAT_KERNEL=portable` (read once, at the first use).
+#[pyfunction]
+fn simd_path() -> &'static str {
+    crate::ops::simd_path()
+}
+
 #[pymodule]
 fn _kernel(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_threads, m)?)?;
     m.add_function(wrap_pyfunction!(threads, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_path, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_class::<KernelModel>()?;
     m.add_class::<Sequence>()?;

@@ -80,11 +80,7 @@ impl Q8Activations {
     pub fn quantize_with(&mut self, x: &[f32], cols: usize, allow_simd: bool) {
         self.resize_for(x, cols);
         #[cfg(target_arch = "x86_64")]
-        if allow_simd
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-        {
+        if allow_simd && crate::ops::avx2_enabled() {
             // SAFETY: the features are present; the buffers were sized above.
             return unsafe {
                 crate::simd_avx2::quantize_q8(
