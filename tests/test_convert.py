@@ -4,6 +4,7 @@ same model through the safetensors path."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from pycompat.loading.gguf_model import load_gguf
 from pycompat.loading.load import default_model_path, load_model
 
 PROMPT = "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n"
+TEXT = (Path(__file__).parent / "data" / "english.txt").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -48,18 +50,30 @@ def test_converted_directory_agrees_with_the_gguf(converted, default_model):
     assert hf.tokenizer.encode(PROMPT) == default_model.tokenizer.encode(PROMPT)
     assert hf.chat_template.render([{"role": "user", "content": "hi"}]) == default_model.chat_template.render([{"role": "user", "content": "hi"}])
     assert hf.tokenizer.stop_ids == default_model.tokenizer.stop_ids
-    ids = default_model.tokenizer.encode(PROMPT)
+    ids = default_model.tokenizer.encode(TEXT)[:256]
     a, b = logits(hf, ids), logits(default_model, ids)
-    # The GGUF path rounds activations to 8 bits (as llama.cpp does); the f32 directory does not.
-    assert np.abs(a - b).max() / np.abs(a).max() < 0.05
-    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.9
+    # The GGUF path rounds activations to 8 bits (as llama.cpp does); the f32
+    # directory does not. Measured: logits move by up to 6.4% of the largest
+    # (3.8% on the portable kernels), and the gap between the GGUF's top two
+    # choices by up to 0.54 (400 tokens), so the choices must be the same
+    # wherever that gap is more than one logit (half the positions).
+    assert np.abs(a - b).max() / np.abs(a).max() < 0.1
+    top2 = np.sort(b, 1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1.0
+    assert clear.mean() > 0.35 and (a.argmax(1) == b.argmax(1))[clear].all()
 
 
-def test_f16_and_bf16_conversions_load(tmp_path, default_model):
+def test_f16_and_bf16_conversions_load(tmp_path, converted, default_model):
+    # Against the f32 conversion, not the GGUF: the GGUF's first choice here
+    # leads its second by only 0.3, which its 8-bit activations can overturn.
+    # Half-precision weights (and the f16 KV cache they bring) moved logits over
+    # 400 tokens by 1.2e-3 (f16) and 8.5e-3 (bf16) of the largest.
     ids = default_model.tokenizer.encode(PROMPT)
-    for dtype in ("f16", "bf16"):
+    full = logits(load_model(converted), ids)
+    for dtype, tol in (("f16", 5e-3), ("bf16", 3e-2)):
         out = convert_gguf_to_hf(default_model_path(), tmp_path / dtype, dtype)
-        assert logits(load_model(out), ids).argmax(1)[-1] == logits(default_model, ids).argmax(1)[-1]
+        err = np.abs(logits(load_model(out), ids) - full).max() / np.abs(full).max()
+        assert err < tol, (dtype, err)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
