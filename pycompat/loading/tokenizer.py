@@ -110,8 +110,8 @@ class Tokenizer:
         bytes has at least B / this many tokens: what lets a request too long for
         the context be refused without tokenizing it. Infinite when no bound holds
         (an unknown-token model that fuses runs of unknown characters into one)."""
-        model = json.loads(self._tk.to_str()).get("model", {})
-        if model.get("unk_token") is not None and model.get("fuse_unk") and not model.get("byte_fallback"):
+        model = self._tk.model
+        if getattr(model, "unk_token", None) and getattr(model, "fuse_unk", False) and not getattr(model, "byte_fallback", False):
             return math.inf
         texts = self._tk.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=False)
         longest = max(len(t.encode("utf-8", "surrogatepass")) for t in texts)
