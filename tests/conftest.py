@@ -8,6 +8,7 @@ import re
 import subprocess
 import time
 from contextlib import contextmanager
+from functools import partial
 
 import pytest
 
@@ -54,6 +55,19 @@ def running_server(log_path: Path, *args: str):
             proc.kill()
         output = log_path.read_text()
         assert "Traceback" not in output, f"the server logged a traceback:\n{output}"
+
+
+@pytest.fixture
+async def start_http_server(nursery):
+    """Starts the HTTP layer alone on a free port; returns ``start(handler, limits=None) -> port``."""
+    from pycompat.api.errors import error_body
+    from pycompat.http.server import Limits, serve
+
+    async def start(handler, limits=None) -> int:
+        listeners = await nursery.start(partial(serve, handler, error_body, "127.0.0.1", 0, limits or Limits()))
+        return listeners[0].socket.getsockname()[1]
+
+    return start
 
 
 @pytest.fixture(scope="session")

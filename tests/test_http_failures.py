@@ -18,7 +18,8 @@ import trio.testing
 from pycompat.api.errors import error_body
 from pycompat.http import server as http_server
 from pycompat.http.messages import Request, Response
-from pycompat.http.server import Limits, serve, serve_connection
+from fake_streams import ScriptedStream
+from pycompat.http.server import Limits, serve_connection
 
 GET = b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -28,13 +29,9 @@ async def ok(request: Request) -> Response:
 
 
 @pytest.fixture
-async def server(nursery):
-    """Starts a server on a free port with a handler and limits; returns the port."""
-    async def start(handler=ok, limits=None):
-        listeners = await nursery.start(partial(serve, handler, error_body, "127.0.0.1", 0, limits or Limits()))
-        return listeners[0].socket.getsockname()[1]
-
-    return start
+def server(start_http_server):
+    """Starts the HTTP layer alone (handler ok unless given); returns the port."""
+    return lambda handler=ok, limits=None: start_http_server(handler, limits)
 
 
 async def exchange(port: int, data: bytes, timeout: float = 5) -> bytes:
@@ -110,7 +107,7 @@ async def test_a_failure_while_answering_stays_in_its_connection(server, caplog,
     await still_serving(failing)
 
 
-class FailingStream(trio.abc.Stream):
+class FailingStream(ScriptedStream):
     """A connection whose receive or send raises an unexpected error on a chosen call."""
 
     def __init__(self, data: bytes, fail_receive_at: int | None = None, fail_send_at: int | None = None):
@@ -132,15 +129,6 @@ class FailingStream(trio.abc.Stream):
         if self._sends == self._fail_send_at:
             raise Boom("while sending")
         self.sent += bytes(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        pass
-
-    async def send_eof(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass
 
 
 @pytest.mark.parametrize("where", [dict(fail_receive_at=1), dict(fail_receive_at=4), dict(fail_send_at=1)])

@@ -4,14 +4,14 @@ raw bytes from the client side, so framing and connection handling are exact."""
 from __future__ import annotations
 
 import json
-from functools import partial
 
 import pytest
 import trio
 
 from pycompat.api.errors import error_body
 from pycompat.http.messages import Request, Response
-from pycompat.http.server import Limits, serve
+from fake_streams import ScriptedStream
+from pycompat.http.server import Limits
 
 
 async def echo(request: Request) -> Response:
@@ -28,13 +28,9 @@ async def streamed(request: Request) -> Response:
 
 
 @pytest.fixture
-async def server(nursery):
-    """Starts a server on a free port; returns a function that sets its handler and limits and gives the port."""
-    async def start(handler=echo, limits=None):
-        listeners = await nursery.start(partial(serve, handler, error_body, "127.0.0.1", 0, limits or Limits()))
-        return listeners[0].socket.getsockname()[1]
-
-    return start
+def server(start_http_server):
+    """Starts the HTTP layer alone (handler echo unless given); returns the port."""
+    return lambda handler=echo, limits=None: start_http_server(handler, limits)
 
 
 async def read_until_closed(stream: trio.SocketStream) -> bytes:
@@ -139,7 +135,7 @@ async def test_a_failing_handler_gives_500_not_a_traceback(server):
     assert data.startswith(b"HTTP/1.1 500 ") and b"secret" not in data and b"Traceback" not in data
 
 
-class ResetDuringBody(trio.abc.Stream):
+class ResetDuringBody(ScriptedStream):
     """A client connection that sends one request, then never sends again,
     and resets the connection once the response head has been written."""
 
@@ -156,15 +152,6 @@ class ResetDuringBody(trio.abc.Stream):
         self.sends += 1
         if self.sends > 1:
             raise trio.BrokenResourceError("connection reset by peer")
-
-    async def wait_send_all_might_not_block(self) -> None:
-        pass
-
-    async def send_eof(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass
 
 
 async def test_a_write_to_a_reset_connection_ends_that_connection_only():
