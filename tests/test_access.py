@@ -72,6 +72,9 @@ def test_keys_are_required_except_on_liveness_routes_and_preflights():
     wrong = check(policy, request(authorization="Bearer sk-wrong-key-1234"))
     assert wrong.status == 401 and wrong.code == "invalid_api_key" and "sk-wrong-key-1234" not in wrong.message
     assert check(policy, request(authorization="Basic c2s6b25l")).status == 401
+    # A non-ASCII key arrives as UTF-8 bytes, which the HTTP layer decodes as latin-1.
+    accented = AccessPolicy(api_keys=["clé-secrète"])
+    assert check(accented, request(authorization="Bearer " + "clé-secrète".encode().decode("latin-1"))) is None
     for method, path in [("GET", "/health"), ("HEAD", "/health"), ("GET", "/"), ("HEAD", "/"), ("OPTIONS", "/v1/models")]:
         assert check(policy, request(method, path)) is None
 

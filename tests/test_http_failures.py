@@ -315,6 +315,14 @@ async def test_a_head_that_trickles_in_too_slowly_gets_408(autojump_clock, nurse
     assert status(answer) == 408 and when == pytest.approx(10)
 
 
+async def test_a_new_connection_has_header_timeout_for_its_whole_head(autojump_clock, nursery):
+    client, run = await serve_memory(Limits(header_timeout=10))
+    nursery.start_soon(run)
+    await trio.sleep(9)
+    await client.send_all(b"G")  # a first byte late, then nothing: the 408 comes at 10 s, not 19
+    assert status(await client.receive_some(65536)) == 408 and trio.current_time() == pytest.approx(10)
+
+
 async def test_a_connection_that_never_sends_is_closed_after_the_head_timeout(autojump_clock, nursery):
     client, run = await serve_memory(Limits(header_timeout=10))
     nursery.start_soon(run)

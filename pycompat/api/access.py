@@ -81,7 +81,7 @@ class AccessPolicy:
     """
 
     def __init__(self, api_keys: Iterable[str] = (), cors_origins: Iterable[str] = (), listen_host: str = "127.0.0.1"):
-        self._keys = [k.encode() for k in api_keys if k]
+        self._keys = [k.encode("utf-8") for k in api_keys if k]  # as a client sends them: UTF-8
         origins = [o.rstrip("/") for o in cors_origins]
         self._any_origin = "*" in origins or bool(self._keys)
         self._origins = {o.lower() for o in origins if o != "*"}
@@ -124,7 +124,7 @@ class AccessPolicy:
         if scheme.lower() != "bearer" or not token:
             raise APIError(401, "No API key was given. Send it in the Authorization header as 'Bearer YOUR_KEY'.",
                            type="invalid_request_error")
-        given = token.encode("utf-8", "surrogateescape")
+        given = token.encode("latin-1")  # the bytes as sent (headers are decoded as latin-1)
         # Compare against every key, always, so the time taken says nothing about which matched.
         matched = False
         for key in self._keys:

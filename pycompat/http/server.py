@@ -135,6 +135,7 @@ class _Connection:
         (closed by the client, idle too long, or closed to make room)."""
         # Wait for the first byte of a request: a new connection gets the head's
         # bound, a kept-alive one the idle bound (and may be closed to make room).
+        head_deadline = trio.current_time() + self.limits.header_timeout
         if not self._buffered():
             first = self.served == 0
             with trio.move_on_after(self.limits.header_timeout if first else self.limits.keepalive_timeout) as scope:
@@ -144,7 +145,9 @@ class _Connection:
             self.idle_scope = None
             if scope.cancelled_caught:
                 return None
-        with trio.move_on_after(self.limits.header_timeout) as scope:
+            if not first:  # the head's time starts with its first byte
+                head_deadline = trio.current_time() + self.limits.header_timeout
+        with trio.move_on_at(head_deadline) as scope:
             event = await self._next_event()
         if scope.cancelled_caught:
             raise _RequestRejected(408, "Timed out waiting for the request head.")
@@ -321,7 +324,7 @@ class _Connection:
         if sock is None:
             return False  # not a socket (tests' in-memory streams): treat as closed
         if self.conn.their_http_version != b"1.1":
-            return True  # no 1xx to HTTP/1.0 clients: answer, whatever it costs
+            return False  # no 1xx may go to HTTP/1.0 clients, and none of theirs half-closes: gone
         async with self._send_lock:
             if self.conn.our_state is h11.SEND_RESPONSE and not self.response_started:
                 try:
