@@ -95,7 +95,7 @@ async def create(registry: Registry, request: Request) -> Response:
         prompt_text = model.chat_template.render(messages, add_generation_prompt=True)
     except TemplateError as e:
         raise APIError(400, str(e), param="messages") from None
-    prompt = await tokenize(engine, prompt_text, max_tokens, "messages")
+    prompt = await tokenize(engine, prompt_text)
     (generation,) = start_generations(engine, [prompt], opts, "messages")
 
     completion_id, created = new_id("chatcmpl-"), now()

@@ -9,14 +9,14 @@ import trio
 
 from pycompat.api import json_body, sse
 from pycompat.api.errors import APIError, invalid_type, invalid_value
-from pycompat.api.generation import (SAMPLING_FIELDS, Result, cancel_all, check_length_bound, context_exceeded, now,
+from pycompat.api.generation import (SAMPLING_FIELDS, Result, cancel_all, check_length_bound, context_overflow, now,
                                      run_to_end, sampling_options, start_generations, tokenize, usage)
 from pycompat.api.ids import new_id
 from pycompat.api.params import INT32_MAX, Params
 from pycompat.api.registry import Registry
 from pycompat.api.render import json_response, sse_response
 from pycompat.engine.generate import Finished, Generation
-from pycompat.engine.scheduler import Engine
+from pycompat.engine.scheduler import ContextOverflow, Engine
 from pycompat.http.messages import Request, Response
 
 IMPLEMENTED = {"model", "prompt", "max_tokens", "stream", "stream_options"} | SAMPLING_FIELDS
@@ -51,9 +51,9 @@ def _check_token_ids(engine: Engine, ids: list[int]) -> list[int]:
     return list(ids)
 
 
-async def _encode(engine: Engine, prompt: str, index: int, max_tokens: int) -> list[int]:
+async def _encode(engine: Engine, prompt: str, index: int) -> list[int]:
     tokenizer = engine.model.tokenizer
-    ids = await tokenize(engine, prompt, max_tokens, "prompt")
+    ids = await tokenize(engine, prompt)
     if not ids:  # an empty prompt: start from BOS, as there is nothing else to condition on
         if tokenizer.bos_id is None:
             raise invalid_value("prompt", f"prompt {index} is empty and this model has no BOS token to start from.")
@@ -76,14 +76,16 @@ async def create(registry: Registry, request: Request) -> Response:
     for prompt in prompts:
         if isinstance(prompt, str):
             check_length_bound(engine, len(prompt.encode("utf-8")), max_tokens, "prompt")
-    encoded = [_check_token_ids(engine, prompt) if isinstance(prompt, list) else await _encode(engine, prompt, i, max_tokens)
+    encoded = [_check_token_ids(engine, prompt) if isinstance(prompt, list) else await _encode(engine, prompt, i)
                for i, prompt in enumerate(prompts)]
     completion_id, created = new_id("cmpl-"), now()
     if max_tokens == 0:
         # Nothing to generate (the scoring idiom, with echo and logprobs): each prompt must still fit.
         for ids in encoded:
-            if len(ids) > engine.model.context_length:
-                raise context_exceeded(engine.model.context_length, f"{len(ids)} tokens in the prompt", "prompt")
+            try:
+                engine.check_fits(len(ids), 0)
+            except ContextOverflow as e:
+                raise context_overflow(e, "prompt") from None
         finished = [Finished("length", len(ids), 0) for ids in encoded]
         if stream:
             return sse_response(_stream_finished(finished, completion_id, created, model_id, include_usage))

@@ -71,9 +71,9 @@ def check_length_bound(engine: Engine, n_bytes: int, max_tokens: int | None, par
         raise context_exceeded(engine.model.context_length, f"a prompt of {n_bytes} bytes, at least {at_least} tokens", param)
 
 
-async def tokenize(engine: Engine, text: str, max_tokens: int | None, param: str) -> list[int]:
-    """``text``'s token ids, off the event loop, after the cheap length check."""
-    check_length_bound(engine, len(text.encode("utf-8")), max_tokens, param)
+async def tokenize(engine: Engine, text: str) -> list[int]:
+    """``text``'s token ids, off the event loop. Callers bound the text first
+    (``check_length_bound``); the engine checks the exact count at submission."""
     return await trio.to_thread.run_sync(engine.model.tokenizer.encode, text)
 
 
@@ -85,10 +85,14 @@ def start_generations(engine: Engine, prompts: list[list[int]], opts: SamplingOp
     except QueueFull:
         raise queue_full() from None
     except ContextOverflow as e:
-        asked = f"{e.prompt_tokens} in the prompt" if e.max_tokens is None else (
-            f"{e.prompt_tokens + e.max_tokens} tokens ({e.prompt_tokens} in the prompt, {e.max_tokens} in the completion)"
-        )
-        raise context_exceeded(e.context_length, asked, param) from None
+        raise context_overflow(e, param) from None
+
+
+def context_overflow(e: ContextOverflow, param: str) -> APIError:
+    asked = f"{e.prompt_tokens} in the prompt" if e.max_tokens is None else (
+        f"{e.prompt_tokens + e.max_tokens} tokens ({e.prompt_tokens} in the prompt, {e.max_tokens} in the completion)"
+    )
+    return context_exceeded(e.context_length, asked, param)
 
 
 def cancel_all(generations: list[Generation]) -> Callable[[], None]:
