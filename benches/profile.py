@@ -14,6 +14,7 @@ import argparse
 import time
 
 from pycompat import _kernel
+from pycompat.engine.runner import SoloSequence
 from pycompat.loading.load import load_model
 
 
@@ -32,14 +33,14 @@ def main() -> None:
     if args.workload == "prefill":
         for _ in range(args.runs):
             t0 = time.perf_counter()
-            model.kernel.step([(model.kernel.new_sequence(), prompt, greedy)])
+            SoloSequence(model.kernel).step(prompt, greedy)
             print(f"prefill: {args.context / (time.perf_counter() - t0):.1f} tok/s")
         return
-    seq = model.kernel.new_sequence()
-    (token,) = model.kernel.step([(seq, prompt, greedy)])
+    seq = SoloSequence(model.kernel)
+    token = seq.step(prompt, greedy)
     t0 = time.perf_counter()
     for _ in range(args.steps):
-        (token,) = model.kernel.step([(seq, [token], greedy)])
+        token = seq.step([token], greedy)
     print(f"decode: {args.steps / (time.perf_counter() - t0):.1f} tok/s from context {args.context}")
 
 

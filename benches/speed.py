@@ -121,18 +121,19 @@ def worker_main(engine: str, model: str, threads: int) -> None:
     """Runs requests from stdin (one JSON line each), answers timings on stdout."""
     if engine == "pycompat":
         from pycompat import _kernel
+        from pycompat.engine.runner import SoloSequence
         from pycompat.loading.load import load_model
 
         _kernel.set_threads(threads)
         m = load_model(model, context_length=2048)
 
         def run(prompt: list[int], n_decode: int) -> dict:
-            seq, sampler = m.kernel.new_sequence(), _kernel.Sampler(temperature=0.0)
+            seq, sampler = SoloSequence(m.kernel), _kernel.Sampler(temperature=0.0)
             t0 = time.perf_counter()
-            (token,) = m.kernel.step([(seq, prompt, sampler)])
+            token = seq.step(prompt, sampler)
             t1 = time.perf_counter()
             for _ in range(n_decode - 1):
-                (token,) = m.kernel.step([(seq, [token], sampler)])
+                token = seq.step([token], sampler)
             return {"ttft": t1 - t0, "decode": time.perf_counter() - t1}
     else:
         import llama_cpp

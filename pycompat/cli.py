@@ -106,7 +106,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pycompat.api.app import App
     from pycompat.api.errors import error_body
     from pycompat.api.registry import Registry, ServedModel
-    from pycompat.engine.scheduler import CacheTooSmall, Engine
+    from pycompat.engine.engine import CacheTooSmall, Engine
     from pycompat.http.server import serve
     from pycompat.loading.load import DEFAULT_MODEL_ID, default_model_path, load_model
 

@@ -4,8 +4,6 @@
 //! out, weight bytes through the buffer protocol at load. Compute runs with
 //! the GIL released so the server's event loop keeps serving meanwhile.
 
-use std::sync::Arc;
-
 use pyo3::buffer::PyBuffer;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
@@ -14,7 +12,7 @@ use pyo3::types::{PyBytes, PyDict};
 
 use std::sync::Mutex;
 
-use crate::kv_cache::{KvStore, StorePool};
+use crate::kv_cache::KvStore;
 use crate::model::{Config, Entry, KernelError as CoreError, Model, Want};
 use crate::sampler::{Sampler as CoreSampler, SamplingParams};
 use crate::tensor::DType;
@@ -74,37 +72,6 @@ fn config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<Config> {
     })
 }
 
-/// One sequence with a cache of its own, for a whole context (tests and
-/// tools; the server's engine shares a `KvCache` among all its sequences).
-/// When the sequence goes, its cache goes back to the model's pool for the next one.
-#[pyclass(module = "pycompat._kernel")]
-struct Sequence {
-    store: Option<KvStore>,
-    table: Vec<u32>,
-    len: usize,
-    pool: Arc<StorePool>,
-}
-
-impl Drop for Sequence {
-    fn drop(&mut self) {
-        if let Some(store) = self.store.take() {
-            self.pool.give(store);
-        }
-    }
-}
-
-#[pymethods]
-impl Sequence {
-    fn __len__(&self) -> usize {
-        self.len
-    }
-
-    /// Forgets cached positions from `length` on.
-    fn truncate(&mut self, length: usize) {
-        self.len = self.len.min(length);
-    }
-}
-
 /// A paged KV cache shared by the sequences of a server: `n_blocks` blocks of
 /// `block_size` positions. Which blocks a sequence uses is the caller's choice
 /// (its block table); the engine in Python allocates, shares and frees them.
@@ -143,21 +110,39 @@ impl Sampler {
 }
 
 /// Model weights and configuration, shared read-only by all steps.
-#[pyclass(module = "pycompat._kernel", frozen)]
+#[pyclass(module = "pycompat._kernel", frozen, weakref)]
 struct KernelModel {
     inner: Model,
-    stores: Arc<StorePool>,
-    /// The logits a batched step samples from, kept between steps.
-    sampled_logits: Mutex<Vec<f32>>,
+    /// The logits a step samples from or returns, kept between steps so a
+    /// decode step allocates nothing.
+    logits: Mutex<Vec<f32>>,
 }
 
-/// Block size of a `Sequence`'s own cache.
-const SEQUENCE_BLOCK: usize = 16;
+/// What one sequence asks of a step, read from the attributes of any object
+/// that has them (the engine's `StepInput`): its block table, how many of its
+/// positions are cached, its new tokens, a sampler to pick its next token
+/// (None for a prompt chunk before the prompt's end), and which logits to
+/// return: "none", "last" (its last new token's) or "all" (every new token's).
+#[derive(FromPyObject)]
+struct StepInput<'py> {
+    blocks: Vec<u32>,
+    start: usize,
+    tokens: Vec<u32>,
+    sampler: Option<PyRefMut<'py, Sampler>>,
+    logits: String,
+}
+
+/// What a step gives back for one sequence: the token its sampler chose, and
+/// the logits it asked for (f32, tokens × vocab, row-major, as bytes).
+#[pyclass(module = "pycompat._kernel", frozen, get_all)]
+struct StepOutput {
+    token: Option<u32>,
+    logits: Option<Py<PyBytes>>,
+}
 
 fn f32_bytes<'py>(py: Python<'py>, v: &[f32]) -> Bound<'py, PyBytes> {
     let mut raw = Vec::with_capacity(v.len() * 4);
-    v.iter()
-        .for_each(|x| raw.extend_from_slice(&x.to_le_bytes()));
+    v.iter().for_each(|x| raw.extend_from_slice(&x.to_le_bytes()));
     PyBytes::new(py, &raw)
 }
 
@@ -213,8 +198,7 @@ impl KernelModel {
         })?;
         Ok(KernelModel {
             inner,
-            stores: Arc::default(),
-            sampled_logits: Mutex::default(),
+            logits: Mutex::default(),
         })
     }
 
@@ -226,16 +210,6 @@ impl KernelModel {
     #[getter]
     fn max_seq_len(&self) -> usize {
         self.inner.cfg.max_seq_len
-    }
-
-    fn new_sequence(&self) -> Sequence {
-        let n_blocks = self.inner.cfg.max_seq_len.div_ceil(SEQUENCE_BLOCK);
-        Sequence {
-            store: Some(self.stores.take(|| self.inner.new_store(SEQUENCE_BLOCK, n_blocks))),
-            table: (0..n_blocks as u32).collect(),
-            len: 0,
-            pool: Arc::clone(&self.stores),
-        }
     }
 
     /// A paged cache of `n_blocks` blocks of `block_size` positions. Its memory
@@ -254,112 +228,61 @@ impl KernelModel {
         })
     }
 
-    /// One forward step over (sequence, new token ids) pairs, each sequence on
-    /// its own. Returns per sequence the f32 logits, as bytes, of its last new
-    /// token, or of every new token when `all_logits` (tokens × vocab, row-major).
-    #[pyo3(signature = (batch, all_logits=false))]
-    fn forward<'py>(
-        &self,
-        py: Python<'py>,
-        mut batch: Vec<(PyRefMut<'py, Sequence>, Vec<u32>)>,
-        all_logits: bool,
-    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-        let want = if all_logits { Want::All } else { Want::Last };
-        let mut out = Vec::with_capacity(batch.len());
-        for (seq, tokens) in batch.iter_mut() {
-            let seq: &mut Sequence = seq;
-            let mut logits = Vec::new();
-            py.detach(|| self.sequence_forward(seq, tokens, want, |l| logits.extend_from_slice(l)))?;
-            out.push(f32_bytes(py, &logits));
-        }
-        Ok(out)
-    }
-
-    /// One forward step over (sequence, new token ids, sampler) triples, each
-    /// sequence on its own; returns the next token chosen for each.
+    /// One step over sequences of a shared cache: one batched forward pass
+    /// (every input's new tokens through each weight matrix together), then
+    /// every sampler picks its sequence's next token. The inputs are checked
+    /// before any cache block changes.
     fn step<'py>(
         &self,
         py: Python<'py>,
-        mut batch: Vec<(PyRefMut<'py, Sequence>, Vec<u32>, PyRefMut<'py, Sampler>)>,
-    ) -> PyResult<Vec<u32>> {
-        let mut chosen = Vec::with_capacity(batch.len());
-        for (seq, tokens, sampler) in batch.iter_mut() {
-            let (seq, sampler): (&mut Sequence, _) = (seq, &mut sampler.inner);
-            let mut token = 0;
-            py.detach(|| self.sequence_forward(seq, tokens, Want::Last, |l| token = sampler.sample(l)))?;
-            chosen.push(token);
+        cache: &KvCache,
+        mut inputs: Vec<StepInput<'py>>,
+    ) -> PyResult<Vec<StepOutput>> {
+        let mut returned = Vec::with_capacity(inputs.len());
+        for input in &inputs {
+            returned.push(match input.logits.as_str() {
+                "none" => Want::Nothing,
+                "last" => Want::Last,
+                "all" => Want::All,
+                other => return Err(kernel_err(format!("logits must be none, last or all, not {other:?}"))),
+            });
         }
-        Ok(chosen)
-    }
-
-    /// One batched step over the sequences of a shared cache: each entry is
-    /// (block table, cached positions, new token ids, logits wanted). Returns
-    /// per entry its logits as bytes (the last new token's, every new token's
-    /// with `all_logits`), or None for an entry that wants none.
-    #[pyo3(signature = (cache, batch, all_logits=false))]
-    fn forward_paged<'py>(
-        &self,
-        py: Python<'py>,
-        cache: &KvCache,
-        batch: Vec<(Vec<u32>, usize, Vec<u32>, bool)>,
-        all_logits: bool,
-    ) -> PyResult<Vec<Option<Bound<'py, PyBytes>>>> {
-        let want = |wants: bool| match (wants, all_logits) {
-            (false, _) => Want::Nothing,
-            (true, false) => Want::Last,
-            (true, true) => Want::All,
-        };
-        let entries: Vec<Entry> = batch
-            .iter()
-            .map(|(blocks, start, tokens, wants)| Entry { blocks, start: *start, tokens, want: want(*wants) })
-            .collect();
-        let mut got: Vec<Vec<f32>> = vec![Vec::new(); batch.len()];
-        py.detach(|| {
-            let mut store = cache.store.lock().unwrap_or_else(|e| e.into_inner());
-            contain_panic(|| self.inner.forward(&mut store, &entries, |i, l| got[i].extend_from_slice(l)))
-        })?;
-        Ok(batch
-            .iter()
-            .zip(&got)
-            .map(|(e, l)| e.3.then(|| f32_bytes(py, l)))
-            .collect())
-    }
-
-    /// The engine's step: one batched forward pass over the sequences of a
-    /// shared cache, each entry (block table, cached positions, new token ids,
-    /// sampler or None), then each sampler picks its sequence's next token.
-    /// Returns per entry the token, or None where there is no sampler (a
-    /// prompt chunk before the prompt's end).
-    fn step_paged<'py>(
-        &self,
-        py: Python<'py>,
-        cache: &KvCache,
-        mut batch: Vec<(Vec<u32>, usize, Vec<u32>, Option<PyRefMut<'py, Sampler>>)>,
-    ) -> PyResult<Vec<Option<u32>>> {
-        let mut entries = Vec::with_capacity(batch.len());
-        let mut samplers: Vec<Option<&mut CoreSampler>> = Vec::with_capacity(batch.len());
-        for (blocks, start, tokens, sampler) in batch.iter_mut() {
-            let want = if sampler.is_some() { Want::Last } else { Want::Nothing };
-            entries.push(Entry { blocks, start: *start, tokens, want });
-            samplers.push(sampler.as_mut().map(|s| &mut s.inner));
+        let mut entries = Vec::with_capacity(inputs.len());
+        let mut samplers: Vec<Option<&mut CoreSampler>> = Vec::with_capacity(inputs.len());
+        for (input, &asked) in inputs.iter_mut().zip(&returned) {
+            // A sampler needs the last token's logits at least.
+            let want = match (asked, input.sampler.is_some()) {
+                (Want::Nothing, true) => Want::Last,
+                (want, _) => want,
+            };
+            entries.push(Entry { blocks: &input.blocks, start: input.start, tokens: &input.tokens, want });
+            samplers.push(input.sampler.as_mut().map(|s| &mut s.inner));
         }
         let vocab = self.inner.cfg.vocab_size;
-        let chosen = py.detach(|| {
+        let all_rows = returned.contains(&Want::All);
+        let (chosen, logits) = py.detach(|| {
             let mut store = cache.store.lock().unwrap_or_else(|e| e.into_inner());
-            let mut rows = self.sampled_logits.lock().unwrap_or_else(|e| e.into_inner());
+            // Every token's logits of a long prompt take much memory: those go in
+            // a buffer of their own, not in the one kept for decoding.
+            let mut kept = self.logits.lock().unwrap_or_else(|e| e.into_inner());
+            let mut own = Vec::new();
+            let rows: &mut Vec<f32> = if all_rows { &mut own } else { &mut kept };
             contain_panic(|| {
-                // The logits of every entry that samples, then all samplers at once.
                 rows.clear();
-                let mut row_of = vec![usize::MAX; entries.len()];
+                // Each entry's logits arrive in order, entry after entry: one span of `rows` each.
+                let mut spans = vec![0..0; entries.len()];
                 self.inner.forward(&mut store, &entries, |i, logits| {
-                    row_of[i] = rows.len() / vocab;
+                    if spans[i].is_empty() {
+                        spans[i] = rows.len()..rows.len();
+                    }
                     rows.extend_from_slice(logits);
+                    spans[i].end = rows.len();
                 })?;
                 let mut jobs: Vec<(&mut CoreSampler, &[f32])> = Vec::new();
                 let mut which = Vec::new();
                 for (i, s) in samplers.iter_mut().enumerate() {
                     if let Some(s) = s.as_mut() {
-                        jobs.push((&mut **s, &rows[row_of[i] * vocab..][..vocab]));
+                        jobs.push((&mut **s, &rows[spans[i].end - vocab..spans[i].end]));
                         which.push(i);
                     }
                 }
@@ -369,30 +292,27 @@ impl KernelModel {
                 for (i, t) in which.into_iter().zip(picked) {
                     chosen[i] = Some(t);
                 }
-                Ok(chosen)
+                // Copied out only where asked for (the engine never asks).
+                let logits: Vec<Option<Vec<f32>>> = spans
+                    .into_iter()
+                    .zip(&returned)
+                    .map(|(span, &asked)| match asked {
+                        Want::Nothing => None,
+                        Want::Last => Some(rows[span.end - vocab..span.end].to_vec()),
+                        Want::All => Some(rows[span].to_vec()),
+                    })
+                    .collect();
+                Ok((chosen, logits))
             })
         })?;
-        Ok(chosen)
-    }
-}
-
-impl KernelModel {
-    /// A `Sequence`'s new tokens through the model; `take` gets its logits
-    /// (once for `Want::Last`; row chunks in order for `Want::All`).
-    fn sequence_forward(
-        &self,
-        seq: &mut Sequence,
-        tokens: &[u32],
-        want: Want,
-        mut take: impl FnMut(&[f32]),
-    ) -> Result<(), CoreError> {
-        contain_panic(|| {
-            let store = seq.store.as_mut().expect("a live sequence has its cache");
-            let entry = Entry { blocks: &seq.table, start: seq.len, tokens, want };
-            self.inner.forward(store, &[entry], |_, l| take(l))?;
-            seq.len += tokens.len();
-            Ok(())
-        })
+        Ok(chosen
+            .into_iter()
+            .zip(logits)
+            .map(|(token, logits)| StepOutput {
+                token,
+                logits: logits.map(|l| f32_bytes(py, &l).unbind()),
+            })
+            .collect())
     }
 }
 
@@ -446,7 +366,7 @@ fn _kernel(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(simd_path, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_class::<KernelModel>()?;
-    m.add_class::<Sequence>()?;
+    m.add_class::<StepOutput>()?;
     m.add_class::<KvCache>()?;
     m.add_class::<Sampler>()?;
     m.add("KernelError", m.py().get_type::<KernelError>())?;

@@ -11,6 +11,7 @@ import pytest
 
 import reference
 from pycompat import _kernel
+from pycompat.engine.runner import SoloSequence
 from pycompat.loading.convert import convert_gguf_to_hf
 from pycompat.loading.gguf_model import load_gguf
 from pycompat.loading.load import default_model_path, load_model
@@ -27,7 +28,7 @@ def converted(tmp_path_factory):
 
 
 def logits(model, ids):
-    (raw,) = model.kernel.forward([(model.kernel.new_sequence(), ids)], all_logits=True)
+    raw = SoloSequence(model.kernel).forward(ids, all_logits=True)
     return np.frombuffer(raw, np.float32).reshape(len(ids), -1)
 
 

@@ -10,8 +10,8 @@ import pytest
 import trio
 
 from pycompat.engine.config import EngineConfig
-from pycompat.engine.generate import Finished, GenerationFailed, SamplingOptions, TextPiece, generate
-from pycompat.engine.scheduler import Engine
+from pycompat.engine.engine import Engine
+from pycompat.engine.request import Finished, GenerationFailed, SamplingOptions, TextPiece, generate
 from pycompat.loading.load import load_model
 from tiny_models import TinyConfig, byte_vocab, random_weights, write_gguf_model
 
@@ -28,16 +28,16 @@ def model(tmp_path_factory):
 
 
 class FailingKernel:
-    """The model's kernel, except that step_paged raises on chosen calls."""
+    """The model's kernel, except that step raises on chosen calls."""
 
     def __init__(self, kernel, fail_on: set[int]):
         self._kernel, self._fail_on, self.calls = kernel, fail_on, 0
 
-    def step_paged(self, cache, batch):
+    def step(self, cache, inputs):
         self.calls += 1
         if self.calls in self._fail_on:
             raise RuntimeError("injected failure")
-        return self._kernel.step_paged(cache, batch)
+        return self._kernel.step(cache, inputs)
 
     def __getattr__(self, name):
         return getattr(self._kernel, name)
@@ -61,21 +61,21 @@ async def test_a_failed_step_fails_its_requests_and_the_engine_goes_on(model):
             await collect(engine, [5, 6, 7])
         text, done = await collect(engine, [5, 6, 7])
         assert done.completion_tokens == 12 and done.reason == "length"
-        assert engine.blocks.used == 0
+        assert engine.scheduler.blocks.used == 0
         nursery.cancel_scope.cancel()
 
 
 async def test_a_bug_in_the_engine_fails_everyone_and_it_starts_afresh(model, monkeypatch):
     engine = Engine(model, EngineConfig(kv_cache_mb=64))
-    real_advance, calls = engine._advance, []
+    real_take, calls = engine._take, []
 
-    def buggy_advance(*args):
+    def buggy_take(*args):
         calls.append(1)
         if len(calls) == 3:
             raise KeyError("bookkeeping bug")
-        real_advance(*args)
+        real_take(*args)
 
-    monkeypatch.setattr(engine, "_advance", buggy_advance)
+    monkeypatch.setattr(engine, "_take", buggy_take)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(engine.run)
         results = []
@@ -92,7 +92,7 @@ async def test_a_bug_in_the_engine_fails_everyone_and_it_starts_afresh(model, mo
         assert all(isinstance(r, GenerationFailed) for r in results)
         text, done = await collect(engine, [1, 2, 3])
         assert done.completion_tokens == 12
-        assert engine.blocks.used == 0 and not engine.running and not engine.waiting
+        assert engine.scheduler.blocks.used == 0 and not engine.scheduler.running and not engine.scheduler.waiting
         nursery.cancel_scope.cancel()
 
 
@@ -112,4 +112,50 @@ async def test_batched_requests_get_what_they_get_alone(model):
             for i in range(len(prompts)):
                 requests.start_soon(one, i)
         assert [t for t, _ in together] == [t for t, _ in alone]
+        nursery.cancel_scope.cancel()
+
+
+class RecordingKernel:
+    """The model's kernel, recording at each step call what ``seen()`` says."""
+
+    def __init__(self, kernel, seen):
+        self._kernel, self._seen, self.calls = kernel, seen, []
+
+    def step(self, cache, inputs):
+        self.calls.append(self._seen())
+        return self._kernel.step(cache, inputs)
+
+    def __getattr__(self, name):
+        return getattr(self._kernel, name)
+
+
+async def test_a_stop_string_ends_the_sequence_in_the_step_that_made_it(model):
+    a = model.tokenizer.encode("a")[0]
+    forced = SamplingOptions(max_tokens=12, temperature=0.0, logit_bias={a: 100.0}, stop=["aaa"])
+    kernel = RecordingKernel(model.kernel, lambda: None)
+    engine = Engine(replace(model, kernel=kernel), EngineConfig(kv_cache_mb=64))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        text, done = await collect(engine, [5, 6, 7], forced)
+        assert (text, done.reason, done.completion_tokens) == ("", "stop", 3)
+        # The prompt's step made the first "a", two decode steps the others: no step after.
+        assert len(kernel.calls) == 3
+        assert engine.scheduler.blocks.used == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_each_steps_text_reaches_its_reader_before_the_next_step(model):
+    a = model.tokenizer.encode("a")[0]
+    forced = SamplingOptions(max_tokens=10, temperature=0.0, logit_bias={a: 100.0})
+    received: list[str] = []
+    kernel = RecordingKernel(model.kernel, lambda: len(received))
+    engine = Engine(replace(model, kernel=kernel), EngineConfig(kv_cache_mb=64))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        async for ev in generate(engine, [5, 6, 7], forced):
+            if isinstance(ev, TextPiece):
+                await trio.sleep(0.002)  # sending it takes a while (well within the hand-off's timeout)
+                received.append(ev.text)
+        assert "".join(received) == "a" * 10
+        assert kernel.calls == list(range(10))  # step i ran after the reader had i pieces
         nursery.cancel_scope.cancel()

@@ -9,6 +9,7 @@ import pytest
 
 import reference
 from pycompat import _kernel
+from pycompat.engine.runner import SoloSequence, StepInput
 from pycompat.loading.load import load_model
 from tiny_models import (TinyConfig, byte_vocab, dequantize, quantize, random_weights, reference_config, reference_weights,
                          write_gguf_model, write_hf_model)
@@ -27,12 +28,10 @@ def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
 
 def kernel_logits(model, prompt: list[int], decode: list[int]) -> np.ndarray:
     """Logits for every prompt position (one prefill call), then one per decode step."""
-    seq = model.kernel.new_sequence()
-    (pre,) = model.kernel.forward([(seq, prompt)], all_logits=True)
-    rows = list(np.frombuffer(pre, np.float32).reshape(len(prompt), -1))
+    seq = SoloSequence(model.kernel)
+    rows = list(np.frombuffer(seq.forward(prompt, all_logits=True), np.float32).reshape(len(prompt), -1))
     for tok in decode:
-        (step,) = model.kernel.forward([(seq, [tok])])
-        rows.append(np.frombuffer(step, np.float32))
+        rows.append(np.frombuffer(seq.forward([tok]), np.float32))
     return np.array(rows)
 
 
@@ -87,34 +86,35 @@ def test_gguf_and_safetensors_give_the_same_logits(tmp_path):
 def test_batch_of_sequences_equals_each_alone(tmp_path):
     write_hf_model(tmp_path / "m", ODD, random_weights(ODD, VOCAB, seed=6), "F32")
     model = load_model(tmp_path / "m")
-    alone = [np.frombuffer(model.kernel.forward([(model.kernel.new_sequence(), p)])[0], np.float32) for p in (PROMPT, [7, 8])]
-    together = model.kernel.forward([(model.kernel.new_sequence(), PROMPT), (model.kernel.new_sequence(), [7, 8])])
+    alone = [np.frombuffer(SoloSequence(model.kernel).forward(p), np.float32) for p in (PROMPT, [7, 8])]
+    cache = model.kernel.new_cache(n_blocks=8, block_size=4)
+    together = model.kernel.step(cache, [StepInput([0, 1, 2], 0, PROMPT, logits="last"), StepInput([5], 0, [7, 8], logits="last")])
     for a, t in zip(alone, together):
-        np.testing.assert_array_equal(a, np.frombuffer(t, np.float32))
+        np.testing.assert_array_equal(a, np.frombuffer(t.logits, np.float32))
 
 
 def test_kernel_rejects_bad_inputs_without_touching_the_cache(tmp_path):
     write_hf_model(tmp_path / "m", ODD, random_weights(ODD, VOCAB, seed=7), "F32")
     model = load_model(tmp_path / "m", context_length=16)
-    seq = model.kernel.new_sequence()
-    model.kernel.forward([(seq, [1, 2, 3])])
+    seq = SoloSequence(model.kernel)
+    seq.forward([1, 2, 3])
     with pytest.raises(_kernel.KernelError, match="outside the vocabulary"):
-        model.kernel.forward([(seq, [VOCAB + 5])])
+        seq.forward([VOCAB + 5])
     with pytest.raises(_kernel.KernelError, match="context is 16"):
-        model.kernel.forward([(seq, list(range(14)))])
+        seq.forward(list(range(14)))
     with pytest.raises(_kernel.KernelError, match="no new tokens"):
-        model.kernel.forward([(seq, [])])
+        seq.forward([])
     assert len(seq) == 3
 
 
 def test_truncate_rolls_back_the_cache(tmp_path):
     write_hf_model(tmp_path / "m", ODD, random_weights(ODD, VOCAB, seed=8), "F32")
     model = load_model(tmp_path / "m")
-    seq = model.kernel.new_sequence()
-    model.kernel.forward([(seq, PROMPT)])
-    (first,) = model.kernel.forward([(seq, [9])])
+    seq = SoloSequence(model.kernel)
+    seq.forward(PROMPT)
+    first = seq.forward([9])
     seq.truncate(len(PROMPT))
-    (again,) = model.kernel.forward([(seq, [9])])
+    again = seq.forward([9])
     assert first == again
 
 
@@ -153,7 +153,7 @@ def test_a_prompt_longer_than_a_chunk_matches_reference(tmp_path):
     ours = kernel_logits(model, prompt, [5])
     ref = reference.forward(reference_config(cfg, VOCAB), reference_weights(stored), prompt + [5])
     assert rel_err(ours, ref) < 1e-4
-    (last,) = model.kernel.forward([(model.kernel.new_sequence(), prompt)])
+    last = SoloSequence(model.kernel).forward(prompt)
     np.testing.assert_allclose(np.frombuffer(last, np.float32), ours[len(prompt) - 1], rtol=0, atol=1e-5)
 
 
@@ -165,10 +165,10 @@ def test_a_prompt_at_once_equals_token_by_token_exactly(tmp_path, kind):
     write_gguf_model(tmp_path / "m.gguf", BLOCKY, random_weights(BLOCKY, VOCAB, seed=12), kind)
     model = load_model(tmp_path / "m.gguf")
     prompt = [(i * 7919 + 3) % VOCAB for i in range(40)]
-    (raw,) = model.kernel.forward([(model.kernel.new_sequence(), prompt)], all_logits=True)
+    raw = SoloSequence(model.kernel).forward(prompt, all_logits=True)
     at_once = np.frombuffer(raw, np.float32).reshape(len(prompt), -1)
-    seq = model.kernel.new_sequence()
-    one_by_one = np.array([np.frombuffer(model.kernel.forward([(seq, [t])])[0], np.float32) for t in prompt])
+    seq = SoloSequence(model.kernel)
+    one_by_one = np.array([np.frombuffer(seq.forward([t]), np.float32) for t in prompt])
     np.testing.assert_array_equal(at_once, one_by_one)
 
 
@@ -177,9 +177,10 @@ def test_a_recycled_cache_starts_empty(tmp_path):
     # the next sequence must not see what it held.
     write_hf_model(tmp_path / "m", ODD, random_weights(ODD, VOCAB, seed=13), "F32")
     model = load_model(tmp_path / "m")
-    old = model.kernel.new_sequence()
-    model.kernel.forward([(old, PROMPT)])
+    old = SoloSequence(model.kernel)
+    old.forward(PROMPT)
+    cache = old.cache
     del old
-    recycled, fresh = model.kernel.new_sequence(), model.kernel.new_sequence()
-    assert len(recycled) == 0
-    assert model.kernel.forward([(recycled, [1, 2, 3])]) == model.kernel.forward([(fresh, [1, 2, 3])])
+    recycled, fresh = SoloSequence(model.kernel), SoloSequence(model.kernel)
+    assert recycled.cache is cache and len(recycled) == 0
+    assert recycled.forward([1, 2, 3]) == fresh.forward([1, 2, 3])

@@ -26,12 +26,13 @@ LOGITS = """
 import sys
 import numpy as np
 from pycompat import _kernel
+from pycompat.engine.runner import SoloSequence
 from pycompat.loading.load import load_model
 model, prompt = load_model(sys.argv[1]), [int(t) for t in sys.argv[3].split(",")]
-seq = model.kernel.new_sequence()
-rows = model.kernel.forward([(seq, prompt)], all_logits=True)
+seq = SoloSequence(model.kernel)
+rows = [seq.forward(prompt, all_logits=True)]
 for token in prompt[:4]:
-    rows += model.kernel.forward([(seq, [token])])
+    rows.append(seq.forward([token]))
 np.save(sys.argv[2], np.concatenate([np.frombuffer(r, np.float32) for r in rows]))
 print(_kernel.simd_path())
 """

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pycompat.engine.runner import SoloSequence
+
 pytestmark = pytest.mark.peer
 
 PROMPTS = [
@@ -75,7 +77,7 @@ def test_greedy_path_teacher_forced_agrees_with_llama_cpp_where_its_choice_is_cl
         tokens, logits = llama_cpp_greedy(llama_cpp_model, ids, GREEDY_TOKENS)
         seq, path = ids + tokens, slice(len(ids) - 1, len(ids) + GREEDY_TOKENS - 1)
         assert list(logits.argmax(1)) == tokens
-        (raw,) = default_model.kernel.forward([(default_model.kernel.new_sequence(), seq)], all_logits=True)
+        raw = SoloSequence(default_model.kernel).forward(seq, all_logits=True)
         ours.append(np.frombuffer(raw, np.float32).reshape(len(seq), -1)[path])
         generating.append(logits)
         batch.append(logits_of_llama_cpp(llama_cpp_model, seq)[path])
@@ -88,7 +90,7 @@ def test_greedy_path_teacher_forced_agrees_with_llama_cpp_where_its_choice_is_cl
 def test_teacher_forced_argmax_agrees_with_llama_cpp(default_model, llama_cpp_model):
     ids = default_model.tokenizer.encode(TEXT)
     assert len(ids) >= 1000  # the speed issue: logprob within 1% of llama.cpp on at least 1,000 tokens
-    (raw,) = default_model.kernel.forward([(default_model.kernel.new_sequence(), ids)], all_logits=True)
+    raw = SoloSequence(default_model.kernel).forward(ids, all_logits=True)
     ours = np.frombuffer(raw, np.float32).reshape(len(ids), -1)
     batch = logits_of_llama_cpp(llama_cpp_model, ids)
     print(f"\nteacher-forced over {len(ids)} tokens of text")

@@ -25,12 +25,13 @@ def greedy_answer(default_model) -> tuple[str, int]:
     its first word is a near-tie: "The" leads by 0.49 on the AVX2 kernels and
     by 0.13 on the portable ones, so only the "4" is asserted."""
     from pycompat import _kernel
+    from pycompat.engine.runner import SoloSequence
 
     m = default_model
-    seq, sampler = m.kernel.new_sequence(), _kernel.Sampler(temperature=0.0)
+    seq, sampler = SoloSequence(m.kernel), _kernel.Sampler(temperature=0.0)
     new, out = m.tokenizer.encode(m.chat_template.render(QUESTION)), []
     while len(out) < 64:
-        (token,) = m.kernel.step([(seq, new, sampler)])
+        token = seq.step(new, sampler)
         if token in m.tokenizer.stop_ids:
             break
         out.append(token)

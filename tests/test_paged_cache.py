@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pycompat import _kernel
+from pycompat.engine.runner import StepInput, SoloSequence
 from pycompat.loading.load import load_model
 from tiny_models import TinyConfig, byte_vocab, random_weights, write_gguf_model
 
@@ -34,11 +35,14 @@ def tokens(n: int, seed: int) -> list[int]:
 
 def alone(model, prompt: list[int], decode: list[int]) -> list[bytes]:
     """Logits of the prompt's last token, then of each decode token, one sequence on its own."""
-    seq = model.kernel.new_sequence()
-    out = model.kernel.forward([(seq, prompt)])
-    for t in decode:
-        out += model.kernel.forward([(seq, [t])])
-    return out
+    seq = SoloSequence(model.kernel)
+    return [seq.forward(prompt)] + [seq.forward([t]) for t in decode]
+
+
+def forward(model, cache, batch: list[tuple], logits: str = "last") -> list[bytes | None]:
+    """One step over (block table, cached positions, new tokens, logits wanted) entries."""
+    inputs = [StepInput(blocks, start, new, None, logits if wanted else "none") for blocks, start, new, wanted in batch]
+    return [out.logits for out in model.kernel.step(cache, inputs)]
 
 
 class Tables:
@@ -68,12 +72,12 @@ def test_a_batch_gives_each_sequence_its_logits_alone(model, block_size):
     tables = Tables(cache, seed=block_size)
     blocks = [tables.table(len(p) + len(d)) for p, d in zip(prompts, decode)]
     got = [[] for _ in prompts]
-    out = model.kernel.forward_paged(cache, [(b, 0, p, True) for b, p in zip(blocks, prompts)])
+    out = forward(model, cache, [(b, 0, p, True) for b, p in zip(blocks, prompts)])
     for g, o in zip(got, out):
         g.append(o)
     for step in range(len(decode[0])):
         batch = [(b, len(p) + step, [d[step]], True) for b, p, d in zip(blocks, prompts, decode)]
-        for g, o in zip(got, model.kernel.forward_paged(cache, batch)):
+        for g, o in zip(got, forward(model, cache, batch)):
             g.append(o)
     assert got == expected
 
@@ -85,7 +89,7 @@ def test_a_prompt_in_chunks_gives_the_logits_of_the_prompt_at_once(model):
     table = Tables(cache, seed=1).table(len(prompt))
     done = 0
     for n in (13, 1, 30, 26):  # chunk boundaries inside blocks, and a one-token chunk
-        out = model.kernel.forward_paged(cache, [(table, done, prompt[done : done + n], done + n == len(prompt))])
+        out = forward(model, cache, [(table, done, prompt[done : done + n], done + n == len(prompt))])
         done += n
     assert done == len(prompt) and out == [expected]
 
@@ -96,10 +100,10 @@ def test_a_shared_prefix_computed_once_serves_another_sequence(model):
     tables = Tables(cache, seed=2)
     shared = tables.table(len(prefix))  # 4 full blocks
     a = shared + tables.table(len(suffix_a))
-    model.kernel.forward_paged(cache, [(a, 0, prefix + suffix_a, True)])
+    forward(model, cache, [(a, 0, prefix + suffix_a, True)])
     # b reuses the 4 blocks a computed, and computes only its own suffix.
     b = shared + tables.table(len(suffix_b))
-    (got,) = model.kernel.forward_paged(cache, [(b, len(prefix), suffix_b, True)])
+    (got,) = forward(model, cache, [(b, len(prefix), suffix_b, True)])
     assert got == alone(model, prefix + suffix_b, [])[0]
 
 
@@ -107,11 +111,10 @@ def test_all_logits_and_no_logits(model):
     prompt = tokens(20, 8)
     cache = model.kernel.new_cache(n_blocks=8, block_size=4)
     table = Tables(cache, seed=3).table(len(prompt))
-    (none,) = model.kernel.forward_paged(cache, [(table, 0, prompt[:10], False)])
-    (rows,) = model.kernel.forward_paged(cache, [(table, 10, prompt[10:], True)], all_logits=True)
+    (none,) = forward(model, cache, [(table, 0, prompt[:10], False)])
+    (rows,) = forward(model, cache, [(table, 10, prompt[10:], True)], logits="all")
     assert none is None
-    seq = model.kernel.new_sequence()
-    (everything,) = model.kernel.forward([(seq, prompt)], all_logits=True)
+    everything = SoloSequence(model.kernel).forward(prompt, all_logits=True)
     per_row = np.frombuffer(everything, np.float32).reshape(len(prompt), -1)
     assert np.frombuffer(rows, np.float32).reshape(10, -1).tobytes() == per_row[10:].tobytes()
 
@@ -119,20 +122,31 @@ def test_all_logits_and_no_logits(model):
 def test_step_samples_only_where_asked(model):
     cache = model.kernel.new_cache(n_blocks=8, block_size=4)
     greedy = _kernel.Sampler(temperature=0.0)
-    chosen = model.kernel.step_paged(cache, [([0, 1, 2], 0, tokens(9, 9), greedy), ([3, 4], 0, tokens(5, 1), None)])
+    out = model.kernel.step(cache, [StepInput([0, 1, 2], 0, tokens(9, 9), greedy), StepInput([3, 4], 0, tokens(5, 1), None)])
     (logits,) = alone(model, tokens(9, 9), [])
-    assert chosen == [int(np.argmax(np.frombuffer(logits, np.float32))), None]
+    assert [o.token for o in out] == [int(np.argmax(np.frombuffer(logits, np.float32))), None]
+    assert [o.logits for o in out] == [None, None]
+
+
+def test_a_sampling_input_can_also_return_its_logits(model):
+    cache = model.kernel.new_cache(n_blocks=8, block_size=4)
+    greedy = _kernel.Sampler(temperature=0.0)
+    (out,) = model.kernel.step(cache, [StepInput([0, 1, 2], 0, tokens(9, 9), greedy, "last")])
+    assert out.logits == alone(model, tokens(9, 9), [])[0]
+    assert out.token == int(np.argmax(np.frombuffer(out.logits, np.float32)))
 
 
 def test_bad_batches_are_refused(model):
     cache = model.kernel.new_cache(n_blocks=4, block_size=4)
     with pytest.raises(_kernel.KernelError, match="needs 2 cache blocks"):
-        model.kernel.forward_paged(cache, [([0], 0, tokens(5, 1), True)])
+        forward(model, cache, [([0], 0, tokens(5, 1), True)])
     with pytest.raises(_kernel.KernelError, match="does not exist"):
-        model.kernel.forward_paged(cache, [([0, 9], 0, tokens(5, 1), True)])
+        forward(model, cache, [([0, 9], 0, tokens(5, 1), True)])
     with pytest.raises(_kernel.KernelError, match="outside the vocabulary"):
-        model.kernel.forward_paged(cache, [([0], 0, [VOCAB], True)])
+        forward(model, cache, [([0], 0, [VOCAB], True)])
     with pytest.raises(_kernel.KernelError, match="no new tokens"):
-        model.kernel.forward_paged(cache, [([0], 0, [], True)])
+        forward(model, cache, [([0], 0, [], True)])
+    with pytest.raises(_kernel.KernelError, match="logits must be none, last or all"):
+        forward(model, cache, [([0], 0, [1], True)], logits="every")
     with pytest.raises(_kernel.KernelError, match="at least one block"):
         model.kernel.new_cache(n_blocks=0)

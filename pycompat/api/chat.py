@@ -13,7 +13,7 @@ from pycompat.api.ids import new_id
 from pycompat.api.params import INT32_MAX, Params
 from pycompat.api.registry import Registry
 from pycompat.api.render import json_response, sse_response
-from pycompat.engine.generate import Finished, Generation
+from pycompat.engine.request import Finished, Generation
 from pycompat.http.messages import Request, Response
 from pycompat.loading.chat_template import TemplateError
 

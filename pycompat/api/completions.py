@@ -15,8 +15,8 @@ from pycompat.api.ids import new_id
 from pycompat.api.params import INT32_MAX, Params
 from pycompat.api.registry import Registry
 from pycompat.api.render import json_response, sse_response
-from pycompat.engine.generate import Finished, Generation
-from pycompat.engine.scheduler import ContextOverflow, Engine
+from pycompat.engine.engine import ContextOverflow, Engine
+from pycompat.engine.request import Finished, Generation
 from pycompat.http.messages import Request, Response
 
 IMPLEMENTED = {"model", "prompt", "max_tokens", "stream", "stream_options"} | SAMPLING_FIELDS

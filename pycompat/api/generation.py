@@ -14,8 +14,8 @@ import trio
 
 from pycompat.api.errors import APIError
 from pycompat.api.params import INT32_MAX, Params
-from pycompat.engine.generate import Finished, Generation, SamplingOptions, TextPiece, start
-from pycompat.engine.scheduler import ContextOverflow, Engine, QueueFull
+from pycompat.engine.engine import ContextOverflow, Engine, QueueFull
+from pycompat.engine.request import Finished, Generation, SamplingOptions, TextPiece, start
 
 # Sampling fields every generating route implements. top_k and min_p are not
 # OpenAI's, but llama.cpp and vLLM accept them and so do we.

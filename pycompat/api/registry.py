@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pycompat.api.errors import model_not_found
-from pycompat.engine.scheduler import Engine
+from pycompat.engine.engine import Engine
 
 OWNER = "pycompat"
 

@@ -1,9 +1,11 @@
-"""A request's side of generation: prompt ids in, text pieces out.
+"""A request's view of the engine: what it asks for, what it gets back, and
+the handle through which it reads and cancels.
 
-The engine (scheduler.py) computes tokens for every request together; here
-one request's tokens become text: detokenized as they arrive, cut at its stop
-strings, and counted. Leaving early (a client that went away, a stop string)
-cancels the request in the engine, which frees its cache blocks at the next step.
+``start`` queues one request's prompts; each becomes a ``Generation`` whose
+``events`` are the text pieces the engine produced (already detokenized and
+cut at the request's stop strings, so every piece is final), then one
+``Finished``. Leaving early (a client that went away) cancels the sequence,
+which frees its cache blocks at the next step.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-
-import trio
+from typing import TYPE_CHECKING
 
 from pycompat import _kernel
-from pycompat.engine.scheduler import Ended, Engine, QueueFull, Sequence  # noqa: F401 (QueueFull: raised from here)
-from pycompat.engine.stop import StopMatcher
+from pycompat.engine.outbox import Outbox
+from pycompat.engine.sequence import Sequence
+
+if TYPE_CHECKING:
+    from pycompat.engine.engine import Engine
 
 
 @dataclass
@@ -30,6 +34,9 @@ class SamplingOptions:
     seed: int | None = None  # None: a fresh random seed
     stop: list[str] = field(default_factory=list)
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+
+
+# --- what a generation yields ---
 
 
 @dataclass
@@ -45,6 +52,13 @@ class Finished:
     cached_tokens: int = 0  # prompt tokens reused from the prefix cache
 
 
+@dataclass
+class Failed:
+    """The engine's last event for a sequence it could not compute (``events`` raises it)."""
+
+    message: str
+
+
 class GenerationFailed(Exception):
     """The engine could not compute this request (a kernel error)."""
 
@@ -56,40 +70,28 @@ def make_sampler(opts: SamplingOptions) -> _kernel.Sampler:
 
 @dataclass(eq=False)
 class Generation:
-    """One submitted sequence, seen from its request. ``events`` turns its tokens
-    into text; ``cancel`` gives it up (also when ``events`` was never read)."""
+    """One submitted sequence, seen from its request. ``events`` yields its text;
+    ``cancel`` gives it up (also when ``events`` was never read)."""
 
     engine: Engine
     seq: Sequence
-    tokens: trio.MemoryReceiveChannel
-    opts: SamplingOptions
+    outbox: Outbox
 
     def cancel(self) -> None:
+        self.outbox.leave()
         self.engine.cancel(self.seq)  # no-op for a sequence that has ended
 
     async def events(self) -> AsyncIterator[TextPiece | Finished]:
-        """Yields text pieces as they become final, then one Finished."""
-        decoder, stops = self.engine.model.tokenizer.decoder(), StopMatcher(self.opts.stop)
-        generated, reason = 0, "stop"
+        """Yields text pieces as the engine makes them, then one Finished;
+        raises GenerationFailed if the engine could not compute it."""
         try:
-            async with self.tokens:
-                async for item in self.tokens:
-                    if isinstance(item, Ended):
-                        if item.reason == "error":
-                            raise GenerationFailed(item.error)
-                        reason = item.reason
-                        break
-                    generated += 1
-                    text = stops.push(decoder.push(item))
-                    if text:
-                        yield TextPiece(text)
-                    if stops.stopped:
-                        reason = "stop"
-                        break
-            rest = stops.flush()
-            if rest:
-                yield TextPiece(rest)
-            yield Finished(reason, self.seq.prompt_len, generated, self.seq.cached_tokens)
+            while True:
+                event = await self.outbox.get()
+                if isinstance(event, Failed):
+                    raise GenerationFailed(event.message)
+                yield event
+                if isinstance(event, Finished):
+                    return
         finally:
             self.cancel()
 
@@ -98,8 +100,7 @@ def start(engine: Engine, prompts: list[list[int]], opts: SamplingOptions) -> li
     """Queues one request's prompts together: all of them, or none (raises
     QueueFull or ContextOverflow). Nothing waits, so a caller can still answer
     with an error status before its response begins."""
-    submitted = engine.submit(prompts, opts.max_tokens, [make_sampler(opts) for _ in prompts])
-    return [Generation(engine, seq, tokens, opts) for seq, tokens in submitted]
+    return engine.submit(prompts, opts.max_tokens, [make_sampler(opts) for _ in prompts], opts.stop)
 
 
 async def generate(engine: Engine, prompt: list[int], opts: SamplingOptions) -> AsyncIterator[TextPiece | Finished]:
