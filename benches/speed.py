@@ -107,6 +107,7 @@ def make_q8_0(source: Path, target: Path) -> Path:
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
     params.allow_requantize = True
     params.nthread = len(os.sched_getaffinity(0))
+    target.parent.mkdir(parents=True, exist_ok=True)  # llama.cpp does not make it, and fails with "iostream error"
     tmp = target.with_suffix(".tmp")
     if llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params) != 0:
         raise SystemExit(f"llama.cpp could not quantize {source}")
