@@ -78,4 +78,20 @@ def llama(cfg: dict, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
     return logits(cfg, w, x)
 
 
-FORWARD = {"llama": llama}  # by ModelConfig.arch
+def qwen2(cfg: dict, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
+    """Logits (tokens, vocab) of a Qwen2 model: Llama's, with biases added to
+    the Q, K and V projections."""
+    x, eps = embed(w, tokens), cfg["norm_eps"]
+    for layer in range(cfg["n_layers"]):
+        p = tensors(w, layer)
+        h = rms_norm(x, p("attn_norm.weight"), eps)
+        q = h @ p("attn_q.weight").T + p("attn_q.bias")
+        k = h @ p("attn_k.weight").T + p("attn_k.bias")
+        v = h @ p("attn_v.weight").T + p("attn_v.bias")
+        x = x + attention(cfg, q, k, v) @ p("attn_output.weight").T
+        h = rms_norm(x, p("ffn_norm.weight"), eps)
+        x = x + swiglu_mlp(h, p("ffn_gate.weight"), p("ffn_up.weight"), p("ffn_down.weight"))
+    return logits(cfg, w, x)
+
+
+FORWARD = {"llama": llama, "qwen2": qwen2}  # by ModelConfig.arch

@@ -7,12 +7,13 @@ from pathlib import Path
 
 from pycompat.loading.errors import ModelFileError
 from pycompat.models.llama import LLAMA, Llama
+from pycompat.models.qwen2 import QWEN2
 
 # Every family so far has the Llama layout; the first that does not (Gemma)
 # makes this a Protocol of the methods llama.py defines.
 Family = Llama
 
-FAMILIES: tuple[Family, ...] = (LLAMA,)
+FAMILIES: tuple[Family, ...] = (LLAMA, QWEN2)
 
 
 def family_for_hf(model_type: object, source: Path) -> Family:

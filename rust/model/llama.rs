@@ -1,8 +1,10 @@
 //! The Llama layout's weights: which tensors a model of the family has, named as
 //! in GGUF, which of them are optional, and their shapes.
 //!
-//! An optional tensor (the Q, K and V biases) is present exactly when the
-//! architecture has it (`extras`): then it is required, otherwise not read.
+//! Llama (with Mistral, SmolLM2, TinyLlama) is the plain layout; Qwen2 adds
+//! biases to the Q, K and V projections. An optional tensor is present exactly
+//! when the architecture has it (`extras`): then it is required (a Qwen2 model
+//! without its biases is refused), otherwise not read.
 
 use std::collections::HashMap;
 
@@ -42,6 +44,7 @@ struct Extras {
 fn extras(arch: Arch) -> Extras {
     match arch {
         Arch::Llama => Extras { qkv_bias: false },
+        Arch::Qwen2 => Extras { qkv_bias: true },
     }
 }
 

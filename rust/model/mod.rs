@@ -45,15 +45,18 @@ fn err<T>(msg: impl Into<String>) -> Result<T, KernelError> {
 pub enum Arch {
     /// Llama 2/3, Mistral, SmolLM2, TinyLlama.
     Llama,
+    /// The Llama layout plus biases on the Q, K and V projections.
+    Qwen2,
 }
 
 impl Arch {
-    /// The architecture named `name` ("llama"), as Python's ModelConfig.arch names it.
+    /// The architecture named `name` ("llama", "qwen2"), as Python's ModelConfig.arch names it.
     pub fn parse(name: &str) -> Result<Arch, KernelError> {
         match name {
             "llama" => Ok(Arch::Llama),
+            "qwen2" => Ok(Arch::Qwen2),
             _ => err(format!(
-                "unknown architecture {name:?} (the kernel runs llama)"
+                "unknown architecture {name:?} (the kernel runs llama and qwen2)"
             )),
         }
     }
