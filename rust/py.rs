@@ -8,12 +8,12 @@ use pyo3::buffer::PyBuffer;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::PyBytes;
 
 use std::sync::Mutex;
 
 use crate::kv_cache::KvStore;
-use crate::model::{Config, Entry, KernelError as CoreError, Model, Want};
+use crate::model::{Arch, Config, Entry, KernelError as CoreError, Model, Want};
 use crate::sampler::{Sampler as CoreSampler, SamplingParams};
 use crate::tensor::DType;
 use crate::weights::{self, Quantize, TensorSource};
@@ -46,29 +46,22 @@ impl From<CoreError> for PyErr {
     }
 }
 
-fn item<'py, T: for<'a> FromPyObject<'a, 'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<T> {
-    match d.get_item(key)? {
-        Some(v) => v
-            .extract::<T>()
-            .map_err(|_| kernel_err(format!("config[{key:?}] has the wrong type"))),
-        None => Err(kernel_err(format!("config is missing {key:?}"))),
+/// `ModelConfig.arch` (a str) as the kernel's enum; an unknown one is a KernelError.
+impl<'a, 'py> FromPyObject<'a, 'py> for Arch {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Arch> {
+        Ok(Arch::parse(&obj.extract::<String>()?)?)
     }
 }
 
-fn config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<Config> {
-    Ok(Config {
-        dim: item(d, "dim")?,
-        n_layers: item(d, "n_layers")?,
-        n_heads: item(d, "n_heads")?,
-        n_kv_heads: item(d, "n_kv_heads")?,
-        head_dim: item(d, "head_dim")?,
-        ffn_dim: item(d, "ffn_dim")?,
-        vocab_size: item(d, "vocab_size")?,
-        norm_eps: item(d, "norm_eps")?,
-        rope_neox: item(d, "rope_neox")?,
-        rope_inv_freq: item(d, "rope_inv_freq")?,
-        max_seq_len: item(d, "max_seq_len")?,
-        kv_f16: item(d, "kv_f16")?,
+/// Reads a ModelConfig's attributes. A missing or ill-typed one is a
+/// KernelError that names it and says why.
+fn extract_config(config: &Bound<'_, PyAny>) -> PyResult<Config> {
+    config.extract::<Config>().map_err(|e| {
+        let py = config.py();
+        let why = e.cause(py).map_or(String::new(), |c| format!(": {}", c.value(py)));
+        kernel_err(format!("{}{why}", e.value(py)))
     })
 }
 
@@ -148,6 +141,7 @@ fn f32_bytes<'py>(py: Python<'py>, v: &[f32]) -> Bound<'py, PyBytes> {
 
 #[pymethods]
 impl KernelModel {
+    /// `config`: a pycompat.models.ModelConfig (any object with its attributes).
     /// `tensors`: (name, dtype name, shape, file path, byte offset, byte length)
     /// for each weight, named as in GGUF. Each is read from its file once into
     /// the kernel's own memory; `quantize` ("q8_0" or "q4_0") converts float
@@ -156,11 +150,11 @@ impl KernelModel {
     #[pyo3(signature = (config, tensors, quantize=None))]
     fn new(
         py: Python<'_>,
-        config: &Bound<'_, PyDict>,
+        config: &Bound<'_, PyAny>,
         tensors: Vec<(String, String, Vec<usize>, String, u64, usize)>,
         quantize: Option<&str>,
     ) -> PyResult<Self> {
-        let cfg = config_from_dict(config)?;
+        let cfg = extract_config(config)?;
         let quantize = match quantize {
             None => None,
             Some(q) => Some(Quantize::parse(q).ok_or_else(|| {

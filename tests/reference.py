@@ -1,7 +1,10 @@
-"""An independent numpy implementation of the Llama forward pass, written from
-the architecture's definition, to check the Rust kernel against.
+"""An independent numpy implementation of each architecture's forward pass,
+written from its definition, to check the Rust kernel against: one function
+per architecture, over shared pieces.
 
 It recomputes the whole sequence at every call (no cache), in float64.
+``cfg`` uses the kernel's config keys (a dict); ``w`` maps GGUF tensor names
+to float arrays.
 """
 
 from __future__ import annotations
@@ -28,29 +31,67 @@ def rotate(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, neox: boo
     return out
 
 
-def forward(cfg: dict, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
-    """Logits (tokens, vocab) for every position of ``tokens``.
+def attention(cfg: dict, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Causal grouped-query attention with RoPE: q (tokens, n_heads·head_dim),
+    k and v (tokens, n_kv_heads·head_dim) -> (tokens, n_heads·head_dim)."""
+    n, hd, nh, nkv = len(q), cfg["head_dim"], cfg["n_heads"], cfg["n_kv_heads"]
+    pos, inv_freq = np.arange(n, dtype=np.float64), np.asarray(cfg["rope_inv_freq"], dtype=np.float64)
+    q = rotate(q.reshape(n, nh, hd), pos, inv_freq, cfg["rope_neox"])
+    k = rotate(k.reshape(n, nkv, hd), pos, inv_freq, cfg["rope_neox"])
+    k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v.reshape(n, nkv, hd), nh // nkv, axis=1)
+    scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + np.triu(np.full((n, n), -np.inf), 1)
+    scores = np.exp(scores - scores.max(-1, keepdims=True))
+    scores /= scores.sum(-1, keepdims=True)
+    return np.einsum("hqk,khd->qhd", scores, v).reshape(n, nh * hd)
 
-    ``cfg`` uses the kernel's config keys; ``w`` maps GGUF tensor names to float arrays.
-    """
-    n, hd, nh, nkv = len(tokens), cfg["head_dim"], cfg["n_heads"], cfg["n_kv_heads"]
-    eps, inv_freq = cfg["norm_eps"], np.asarray(cfg["rope_inv_freq"], dtype=np.float64)
-    pos = np.arange(n, dtype=np.float64)
-    x = w["token_embd.weight"][tokens].astype(np.float64)
-    mask = np.triu(np.full((n, n), -np.inf), 1)
-    for layer in range(cfg["n_layers"]):
-        p = lambda name, layer=layer: w[f"blk.{layer}.{name}.weight"].astype(np.float64)
-        h = rms_norm(x, p("attn_norm"), eps)
-        q = rotate((h @ p("attn_q").T).reshape(n, nh, hd), pos, inv_freq, cfg["rope_neox"])
-        k = rotate((h @ p("attn_k").T).reshape(n, nkv, hd), pos, inv_freq, cfg["rope_neox"])
-        v = (h @ p("attn_v").T).reshape(n, nkv, hd)
-        k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)
-        scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + mask
-        scores = np.exp(scores - scores.max(-1, keepdims=True))
-        scores /= scores.sum(-1, keepdims=True)
-        x = x + np.einsum("hqk,khd->qhd", scores, v).reshape(n, nh * hd) @ p("attn_output").T
-        h = rms_norm(x, p("ffn_norm"), eps)
-        gate, up = h @ p("ffn_gate").T, h @ p("ffn_up").T
-        x = x + (gate / (1 + np.exp(-gate)) * up) @ p("ffn_down").T
+
+def swiglu_mlp(h: np.ndarray, gate_w: np.ndarray, up_w: np.ndarray, down_w: np.ndarray) -> np.ndarray:
+    gate, up = h @ gate_w.T, h @ up_w.T
+    return (gate / (1 + np.exp(-gate)) * up) @ down_w.T
+
+
+def embed(w: dict, tokens: list[int]) -> np.ndarray:
+    return w["token_embd.weight"][tokens].astype(np.float64)
+
+
+def logits(cfg: dict, w: dict, x: np.ndarray) -> np.ndarray:
+    """Final norm and LM head (the embedding when the model ties them)."""
     head = w.get("output.weight", w["token_embd.weight"]).astype(np.float64)
-    return rms_norm(x, w["output_norm.weight"].astype(np.float64), eps) @ head.T
+    return rms_norm(x, w["output_norm.weight"].astype(np.float64), cfg["norm_eps"]) @ head.T
+
+
+def tensors(w: dict, layer: int):
+    """The layer's tensor ``name`` (``attn_q.weight``, ...) in float64."""
+    return lambda name: w[f"blk.{layer}.{name}"].astype(np.float64)
+
+
+def llama(cfg: dict, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
+    """Logits (tokens, vocab) of a Llama model for every position of ``tokens``."""
+    x, eps = embed(w, tokens), cfg["norm_eps"]
+    for layer in range(cfg["n_layers"]):
+        p = tensors(w, layer)
+        h = rms_norm(x, p("attn_norm.weight"), eps)
+        q, k, v = h @ p("attn_q.weight").T, h @ p("attn_k.weight").T, h @ p("attn_v.weight").T
+        x = x + attention(cfg, q, k, v) @ p("attn_output.weight").T
+        h = rms_norm(x, p("ffn_norm.weight"), eps)
+        x = x + swiglu_mlp(h, p("ffn_gate.weight"), p("ffn_up.weight"), p("ffn_down.weight"))
+    return logits(cfg, w, x)
+
+
+def qwen2(cfg: dict, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
+    """Logits (tokens, vocab) of a Qwen2 model: Llama's, with biases added to
+    the Q, K and V projections."""
+    x, eps = embed(w, tokens), cfg["norm_eps"]
+    for layer in range(cfg["n_layers"]):
+        p = tensors(w, layer)
+        h = rms_norm(x, p("attn_norm.weight"), eps)
+        q = h @ p("attn_q.weight").T + p("attn_q.bias")
+        k = h @ p("attn_k.weight").T + p("attn_k.bias")
+        v = h @ p("attn_v.weight").T + p("attn_v.bias")
+        x = x + attention(cfg, q, k, v) @ p("attn_output.weight").T
+        h = rms_norm(x, p("ffn_norm.weight"), eps)
+        x = x + swiglu_mlp(h, p("ffn_gate.weight"), p("ffn_up.weight"), p("ffn_down.weight"))
+    return logits(cfg, w, x)
+
+
+FORWARD = {"llama": llama, "qwen2": qwen2}  # by ModelConfig.arch

@@ -4,6 +4,7 @@ same model through the safetensors path."""
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +39,10 @@ def test_converted_directory_matches_the_numpy_reference(converted, default_mode
     spec = load_gguf(default_model_path())
     weights = {t.name: np.frombuffer(_kernel.dequantize(t.dtype, t.data.cast("B"), int(np.prod(t.shape))), np.float32).reshape(t.shape)
                for t in spec.weights.tensors}
-    config = dict(spec.weights.config)
+    config = asdict(spec.weights.config)
     spec.release()
     ids = default_model.tokenizer.encode(PROMPT)[:12]
-    ref = reference.forward(config, weights, ids)
+    ref = reference.llama(config, weights, ids)
     ours = logits(load_model(converted), ids)
     assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-4
 

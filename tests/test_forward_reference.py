@@ -38,7 +38,7 @@ def kernel_logits(model, prompt: list[int], decode: list[int]) -> np.ndarray:
 def check_against_reference(model, cfg: TinyConfig, stored: dict, tol: float) -> None:
     decode = [17, 3, 260, 42]
     ours = kernel_logits(model, PROMPT, decode)
-    ref = reference.forward(reference_config(cfg, VOCAB), reference_weights(stored), PROMPT + decode)
+    ref = reference.llama(reference_config(cfg, VOCAB), reference_weights(stored), PROMPT + decode)
     err = rel_err(ours, ref)
     assert err < tol, f"largest relative difference {err:.2e}"
 
@@ -131,8 +131,8 @@ def test_quantize_at_load_matches_reference_on_quantized_weights(tmp_path, kind)
     decode = [17, 3, 260, 42]
     ours = kernel_logits(load_model(tmp_path / "m", quantize=kind), PROMPT, decode)
     cfg = reference_config(BLOCKY, VOCAB)
-    err_blocked = rel_err(ours, reference.forward(cfg, reference_weights(blocked), PROMPT + decode))
-    err_f16 = rel_err(ours, reference.forward(cfg, reference_weights(stored), PROMPT + decode))
+    err_blocked = rel_err(ours, reference.llama(cfg, reference_weights(blocked), PROMPT + decode))
+    err_f16 = rel_err(ours, reference.llama(cfg, reference_weights(stored), PROMPT + decode))
     assert err_blocked < 3e-2 and err_blocked < err_f16, (err_blocked, err_f16)
 
 
@@ -151,7 +151,7 @@ def test_a_prompt_longer_than_a_chunk_matches_reference(tmp_path):
     model = load_model(tmp_path / "m")
     prompt = [(i * 7919) % VOCAB for i in range(600)]
     ours = kernel_logits(model, prompt, [5])
-    ref = reference.forward(reference_config(cfg, VOCAB), reference_weights(stored), prompt + [5])
+    ref = reference.llama(reference_config(cfg, VOCAB), reference_weights(stored), prompt + [5])
     assert rel_err(ours, ref) < 1e-4
     last = SoloSequence(model.kernel).forward(prompt)
     np.testing.assert_allclose(np.frombuffer(last, np.float32), ours[len(prompt) - 1], rtol=0, atol=1e-5)

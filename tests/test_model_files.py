@@ -10,10 +10,12 @@ import sys
 import numpy as np
 import pytest
 
+from pycompat import _kernel
 from pycompat.loading.errors import ModelFileError
 from pycompat.loading.gguf import read_gguf, write_gguf
 from pycompat.loading.load import default_model_path, load_model
 from pycompat.loading.safetensors import write_safetensors
+from pycompat.models.config import ModelConfig
 from tiny_models import TinyConfig, byte_vocab, random_weights, write_gguf_model, write_hf_model
 
 VOCAB = len(byte_vocab()[0])
@@ -129,3 +131,9 @@ def test_cli_help_explains_every_option():
     serve = subprocess.run([sys.executable, "-m", "pycompat", "serve", "--help"], capture_output=True, text=True).stdout
     for option in ("--model", "--host", "--port", "--alias", "--context-length", "--temperature"):
         assert option in serve
+
+
+def test_the_kernel_refuses_an_unknown_architecture():
+    config = ModelConfig("gemma", 8, 1, 2, 2, 4, 8, 10, 1e-5, True, [1.0, 0.5], 16)
+    with pytest.raises(_kernel.KernelError, match='unknown architecture "gemma"'):
+        _kernel.KernelModel(config, [])

@@ -1,9 +1,10 @@
-"""Small random-weight Llama models, written as GGUF files and as Hugging Face
-directories, for tests that need shapes other than the bundled model's.
+"""Small random-weight Llama and Qwen2 models, written as GGUF files and as
+Hugging Face directories, for tests that need shapes other than the bundled model's.
 
-Weights are made in Hugging Face layout (rotary pairs (i, i + d/2)); the GGUF
-writer permutes Q and K rows the way llama.cpp's converter does, so the two
-files describe the same model and must give the same logits.
+Weights are made in Hugging Face layout (rotary pairs (i, i + d/2)); for a
+Llama model the GGUF writer permutes Q and K rows the way llama.cpp's converter
+does (it leaves Qwen2's as they are), so the two files describe the same model
+and must give the same logits.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ CHATML = (
 
 @dataclass
 class TinyConfig:
+    arch: str = "llama"  # or "qwen2": Q, K and V biases
     dim: int = 96
     n_layers: int = 3
     n_heads: int = 6
@@ -72,6 +74,10 @@ def random_weights(cfg: TinyConfig, vocab: int, seed: int = 0) -> dict[str, np.n
         w[p + "self_attn.q_proj.weight"] = mat(cfg.n_heads * hd, cfg.dim)
         w[p + "self_attn.k_proj.weight"] = mat(cfg.n_kv_heads * hd, cfg.dim)
         w[p + "self_attn.v_proj.weight"] = mat(cfg.n_kv_heads * hd, cfg.dim)
+        if cfg.arch == "qwen2":
+            # As large as the products they are added to, so that they matter.
+            for proj, heads in (("q", cfg.n_heads), ("k", cfg.n_kv_heads), ("v", cfg.n_kv_heads)):
+                w[p + f"self_attn.{proj}_proj.bias"] = rng.standard_normal(heads * hd).astype(np.float32)
         w[p + "self_attn.o_proj.weight"] = mat(cfg.dim, cfg.n_heads * hd)
         w[p + "post_attention_layernorm.weight"] = norm(cfg.dim)
         w[p + "mlp.gate_proj.weight"] = mat(cfg.ffn_dim, cfg.dim)
@@ -108,7 +114,7 @@ def gguf_name(hf: str) -> str:
     if hf in GGUF_NAMES:
         return GGUF_NAMES[hf]
     _, _, layer, *rest = hf.split(".")
-    return f"blk.{layer}.{GGUF_NAMES['.'.join(rest[:-1])]}.weight"
+    return f"blk.{layer}.{GGUF_NAMES['.'.join(rest[:-1])]}.{rest[-1]}"
 
 
 # --- block quantizers, written here independently of the kernel's --------------------
@@ -166,22 +172,24 @@ def dequantize(raw: bytes, kind: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def write_gguf_model(path: Path, cfg: TinyConfig, weights: dict[str, np.ndarray], kind: str = "F32") -> dict[str, np.ndarray]:
-    """Writes a llama GGUF; 2-D weights in ``kind``, norms in F32. Returns the weights
-    exactly as stored (dequantized, Hugging Face names and layout) for references."""
+    """Writes a GGUF of ``cfg.arch``; 2-D weights in ``kind``, norms and biases in F32.
+    Returns the weights exactly as stored (dequantized, Hugging Face names and
+    layout) for references."""
     tokens, merges, types = byte_vocab()
+    a = cfg.arch
     md = {
-        "general.architecture": "llama",
+        "general.architecture": a,
         "general.name": "tiny-test",
-        "llama.block_count": cfg.n_layers,
-        "llama.context_length": cfg.context_length,
-        "llama.embedding_length": cfg.dim,
-        "llama.feed_forward_length": cfg.ffn_dim,
-        "llama.attention.head_count": cfg.n_heads,
-        "llama.attention.head_count_kv": cfg.n_kv_heads,
-        "llama.rope.freq_base": cfg.rope_theta,
-        "llama.attention.layer_norm_rms_epsilon": cfg.norm_eps,
+        f"{a}.block_count": cfg.n_layers,
+        f"{a}.context_length": cfg.context_length,
+        f"{a}.embedding_length": cfg.dim,
+        f"{a}.feed_forward_length": cfg.ffn_dim,
+        f"{a}.attention.head_count": cfg.n_heads,
+        f"{a}.attention.head_count_kv": cfg.n_kv_heads,
+        f"{a}.rope.freq_base": cfg.rope_theta,
+        f"{a}.attention.layer_norm_rms_epsilon": cfg.norm_eps,
         "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": "smollm",
+        "tokenizer.ggml.pre": pre_tokenizer(cfg),
         "tokenizer.ggml.tokens": tokens,
         "tokenizer.ggml.token_type": types,
         "tokenizer.ggml.merges": merges,
@@ -190,19 +198,20 @@ def write_gguf_model(path: Path, cfg: TinyConfig, weights: dict[str, np.ndarray]
         "tokenizer.ggml.add_bos_token": False,
         "tokenizer.chat_template": CHATML,
     }
+    permuted = cfg.arch == "llama"  # llama.cpp's converter permutes llama's Q and K only
     stored, tensors = {}, []
     for name, w in weights.items():
         data = w
-        if name.endswith("q_proj.weight"):
+        if permuted and name.endswith("q_proj.weight"):
             data = permute_rotary(w, cfg.n_heads)
-        elif name.endswith("k_proj.weight"):
+        elif permuted and name.endswith("k_proj.weight"):
             data = permute_rotary(w, cfg.n_kv_heads)
         t = kind if w.ndim == 2 else "F32"
         raw = quantize(data, t)
         back = dequantize(raw, t, data.shape)
-        if name.endswith("q_proj.weight"):
+        if permuted and name.endswith("q_proj.weight"):
             back = unpermute(back, cfg.n_heads)
-        elif name.endswith("k_proj.weight"):
+        elif permuted and name.endswith("k_proj.weight"):
             back = unpermute(back, cfg.n_kv_heads)
         stored[name] = back
         tensors.append((gguf_name(name), t, data.shape, raw))
@@ -215,6 +224,13 @@ def unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, rows // n_heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
+def pre_tokenizer(cfg: TinyConfig) -> str:
+    return {"llama": "smollm", "qwen2": "qwen2"}[cfg.arch]
+
+
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
 def write_hf_model(directory: Path, cfg: TinyConfig, weights: dict[str, np.ndarray], dtype: str = "F32", shards: int = 1) -> dict[str, np.ndarray]:
     """Writes a Hugging Face directory; returns the weights as stored (float32)."""
     from pycompat.loading.tokenizer import Tokenizer
@@ -222,8 +238,8 @@ def write_hf_model(directory: Path, cfg: TinyConfig, weights: dict[str, np.ndarr
     directory.mkdir(parents=True, exist_ok=True)
     tokens, merges, types = byte_vocab()
     config = {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
+        "model_type": cfg.arch,
+        "architectures": [HF_ARCHITECTURES[cfg.arch]],
         "hidden_size": cfg.dim,
         "num_hidden_layers": cfg.n_layers,
         "num_attention_heads": cfg.n_heads,
@@ -236,7 +252,7 @@ def write_hf_model(directory: Path, cfg: TinyConfig, weights: dict[str, np.ndarr
         "tie_word_embeddings": cfg.tied,
     }
     (directory / "config.json").write_text(json.dumps(config))
-    md = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm", "tokenizer.ggml.tokens": tokens,
+    md = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre_tokenizer(cfg), "tokenizer.ggml.tokens": tokens,
           "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": merges, "tokenizer.ggml.eos_token_id": 2}
     (directory / "tokenizer.json").write_text(Tokenizer.from_gguf(directory, md).to_json())
     (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>", "chat_template": CHATML}))

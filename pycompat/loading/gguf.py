@@ -20,7 +20,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from pycompat.loading.errors import ModelFileError, map_file
+from pycompat.loading.errors import ModelFileError
+from pycompat.loading.mapped_file import map_file
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32

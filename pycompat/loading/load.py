@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pycompat import _kernel
@@ -79,7 +79,7 @@ def load_model(path: str | Path | None = None, context_length: int | None = None
         n_ctx = min(context_length or spec.context_length, spec.context_length)
         # An f16 cache, as llama.cpp keeps, unless every weight is f32 (then attention is exact too).
         kv_f16 = quantize is not None or any(t.dtype != "F32" for t in spec.weights.tensors if len(t.shape) == 2)
-        config = dict(spec.weights.config, max_seq_len=n_ctx, kv_f16=kv_f16)
+        config = replace(spec.weights.config, max_seq_len=n_ctx, kv_f16=kv_f16)
         try:
             kernel = _kernel.KernelModel(config, [t.kernel_source() for t in spec.weights.tensors], quantize=quantize)
         except _kernel.KernelError as e:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pycompat.loading.errors import ModelFileError, map_file
+from pycompat.loading.errors import ModelFileError
+from pycompat.loading.mapped_file import map_file
 
 MAX_HEADER_BYTES = 100 << 20  # the format's own limit
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pycompat.loading.tokenizer import Tokenizer
+from pycompat.models.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,9 @@ class WeightTensor:
 
 @dataclass
 class KernelWeights:
-    """The kernel config (see rust/model.rs `Config`) and its tensors."""
+    """The kernel config and its tensors."""
 
-    config: dict[str, Any]
+    config: ModelConfig
     tensors: list[WeightTensor]
 
 
@@ -40,11 +41,15 @@ class ModelSpec:
     weights: KernelWeights
     tokenizer: Tokenizer
     chat_template: str | None
-    context_length: int  # what the model was trained for
     # The model's recommended sampling, used for fields a request leaves out:
     # temperature, top_p, top_k, min_p (from generation_config.json or GGUF general.sampling.*).
     sampling_defaults: dict[str, float] = field(default_factory=dict)
     closers: list[Any] = field(default_factory=list)  # file handles to release once loaded
+
+    @property
+    def context_length(self) -> int:
+        """What the model was trained for."""
+        return self.weights.config.max_seq_len
 
     def release(self) -> None:
         """Drops the mapped files once the kernel has read the weights."""

@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use pycompat_kernel::model::{Config, Entry, Model, Want};
+use pycompat_kernel::model::{Arch, Config, Entry, Model, Want};
 use pycompat_kernel::quant::quantize;
 use pycompat_kernel::sampler::{Sampler, SamplingParams};
 use pycompat_kernel::tensor::{DType, Tensor};
@@ -47,6 +47,7 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
 fn tiny_model(dtype: DType) -> Model {
     let (dim, heads, kv_heads, head_dim, ffn, vocab, layers) = (64, 4, 2, 16, 96, 256, 2);
     let cfg = Config {
+        arch: Arch::Llama,
         dim,
         n_layers: layers,
         n_heads: heads,

@@ -1,15 +1,19 @@
-//! The Llama-family decoder: embeddings, `n_layers` × (RMSNorm → grouped-query
-//! attention with RoPE → residual, RMSNorm → SwiGLU MLP → residual), final
-//! RMSNorm, LM head. Covers SmolLM2, TinyLlama, Llama 2/3 and Mistral-style
-//! configurations.
+//! The forward pass shared by the decoder architectures: embeddings,
+//! `n_layers` × (RMSNorm → grouped-query attention with RoPE → residual,
+//! RMSNorm → SwiGLU MLP → residual), final RMSNorm, LM head.
 //!
-//! Tensors are named as in GGUF (`blk.N.attn_q.weight`, ...); the Python loader
-//! maps Hugging Face names onto these.
+//! What differs between architectures is which weights they have: `llama.rs`
+//! names the tensors of the Llama layout (SmolLM2, TinyLlama, Llama 2/3,
+//! Mistral-style configurations) and its optional ones (Q/K/V biases).
+//! Tensors are named as in GGUF (`blk.N.attn_q.weight`, ...); the Python side
+//! (`pycompat/models/`) maps each file format's names onto these.
 //!
 //! The entry point, `Model::forward`, takes a batch: several sequences, each
 //! with its block table in a shared paged KV cache and its new tokens (a
 //! prompt or a chunk of one, or one decoded token). All of them go through
 //! each weight matrix together.
+
+mod llama;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,6 +25,7 @@ use crate::ops::{matmul_many, rms_norm, rope_angles, rope_rotate, softmax, swigl
 use crate::pool::{self, SendPtr};
 use crate::quant::{round_to_f16, Q8Activations};
 use crate::tensor::Tensor;
+use llama::{Layer, Weights};
 
 #[derive(Debug)]
 pub struct KernelError(pub String);
@@ -35,8 +40,34 @@ fn err<T>(msg: impl Into<String>) -> Result<T, KernelError> {
     Err(KernelError(msg.into()))
 }
 
+/// The architectures the kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama 2/3, Mistral, SmolLM2, TinyLlama.
+    Llama,
+    /// The Llama layout plus biases on the Q, K and V projections.
+    Qwen2,
+}
+
+impl Arch {
+    /// The architecture named `name` ("llama", "qwen2"), as Python's ModelConfig.arch names it.
+    pub fn parse(name: &str) -> Result<Arch, KernelError> {
+        match name {
+            "llama" => Ok(Arch::Llama),
+            "qwen2" => Ok(Arch::Qwen2),
+            _ => err(format!(
+                "unknown architecture {name:?} (the kernel runs llama and qwen2)"
+            )),
+        }
+    }
+}
+
+/// The model's hyper-parameters (pycompat/models/config.py `ModelConfig`, read
+/// attribute by attribute by the binding).
 #[derive(Clone, Debug)]
+#[cfg_attr(feature = "python", derive(pyo3::FromPyObject))]
 pub struct Config {
+    pub arch: Arch,
     pub dim: usize,
     pub n_layers: usize,
     pub n_heads: usize,
@@ -92,18 +123,6 @@ impl Config {
     }
 }
 
-struct Layer {
-    attn_norm: Vec<f32>, // (dim)
-    wq: Tensor,          // (n_heads · head_dim, dim)
-    wk: Tensor,          // (n_kv_heads · head_dim, dim)
-    wv: Tensor,          // (n_kv_heads · head_dim, dim)
-    wo: Tensor,          // (dim, n_heads · head_dim)
-    ffn_norm: Vec<f32>,  // (dim)
-    w_gate: Tensor,      // (ffn_dim, dim)
-    w_up: Tensor,        // (ffn_dim, dim)
-    w_down: Tensor,      // (dim, ffn_dim)
-}
-
 pub struct Model {
     pub cfg: Config,
     embed: Tensor, // (vocab, dim)
@@ -144,6 +163,13 @@ struct Scratch {
 fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     v.resize(n, 0.0);
     &mut v[..n]
+}
+
+/// Adds `bias` to each row of `rows` (rows of `bias.len()` values).
+fn add_to_rows(rows: &mut [f32], bias: &[f32]) {
+    for row in rows.chunks_exact_mut(bias.len()) {
+        row.iter_mut().zip(bias).for_each(|(a, b)| *a += b);
+    }
 }
 
 /// Most tokens of one sequence that go through the layers together.
@@ -192,51 +218,16 @@ struct Segment {
 }
 
 impl Model {
-    /// Builds the model from tensors named as in GGUF. Checks every shape.
-    pub fn new(cfg: Config, mut tensors: HashMap<String, Tensor>) -> Result<Model, KernelError> {
+    /// Builds the model from tensors named as in GGUF: those `cfg.arch` has
+    /// (see llama.rs), every shape checked. Other tensors are left unread.
+    pub fn new(cfg: Config, tensors: HashMap<String, Tensor>) -> Result<Model, KernelError> {
         cfg.validate()?;
-        let (d, q, kv, f, v) = (
-            cfg.dim,
-            cfg.q_dim(),
-            cfg.kv_dim(),
-            cfg.ffn_dim,
-            cfg.vocab_size,
-        );
-        let tied = !tensors.contains_key("output.weight");
-        let mut take = |name: &str, rows: usize, cols: usize| -> Result<Tensor, KernelError> {
-            let t = tensors
-                .remove(name)
-                .ok_or_else(|| KernelError(format!("missing tensor {name}")))?;
-            if (t.rows, t.cols) != (rows, cols) {
-                return err(format!(
-                    "tensor {name} is [{}, {}], expected [{rows}, {cols}]",
-                    t.rows, t.cols
-                ));
-            }
-            Ok(t)
-        };
-        let embed = take("token_embd.weight", v, d)?;
-        let out_norm = take("output_norm.weight", 1, d)?.to_f32();
-        let mut layers = Vec::with_capacity(cfg.n_layers);
-        for i in 0..cfg.n_layers {
-            let n = |s: &str| format!("blk.{i}.{s}.weight");
-            layers.push(Layer {
-                attn_norm: take(&n("attn_norm"), 1, d)?.to_f32(),
-                wq: take(&n("attn_q"), q, d)?,
-                wk: take(&n("attn_k"), kv, d)?,
-                wv: take(&n("attn_v"), kv, d)?,
-                wo: take(&n("attn_output"), d, q)?,
-                ffn_norm: take(&n("ffn_norm"), 1, d)?.to_f32(),
-                w_gate: take(&n("ffn_gate"), f, d)?,
-                w_up: take(&n("ffn_up"), f, d)?,
-                w_down: take(&n("ffn_down"), d, f)?,
-            });
-        }
-        let lm_head = if tied {
-            None
-        } else {
-            Some(take("output.weight", v, d)?)
-        };
+        let Weights {
+            embed,
+            layers,
+            out_norm,
+            lm_head,
+        } = Weights::take(&cfg, tensors)?;
         Ok(Model {
             cfg,
             embed,
@@ -409,6 +400,15 @@ impl Model {
                 ],
                 true,
             );
+            for (out, bias) in [
+                (&mut *q, &layer.q_bias),
+                (&mut *k, &layer.k_bias),
+                (&mut *v, &layer.v_bias),
+            ] {
+                if let Some(bias) = bias {
+                    add_to_rows(out, bias);
+                }
+            }
             for i in 0..n {
                 let (cs, sn) = (
                     &cos[i * half..(i + 1) * half],
