@@ -16,7 +16,7 @@
 //!   shifted right by 4, row r+1's (GGUF packs quant j and j+16 into one byte,
 //!   which would need a lane shuffle per row).
 
-use crate::tensor::DType;
+use crate::dtype::DType;
 
 /// Rows per group.
 pub const ROWS: usize = 8;

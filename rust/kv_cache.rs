@@ -115,7 +115,7 @@ pub fn weighted_sum_onto<T: KvElem>(p: &[f32], values: &[T], stride: usize, out:
 /// Whether the SIMD attention kernels run here, for vectors of `len`.
 #[cfg(target_arch = "x86_64")]
 fn simd_ok(len: usize) -> bool {
-    len % 8 == 0 && crate::ops::avx2_enabled()
+    len % 8 == 0 && crate::cpu::avx2_enabled()
 }
 
 /// Whether `n` rows of `width` at `stride` lie within `len` elements.

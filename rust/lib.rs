@@ -4,6 +4,9 @@
 //! The core (everything but `py`) is plain Rust and tests with `cargo test`.
 //! `py` holds every PyO3 item; it is built only with the `python` feature.
 
+pub mod arena;
+pub mod cpu;
+pub mod dtype;
 pub mod groups;
 pub mod kv_cache;
 pub mod model;

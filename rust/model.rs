@@ -493,7 +493,7 @@ impl Model {
     /// Whether a segment of `len` tokens takes the prompt attention path (the
     /// cache widened to f32, keys and values shared among queries).
     fn prompt_attention_for(&self, len: usize) -> bool {
-        len >= WIDEN_FROM && crate::ops::grouped_kernels_available() && self.cfg.head_dim % 16 == 0
+        len >= WIDEN_FROM && crate::cpu::grouped_kernels_available() && self.cfg.head_dim % 16 == 0
     }
 
     /// Writes the pass's new keys and values to their blocks, then computes

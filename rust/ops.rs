@@ -14,9 +14,10 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::dtype::DType;
 use crate::pool::{self, SendPtr};
 use crate::quant::Q8Activations;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 /// f32 dot product with 16 independent accumulators, so the compiler can keep
 /// them in vector registers (a single accumulator would serialize on its latency).
@@ -54,58 +55,15 @@ enum Isa {
     Avx2,
 }
 
-/// The environment variable that forces the portable kernels everywhere, with
-/// the value `portable`: how a user (or a test run) rules out a SIMD bug. Any
-/// other value, or none, lets each kernel pick the best the CPU runs.
-pub const KERNEL_ENV: &str = "PYCOMPAT_KERNEL";
-
-/// Whether the AVX2 kernels (with FMA and F16C) may run: the CPU has them and
-/// `PYCOMPAT_KERNEL` does not ask for the portable ones. Every run-time choice of
-/// a SIMD path goes through here. Decided once per process, so the weights'
-/// layout chosen at load (`weights.rs`) and the kernels that later read it agree.
-pub fn avx2_enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| {
-        let forced_portable = std::env::var(KERNEL_ENV).is_ok_and(|v| v == "portable");
-        !forced_portable && cpu_has_avx2()
-    })
-}
-
-fn cpu_has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-    {
-        return true;
-    }
-    false
-}
-
-/// The kernels this process runs: "avx2" or "portable".
-pub fn simd_path() -> &'static str {
-    if avx2_enabled() {
-        "avx2"
-    } else {
-        "portable"
-    }
-}
-
 fn pick_isa(allow_simd: bool) -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        if allow_simd && avx2_enabled() {
+        if allow_simd && crate::cpu::avx2_enabled() {
             return Isa::Avx2;
         }
     }
     let _ = allow_simd;
     Isa::Portable
-}
-
-/// Whether this CPU runs the kernels for the grouped layout (`groups.rs`);
-/// the loader groups block-quantized weights only then.
-pub fn grouped_kernels_available() -> bool {
-    pick_isa(true) != Isa::Portable
 }
 
 thread_local! {
@@ -420,7 +378,6 @@ pub fn swiglu_with(gate: &mut [f32], up: &[f32], allow_simd: bool) {
 mod tests {
     use super::*;
     use crate::quant::quantize;
-    use crate::tensor::DType;
 
     fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed;

@@ -6,7 +6,7 @@
 
 use std::sync::LazyLock;
 
-use crate::tensor::DType;
+use crate::dtype::DType;
 use half::{bf16, f16};
 
 /// Every f16 bit pattern's f32 value. A lookup is cheaper than converting in
@@ -80,7 +80,7 @@ impl Q8Activations {
     pub fn quantize_with(&mut self, x: &[f32], cols: usize, allow_simd: bool) {
         self.resize_for(x, cols);
         #[cfg(target_arch = "x86_64")]
-        if allow_simd && crate::ops::avx2_enabled() {
+        if allow_simd && crate::cpu::avx2_enabled() {
             // SAFETY: the features are present; the buffers were sized above.
             return unsafe {
                 crate::simd_avx2::quantize_q8(

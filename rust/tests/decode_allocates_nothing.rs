@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use pycompat_kernel::model::{Config, Entry, Model, Want};
 use pycompat_kernel::quant::quantize;
 use pycompat_kernel::sampler::{Sampler, SamplingParams};
-use pycompat_kernel::tensor::{DType, Tensor};
+use pycompat_kernel::dtype::DType;
+use pycompat_kernel::tensor::Tensor;
 
 struct Counting;
 
