@@ -12,6 +12,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod ops;
 pub mod pool;
+pub mod q8_activations;
 pub mod quant;
 pub mod sampler;
 pub mod simd_avx2;

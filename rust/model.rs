@@ -19,7 +19,8 @@ use std::sync::Mutex;
 use crate::kv_cache::{self, row_offset, Blocks, KvElem, KvStore, Store};
 use crate::ops::{matmul_many, rms_norm, rope_angles, rope_rotate, softmax, swiglu};
 use crate::pool::{self, SendPtr};
-use crate::quant::{round_to_f16, Q8Activations};
+use crate::q8_activations::Q8Activations;
+use crate::quant::round_to_f16;
 use crate::tensor::Tensor;
 
 #[derive(Debug)]

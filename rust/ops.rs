@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::dtype::DType;
 use crate::pool::{self, SendPtr};
-use crate::quant::Q8Activations;
+use crate::q8_activations::Q8Activations;
 use crate::tensor::Tensor;
 
 /// f32 dot product with 16 independent accumulators, so the compiler can keep
@@ -191,6 +191,23 @@ fn rows_job(
     }
 }
 
+/// Quantizes `x` (rows of `cols` values, `cols` a multiple of 32) into `q8`,
+/// reusing its buffers, for the quantized matrix products. The AVX2 quantizer
+/// and the portable one give the same bytes (tested), so the products may run
+/// on either path whichever quantized.
+pub fn quantize_activations(q8: &mut Q8Activations, x: &[f32], cols: usize, allow_simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if allow_simd && crate::cpu::avx2_enabled() {
+        q8.resize_for(x, cols);
+        // SAFETY: the features are present; the buffers were sized above.
+        return unsafe {
+            crate::simd_avx2::quantize_q8(x, &mut q8.d, &mut q8.s, &mut q8.isum, &mut q8.qs)
+        };
+    }
+    let _ = allow_simd;
+    q8.quantize_portable(x, cols)
+}
+
 /// `out[t, n] = Σ_k x[t, k] · w[n, k]` for `n_tok` tokens: x is [n_tok, w.cols],
 /// out is [n_tok, w.rows]. Runs on the kernel's thread pool.
 pub fn matmul(w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) {
@@ -239,7 +256,7 @@ pub fn matmul_many(
         );
     }
     if products.iter().any(|(w, _)| w.dtype.is_quantized()) {
-        q8.quantize(x, cols);
+        quantize_activations(q8, x, cols, true);
     }
     let isa = pick_isa(allow_simd);
     // The outputs as raw pointers the threads share (on the stack: no allocation per call).
@@ -394,11 +411,27 @@ mod tests {
     /// The activations as the quantized matmul sees them: d·q per block.
     fn q8_rounded(x: &[f32], cols: usize) -> Vec<f32> {
         let mut q = Q8Activations::new();
-        q.quantize(x, cols);
+        quantize_activations(&mut q, x, cols, true);
         x.iter()
             .enumerate()
             .map(|(i, _)| q.d[i / 32] * q.qs[i] as f32)
             .collect()
+    }
+
+    #[test]
+    fn activation_quantization_is_the_same_on_every_path() {
+        let x: Vec<f32> = (0..3 * 64)
+            .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 13.0)
+            .chain(std::iter::repeat_n(0.0, 32)) // an all-zero block
+            .chain((0..32).map(|i| if i % 2 == 0 { 0.5 } else { -1.5 })) // ties at ±0.5 steps
+            .collect();
+        let (mut simd, mut portable) = (Q8Activations::new(), Q8Activations::new());
+        quantize_activations(&mut simd, &x, 64, true);
+        quantize_activations(&mut portable, &x, 64, false);
+        assert_eq!(simd.qs, portable.qs);
+        assert_eq!(simd.isum, portable.isum);
+        assert_eq!(simd.d, portable.d);
+        assert_eq!(simd.s, portable.s);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::{hsum, mul_sum_i8_i8, mul_sum_u8_i8, nibbles};
-use crate::quant::Q8Activations;
+use crate::q8_activations::Q8Activations;
 
 /// The block formats as const parameters, so each tile is compiled per format.
 pub const Q8_0: u8 = 0;
