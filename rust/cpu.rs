@@ -41,7 +41,7 @@ pub fn simd_path() -> &'static str {
 }
 
 /// Whether this CPU runs the kernels for the grouped layout
-/// (`groups.rs`); the loader groups block-quantized weights only then.
+/// (`row_groups.rs`); the loader groups block-quantized weights only then.
 pub fn grouped_kernels_available() -> bool {
     avx2_enabled()
 }

@@ -7,13 +7,13 @@
 pub mod arena;
 pub mod cpu;
 pub mod dtype;
-pub mod groups;
 pub mod kv_cache;
 pub mod model;
 pub mod ops;
 pub mod pool;
 pub mod q8_activations;
 pub mod quant;
+pub mod row_groups;
 pub mod sampler;
 pub mod simd_avx2;
 pub mod tensor;

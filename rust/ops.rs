@@ -150,7 +150,7 @@ fn rows_job(
                 DType::Q4_0 => matmul_groups::<Q4_0>,
                 _ => matmul_groups::<Q4_1>,
             };
-            let g = crate::groups::ROWS;
+            let g = crate::row_groups::ROWS;
             debug_assert!(rows.start % g == 0 && rows.len() % g == 0);
             // SAFETY: as below; the part's rows are whole groups.
             unsafe {
@@ -279,7 +279,7 @@ pub fn matmul_many(
     for (i, (w, _)) in products.iter().enumerate() {
         // Whole groups of eight, or rows in fours (the row kernel's decode tile).
         let align = if w.is_grouped() {
-            crate::groups::ROWS
+            crate::row_groups::ROWS
         } else {
             4
         };

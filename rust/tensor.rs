@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use crate::arena::Arena;
 use crate::dtype::DType;
-use crate::groups;
 use crate::quant;
+use crate::row_groups;
 
 /// What keeps a tensor's bytes alive.
 enum Owner {
@@ -24,7 +24,7 @@ pub struct Tensor {
     pub rows: usize,
     pub cols: usize,
     row_bytes: usize,
-    /// Rows stored in groups of eight (`groups.rs`) rather than one after another.
+    /// Rows stored in groups of eight (`row_groups.rs`) rather than one after another.
     grouped: bool,
     // The bytes, owned by `_owner` (a Vec's or the arena's heap memory does not
     // move when they do). Kept as a pointer so row access is one add.
@@ -126,13 +126,13 @@ impl Tensor {
         if !self.grouped {
             return self.row(r);
         }
-        let group = r / groups::ROWS * groups::ROWS * self.row_bytes;
+        let group = r / row_groups::ROWS * row_groups::ROWS * self.row_bytes;
         buf.resize(self.row_bytes, 0);
-        groups::ungroup_row(
+        row_groups::ungroup_row(
             self.dtype,
             self.row_bytes,
-            &self.bytes()[group..group + groups::ROWS * self.row_bytes],
-            r % groups::ROWS,
+            &self.bytes()[group..group + row_groups::ROWS * self.row_bytes],
+            r % row_groups::ROWS,
             buf,
         );
         buf
@@ -178,14 +178,14 @@ thread_local! {
 /// layout, in place, if the format has one and the rows fill whole groups.
 /// Returns whether it did.
 pub fn regroup(dtype: DType, rows: usize, row_bytes: usize, data: &mut [u8]) -> bool {
-    if !groups::groupable(dtype) || rows == 0 || rows % groups::ROWS != 0 {
+    if !row_groups::groupable(dtype) || rows == 0 || rows % row_groups::ROWS != 0 {
         return false;
     }
-    let size = groups::ROWS * row_bytes;
+    let size = row_groups::ROWS * row_bytes;
     let mut plain = vec![0u8; size];
     for chunk in data.chunks_exact_mut(size) {
         plain.copy_from_slice(chunk);
-        groups::group(dtype, row_bytes, &plain, chunk);
+        row_groups::group(dtype, row_bytes, &plain, chunk);
     }
     true
 }

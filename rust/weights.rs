@@ -1,7 +1,7 @@
 //! Getting weights into the kernel's memory: each tensor is read from its file
 //! once, straight into one allocation that holds them all, and kept there in
 //! its compact format (optionally quantized on the way in: `--quantize`), block
-//! formats regrouped eight rows at a time for the SIMD kernels (`groups.rs`).
+//! formats regrouped eight rows at a time for the SIMD kernels (`row_groups.rs`).
 //!
 //! Why not use the file mapping itself: a mapping is paged in 4 KiB pages, and
 //! decode streams every weight once per token, so TLB misses add up. The arena

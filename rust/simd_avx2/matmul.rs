@@ -202,7 +202,7 @@ unsafe fn sum_lanes_of_8(p: [__m256i; 8]) -> __m256i {
     )
 }
 
-/// Eight rows' quants of one block from a grouped block (`groups.rs`): Q8_0
+/// Eight rows' quants of one block from a grouped block (`row_groups.rs`): Q8_0
 /// signed bytes as stored; Q4 pairs split by nibble (0..15, unsigned).
 #[inline(always)]
 unsafe fn group_quants<const F: u8>(blk: *const u8) -> [__m256i; 8] {
