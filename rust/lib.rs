@@ -5,6 +5,7 @@
 //! `py` holds every PyO3 item; it is built only with the `python` feature.
 
 pub mod arena;
+pub mod attention;
 pub mod cpu;
 pub mod dtype;
 pub mod kv_cache;
