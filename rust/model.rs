@@ -13,7 +13,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::attention::{self, prompt_scores, prompt_weighted_sums};
@@ -582,14 +581,13 @@ impl Model {
         let blocks = n.div_ceil(QB);
         let units = c.n_kv_heads * blocks;
         let slabs = SendPtr(by_head.as_mut_ptr());
-        let next = AtomicUsize::new(0);
-        pool::global().run(&|_, _| {
+        pool::global().claim_units(units, |claims| {
             PROMPT_ROWS.with_borrow_mut(|(scores, qv)| {
                 let ctx_max = pos0 + n;
                 let rows = group * QB;
                 scores.resize(rows * ctx_max, 0.0);
                 qv.resize(rows * hd, 0.0);
-                while let Some(u) = claim(&next, units) {
+                for u in claims {
                     let (b, g) = (u / c.n_kv_heads, u % c.n_kv_heads);
                     let i0 = b * QB;
                     let nq = QB.min(n - i0);
@@ -677,15 +675,14 @@ impl Model {
         assert!(rows.iter().all(|&(r, _)| (r + 1) * q_dim <= out.len()));
         let outs = SendPtr(out.as_mut_ptr());
         let units = rows.len() * c.n_heads;
-        let next = AtomicUsize::new(0);
-        pool::global().run(&|_, _| {
+        pool::global().claim_units(units, |claims| {
             ATTN_ROW.with_borrow_mut(|(scores, qv)| {
                 if scores.capacity() < c.max_seq_len {
                     // Room for a full context at once: growing with it would reallocate.
                     scores.reserve_exact(c.max_seq_len - scores.len());
                 }
                 qv.resize(hd, 0.0);
-                while let Some(u) = claim(&next, units) {
+                for u in claims {
                     let ((row, si), h) = (rows[u / c.n_heads], u % c.n_heads);
                     let s = &segments[si];
                     let e = &batch[s.entry];
@@ -714,11 +711,4 @@ impl Model {
             })
         });
     }
-}
-
-/// The next unit of parallel work, 0..`units`, for whichever thread asks first
-/// (threads slowed by other load take fewer), or None when all are taken.
-fn claim(next: &AtomicUsize, units: usize) -> Option<usize> {
-    let u = next.fetch_add(1, Ordering::Relaxed);
-    (u < units).then_some(u)
 }

@@ -12,7 +12,6 @@
 //!   matrices that share an input run in one parallel section (`matmul_many`).
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::dtype::DType;
 use crate::pool::{self, SendPtr};
@@ -288,12 +287,7 @@ pub fn matmul_many(
         first_chunk[i + 1] = first_chunk[i] + w.rows.div_ceil(chunk_rows[i]);
     }
     let total = first_chunk[products.len()];
-    let next = AtomicUsize::new(0);
-    pool::global().run(&|_, _| loop {
-        let c = next.fetch_add(1, Ordering::Relaxed);
-        if c >= total {
-            break;
-        }
+    pool::global().for_each_unit(total, |c| {
         let i = (0..products.len())
             .find(|&i| c < first_chunk[i + 1])
             .unwrap();
