@@ -287,15 +287,46 @@ pub fn matmul_many(
         first_chunk[i + 1] = first_chunk[i] + w.rows.div_ceil(chunk_rows[i]);
     }
     let total = first_chunk[products.len()];
-    pool::global().for_each_unit(total, |c| {
-        let i = (0..products.len())
-            .find(|&i| c < first_chunk[i + 1])
-            .unwrap();
-        let w = products[i].0;
-        let start = (c - first_chunk[i]) * chunk_rows[i];
-        let rows = start..(start + chunk_rows[i]).min(w.rows);
-        rows_job(isa, w, x, q8, n_tok, rows, outs[i]);
+    let (float_cols, gathered_bytes) = row_buffer_sizes(isa, products);
+    pool::global().claim_units(total, |chunks| {
+        reserve_row_buffers(float_cols, gathered_bytes);
+        for c in chunks {
+            let i = (0..products.len())
+                .find(|&i| c < first_chunk[i + 1])
+                .unwrap();
+            let w = products[i].0;
+            let start = (c - first_chunk[i]) * chunk_rows[i];
+            let rows = start..(start + chunk_rows[i]).min(w.rows);
+            rows_job(isa, w, x, q8, n_tok, rows, outs[i]);
+        }
     });
+}
+
+/// The longest row, in f32 values, any product widens into `ROW`, and in
+/// bytes, any product gathers into `GATHER` (0: that buffer is not used).
+fn row_buffer_sizes(isa: Isa, products: &[(&Tensor, &mut [f32])]) -> (usize, usize) {
+    let (mut float_cols, mut gathered_bytes) = (0, 0);
+    for (w, _) in products {
+        if !w.dtype.is_quantized() {
+            float_cols = float_cols.max(w.cols);
+        } else if w.is_grouped() && isa == Isa::Portable {
+            gathered_bytes = gathered_bytes.max(w.row_bytes());
+        }
+    }
+    (float_cols, gathered_bytes)
+}
+
+/// Grows this thread's row buffers to the sizes given, on every thread of a
+/// section whether or not it claims a chunk: a thread that first met the widest
+/// matrix in a later call would grow its buffer then, and a warmed-up decode
+/// step would allocate (rust/tests/decode_allocates_nothing.rs).
+fn reserve_row_buffers(float_cols: usize, gathered_bytes: usize) {
+    if float_cols > 0 {
+        ROW.with_borrow_mut(|b| b.reserve(float_cols.saturating_sub(b.len())));
+    }
+    if gathered_bytes > 0 {
+        GATHER.with_borrow_mut(|b| b.reserve(gathered_bytes.saturating_sub(b.len())));
+    }
 }
 
 /// RMSNorm of each `weight.len()`-sized row of `x` into `out`.
