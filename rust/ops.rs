@@ -1,15 +1,17 @@
 //! The numeric building blocks of the forward pass: matrix products over
-//! weight tensors in any `DType`, RMSNorm, RoPE, softmax, SwiGLU.
+//! weight tensors in any `DType` (with the quantization of their activations),
+//! RMSNorm, RoPE, softmax, SwiGLU.
 //!
 //! Performance notes:
 //! - Block-quantized weights meet activations quantized to 8 bits (as in ggml),
-//!   in tiles of several rows × tokens (`simd_avx2.rs`); float weights are widened
-//!   one row at a time into an L1-sized buffer and met with every token.
+//!   in tiles of several rows × tokens (`simd_avx2/matmul.rs`); float weights are
+//!   widened one row at a time into an L1-sized buffer and met with every token.
 //! - Each kernel has an AVX2 version and a portable one; the choice is made per
-//!   call from the CPU's features (`avx2_enabled`; `PYCOMPAT_KERNEL=portable`
-//!   forces the portable one), and the tests hold the two to the same results.
-//! - Rows are split evenly across the kernel's own thread pool (`pool.rs`); the
-//!   matrices that share an input run in one parallel section (`matmul_many`).
+//!   call from the CPU's features (`cpu.rs`; `PYCOMPAT_KERNEL=portable` forces
+//!   the portable one), and the tests hold the two to the same results.
+//! - Rows are dealt in chunks that the threads of the kernel's pool claim as
+//!   they go (`pool.rs`); the matrices that share an input run in one parallel
+//!   section (`matmul_many`).
 
 use std::ops::Range;
 
@@ -230,7 +232,7 @@ const MAX_SHARED: usize = 4;
 /// Several matrices times the same activations (Q, K and V; gate and up) in one
 /// parallel section: the activations are quantized once (into `q8`, reused across
 /// calls so the hot path does not allocate), and the threads meet once, not
-/// once per matrix. Every matrix's rows are split across all threads.
+/// once per matrix. Every matrix's rows are shared among all threads.
 pub fn matmul_many(
     x: &[f32],
     n_tok: usize,

@@ -2,8 +2,10 @@
 //! format), with row access and row dequantization.
 //!
 //! A matrix is stored row-major: `rows` rows of `cols` elements, each row a
-//! whole number of blocks. Rows are what the kernels stream through: the
-//! matrix-vector product dequantizes one row at a time into a small buffer.
+//! whole number of blocks. Rows are what the matrix products stream through
+//! (`ops.rs`): float rows widened to f32 one at a time into a small buffer,
+//! block rows met as they are by 8-bit activations. Block formats may instead
+//! keep their rows eight by eight in the grouped layout (`row_groups.rs`).
 
 use std::sync::Arc;
 
