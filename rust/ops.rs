@@ -152,7 +152,7 @@ fn rows_job(
                 _ => matmul_groups::<Q4_1>,
             };
             let g = crate::row_groups::ROWS;
-            debug_assert!(rows.start % g == 0 && rows.len() % g == 0);
+            debug_assert!(rows.start.is_multiple_of(g) && rows.len().is_multiple_of(g));
             // SAFETY: as below; the part's rows are whole groups.
             unsafe {
                 kernel(

@@ -128,7 +128,7 @@ fn worker(shared: Arc<Shared>, index: usize) {
         while shared.generation.load(Ordering::Acquire) == seen {
             spins = spins.wrapping_add(1);
             // Reading the clock costs more than a spin: look at it every 64th time round.
-            if spins % 64 == 0 && start.elapsed() > SPIN {
+            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
                 let guard = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
                 shared.sleeping.fetch_add(1, Ordering::SeqCst);
                 if shared.generation.load(Ordering::SeqCst) == seen {

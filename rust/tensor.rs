@@ -180,7 +180,7 @@ thread_local! {
 /// layout, in place, if the format has one and the rows fill whole groups.
 /// Returns whether it did.
 pub fn regroup(dtype: DType, rows: usize, row_bytes: usize, data: &mut [u8]) -> bool {
-    if !row_groups::groupable(dtype) || rows == 0 || rows % row_groups::ROWS != 0 {
+    if !row_groups::groupable(dtype) || rows == 0 || !rows.is_multiple_of(row_groups::ROWS) {
         return false;
     }
     let size = row_groups::ROWS * row_bytes;

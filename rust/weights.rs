@@ -52,7 +52,7 @@ impl Quantize {
     /// and llama.cpp's quantizer also keeps the output layer wider.
     fn target(self, src: &TensorSource) -> DType {
         let float = matches!(src.dtype, DType::F32 | DType::F16 | DType::BF16);
-        if !float || src.rows < 2 || src.cols % 32 != 0 {
+        if !float || src.rows < 2 || !src.cols.is_multiple_of(32) {
             return src.dtype;
         }
         match self {

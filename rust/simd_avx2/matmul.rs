@@ -105,6 +105,7 @@ unsafe fn tile<const F: u8, const R: usize, const T: usize>(
 /// `row_bytes` bytes in format `F`, `acts` the matching activations, and `out`
 /// must be valid for those writes.
 #[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn matmul_rows<const F: u8>(
     w: &[u8],
     row_bytes: usize,
@@ -136,8 +137,8 @@ pub unsafe fn matmul_rows<const F: u8>(
                 [q],
                 nb,
             );
-            for i in 0..4 {
-                *out.add(r + i) = o[i][0];
+            for (i, oi) in o.iter().enumerate() {
+                *out.add(r + i) = oi[0];
             }
             r += 4;
         }
