@@ -1,5 +1,8 @@
-//! One sequence's attention cache: the keys and values of every token it has
-//! seen, per layer. The forward pass appends to it; `truncate` rolls it back.
+//! The paged KV cache's storage: per layer, the keys and values of `n_blocks`
+//! blocks of `block_size` positions, shared by every sequence. Which blocks
+//! hold a sequence's positions is its block table, kept by the caller (the
+//! engine's `blocks.py`); the forward pass writes each new position into its
+//! block, and the attention kernels (`attention.rs`) read them back.
 //!
 //! Entries are f16 for models with f16 or block-quantized weights, as in
 //! llama.cpp's default cache: half the memory and bandwidth, and the same
@@ -58,72 +61,6 @@ pub fn rounds<T: KvElem>() -> bool {
     T::BITS == Bits::F16
 }
 
-/// The cache as f32 values, if that is what it holds.
-pub fn as_f32<T: KvElem>(cache: &[T]) -> Option<&[f32]> {
-    // SAFETY: an element with F32 bits is an f32 (the only such KvElem is f32).
-    (T::BITS == Bits::F32)
-        .then(|| unsafe { std::slice::from_raw_parts(cache.as_ptr() as *const f32, cache.len()) })
-}
-
-/// Attention scores: `out[j] = scale · q·k_j`, key j at `keys[j·stride..]`.
-pub fn scores<T: KvElem>(q: &[f32], keys: &[T], stride: usize, scale: f32, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if simd_ok(q.len()) && fits(keys.len(), out.len(), stride, q.len()) {
-        use crate::simd_avx2::scores as simd;
-        // SAFETY: features checked, every key in bounds; BITS says what the elements are.
-        return unsafe {
-            match T::BITS {
-                Bits::F32 => simd(q, keys.as_ptr() as *const f32, stride, scale, out),
-                Bits::F16 => simd(q, keys.as_ptr() as *const u16, stride, scale, out),
-            }
-        };
-    }
-    for (j, s) in out.iter_mut().enumerate() {
-        let key = &keys[j * stride..][..q.len()];
-        *s = q.iter().zip(key).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
-    }
-}
-
-/// `out = Σ_j p[j]·v_j`, value j at `values[j·stride..]`.
-pub fn weighted_sum<T: KvElem>(p: &[f32], values: &[T], stride: usize, out: &mut [f32]) {
-    out.fill(0.0);
-    weighted_sum_onto(p, values, stride, out)
-}
-
-/// `out += Σ_j p[j]·v_j`, each output one chain of multiply-adds in key order,
-/// so a sum taken a cache block at a time equals the sum taken at once.
-pub fn weighted_sum_onto<T: KvElem>(p: &[f32], values: &[T], stride: usize, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if simd_ok(out.len()) && fits(values.len(), p.len(), stride, out.len()) {
-        use crate::simd_avx2::weighted_sum as simd;
-        // SAFETY: as in `scores`.
-        return unsafe {
-            match T::BITS {
-                Bits::F32 => simd(p, values.as_ptr() as *const f32, stride, out),
-                Bits::F16 => simd(p, values.as_ptr() as *const u16, stride, out),
-            }
-        };
-    }
-    let width = out.len();
-    for (j, &pj) in p.iter().enumerate() {
-        for (o, v) in out.iter_mut().zip(&values[j * stride..][..width]) {
-            *o += pj * v.to_f32();
-        }
-    }
-}
-
-/// Whether the SIMD attention kernels run here, for vectors of `len`.
-#[cfg(target_arch = "x86_64")]
-fn simd_ok(len: usize) -> bool {
-    len % 8 == 0 && crate::ops::avx2_enabled()
-}
-
-/// Whether `n` rows of `width` at `stride` lie within `len` elements.
-#[cfg(target_arch = "x86_64")]
-fn fits(len: usize, n: usize, stride: usize, width: usize) -> bool {
-    n == 0 || (n - 1) * stride + width <= len
-}
-
 /// The cache's storage: per layer, keys and values of `n_blocks` blocks of
 /// `block_size` positions, each position `kv_dim` wide. Which blocks hold which
 /// sequence's positions is the caller's business (a block table per sequence):
@@ -178,7 +115,13 @@ pub struct KvStore {
 }
 
 impl KvStore {
-    pub fn new(n_layers: usize, kv_dim: usize, f16: bool, block_size: usize, n_blocks: usize) -> KvStore {
+    pub fn new(
+        n_layers: usize,
+        kv_dim: usize,
+        f16: bool,
+        block_size: usize,
+        n_blocks: usize,
+    ) -> KvStore {
         assert!(block_size > 0, "a cache block holds at least one position");
         let per_layer = n_blocks
             .checked_mul(block_size * kv_dim)
@@ -212,61 +155,6 @@ impl KvStore {
 #[inline]
 pub fn row_offset(blocks: &[u32], block_size: usize, kv_dim: usize, pos: usize) -> usize {
     (blocks[pos / block_size] as usize * block_size + pos % block_size) * kv_dim
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 20) as f32 / 2048.0 - 1.0
-            })
-            .collect()
-    }
-
-    /// The f16 cache's attention kernels (SIMD where the CPU has it) against plain
-    /// f64 sums, for key counts and head sizes that leave remainders: fewer than
-    /// eight keys, not a multiple of eight, heads wider than the 64 values kept in
-    /// registers at once.
-    #[test]
-    fn f16_scores_and_weighted_sums_match_plain_sums() {
-        for hd in [8, 64, 72, 136] {
-            for n_keys in [1, 7, 8, 19] {
-                let stride = hd + 16; // keys of one head inside wider rows, as in the cache
-                let cache: Vec<F16> = values(n_keys * stride, 1)
-                    .into_iter()
-                    .map(F16::from_f32)
-                    .collect();
-                let q = values(hd, 2);
-                let mut got = vec![0f32; n_keys];
-                scores(&q, &cache, stride, 0.5, &mut got);
-                let mut out = vec![0f32; hd];
-                let p = values(n_keys, 3);
-                weighted_sum(&p, &cache, stride, &mut out);
-                for j in 0..n_keys {
-                    let exact: f64 = (0..hd)
-                        .map(|d| q[d] as f64 * cache[j * stride + d].to_f32() as f64)
-                        .sum::<f64>()
-                        * 0.5;
-                    assert!(
-                        (got[j] as f64 - exact).abs() < 1e-4,
-                        "hd {hd}, {n_keys} keys, key {j}"
-                    );
-                }
-                for d in 0..hd {
-                    let exact: f64 = (0..n_keys)
-                        .map(|j| p[j] as f64 * cache[j * stride + d].to_f32() as f64)
-                        .sum();
-                    assert!(
-                        (out[d] as f64 - exact).abs() < 1e-4,
-                        "hd {hd}, {n_keys} keys, dim {d}"
-                    );
-                }
-            }
-        }
-    }
 }
 
 /// Finished sequences' stores kept for new ones (the `Sequence` API, used by

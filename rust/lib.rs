@@ -4,12 +4,17 @@
 //! The core (everything but `py`) is plain Rust and tests with `cargo test`.
 //! `py` holds every PyO3 item; it is built only with the `python` feature.
 
-pub mod groups;
+pub mod arena;
+pub mod attention;
+pub mod cpu;
+pub mod dtype;
 pub mod kv_cache;
 pub mod model;
 pub mod ops;
 pub mod pool;
+pub mod q8_activations;
 pub mod quant;
+pub mod row_groups;
 pub mod sampler;
 pub mod simd_avx2;
 pub mod tensor;

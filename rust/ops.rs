@@ -1,22 +1,24 @@
 //! The numeric building blocks of the forward pass: matrix products over
-//! weight tensors in any `DType`, RMSNorm, RoPE, softmax, SwiGLU.
+//! weight tensors in any `DType` (with the quantization of their activations),
+//! RMSNorm, RoPE, softmax, SwiGLU.
 //!
 //! Performance notes:
 //! - Block-quantized weights meet activations quantized to 8 bits (as in ggml),
-//!   in tiles of several rows × tokens (`simd_avx2.rs`); float weights are widened
-//!   one row at a time into an L1-sized buffer and met with every token.
+//!   in tiles of several rows × tokens (`simd_avx2/matmul.rs`); float weights are
+//!   widened one row at a time into an L1-sized buffer and met with every token.
 //! - Each kernel has an AVX2 version and a portable one; the choice is made per
-//!   call from the CPU's features (`avx2_enabled`; `PYCOMPAT_KERNEL=portable`
-//!   forces the portable one), and the tests hold the two to the same results.
-//! - Rows are split evenly across the kernel's own thread pool (`pool.rs`); the
-//!   matrices that share an input run in one parallel section (`matmul_many`).
+//!   call from the CPU's features (`cpu.rs`; `PYCOMPAT_KERNEL=portable` forces
+//!   the portable one), and the tests hold the two to the same results.
+//! - Rows are dealt in chunks that the threads of the kernel's pool claim as
+//!   they go (`pool.rs`); the matrices that share an input run in one parallel
+//!   section (`matmul_many`).
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::dtype::DType;
 use crate::pool::{self, SendPtr};
-use crate::quant::Q8Activations;
-use crate::tensor::{DType, Tensor};
+use crate::q8_activations::Q8Activations;
+use crate::tensor::Tensor;
 
 /// f32 dot product with 16 independent accumulators, so the compiler can keep
 /// them in vector registers (a single accumulator would serialize on its latency).
@@ -54,58 +56,15 @@ enum Isa {
     Avx2,
 }
 
-/// The environment variable that forces the portable kernels everywhere, with
-/// the value `portable`: how a user (or a test run) rules out a SIMD bug. Any
-/// other value, or none, lets each kernel pick the best the CPU runs.
-pub const KERNEL_ENV: &str = "PYCOMPAT_KERNEL";
-
-/// Whether the AVX2 kernels (with FMA and F16C) may run: the CPU has them and
-/// `PYCOMPAT_KERNEL` does not ask for the portable ones. Every run-time choice of
-/// a SIMD path goes through here. Decided once per process, so the weights'
-/// layout chosen at load (`weights.rs`) and the kernels that later read it agree.
-pub fn avx2_enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| {
-        let forced_portable = std::env::var(KERNEL_ENV).is_ok_and(|v| v == "portable");
-        !forced_portable && cpu_has_avx2()
-    })
-}
-
-fn cpu_has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-    {
-        return true;
-    }
-    false
-}
-
-/// The kernels this process runs: "avx2" or "portable".
-pub fn simd_path() -> &'static str {
-    if avx2_enabled() {
-        "avx2"
-    } else {
-        "portable"
-    }
-}
-
 fn pick_isa(allow_simd: bool) -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        if allow_simd && avx2_enabled() {
+        if allow_simd && crate::cpu::avx2_enabled() {
             return Isa::Avx2;
         }
     }
     let _ = allow_simd;
     Isa::Portable
-}
-
-/// Whether this CPU runs the kernels for the grouped layout (`groups.rs`);
-/// the loader groups block-quantized weights only then.
-pub fn grouped_kernels_available() -> bool {
-    pick_isa(true) != Isa::Portable
 }
 
 thread_local! {
@@ -192,8 +151,8 @@ fn rows_job(
                 DType::Q4_0 => matmul_groups::<Q4_0>,
                 _ => matmul_groups::<Q4_1>,
             };
-            let g = crate::groups::ROWS;
-            debug_assert!(rows.start % g == 0 && rows.len() % g == 0);
+            let g = crate::row_groups::ROWS;
+            debug_assert!(rows.start.is_multiple_of(g) && rows.len().is_multiple_of(g));
             // SAFETY: as below; the part's rows are whole groups.
             unsafe {
                 kernel(
@@ -233,6 +192,23 @@ fn rows_job(
     }
 }
 
+/// Quantizes `x` (rows of `cols` values, `cols` a multiple of 32) into `q8`,
+/// reusing its buffers, for the quantized matrix products. The AVX2 quantizer
+/// and the portable one give the same bytes (tested), so the products may run
+/// on either path whichever quantized.
+pub fn quantize_activations(q8: &mut Q8Activations, x: &[f32], cols: usize, allow_simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if allow_simd && crate::cpu::avx2_enabled() {
+        q8.resize_for(x, cols);
+        // SAFETY: the features are present; the buffers were sized above.
+        return unsafe {
+            crate::simd_avx2::quantize_q8(x, &mut q8.d, &mut q8.s, &mut q8.isum, &mut q8.qs)
+        };
+    }
+    let _ = allow_simd;
+    q8.quantize_portable(x, cols)
+}
+
 /// `out[t, n] = Σ_k x[t, k] · w[n, k]` for `n_tok` tokens: x is [n_tok, w.cols],
 /// out is [n_tok, w.rows]. Runs on the kernel's thread pool.
 pub fn matmul(w: &Tensor, x: &[f32], n_tok: usize, out: &mut [f32]) {
@@ -256,7 +232,7 @@ const MAX_SHARED: usize = 4;
 /// Several matrices times the same activations (Q, K and V; gate and up) in one
 /// parallel section: the activations are quantized once (into `q8`, reused across
 /// calls so the hot path does not allocate), and the threads meet once, not
-/// once per matrix. Every matrix's rows are split across all threads.
+/// once per matrix. Every matrix's rows are shared among all threads.
 pub fn matmul_many(
     x: &[f32],
     n_tok: usize,
@@ -281,7 +257,7 @@ pub fn matmul_many(
         );
     }
     if products.iter().any(|(w, _)| w.dtype.is_quantized()) {
-        q8.quantize(x, cols);
+        quantize_activations(q8, x, cols, true);
     }
     let isa = pick_isa(allow_simd);
     // The outputs as raw pointers the threads share (on the stack: no allocation per call).
@@ -304,7 +280,7 @@ pub fn matmul_many(
     for (i, (w, _)) in products.iter().enumerate() {
         // Whole groups of eight, or rows in fours (the row kernel's decode tile).
         let align = if w.is_grouped() {
-            crate::groups::ROWS
+            crate::row_groups::ROWS
         } else {
             4
         };
@@ -313,20 +289,46 @@ pub fn matmul_many(
         first_chunk[i + 1] = first_chunk[i] + w.rows.div_ceil(chunk_rows[i]);
     }
     let total = first_chunk[products.len()];
-    let next = AtomicUsize::new(0);
-    pool::global().run(&|_, _| loop {
-        let c = next.fetch_add(1, Ordering::Relaxed);
-        if c >= total {
-            break;
+    let (float_cols, gathered_bytes) = row_buffer_sizes(isa, products);
+    pool::global().claim_units(total, |chunks| {
+        reserve_row_buffers(float_cols, gathered_bytes);
+        for c in chunks {
+            let i = (0..products.len())
+                .find(|&i| c < first_chunk[i + 1])
+                .unwrap();
+            let w = products[i].0;
+            let start = (c - first_chunk[i]) * chunk_rows[i];
+            let rows = start..(start + chunk_rows[i]).min(w.rows);
+            rows_job(isa, w, x, q8, n_tok, rows, outs[i]);
         }
-        let i = (0..products.len())
-            .find(|&i| c < first_chunk[i + 1])
-            .unwrap();
-        let w = products[i].0;
-        let start = (c - first_chunk[i]) * chunk_rows[i];
-        let rows = start..(start + chunk_rows[i]).min(w.rows);
-        rows_job(isa, w, x, q8, n_tok, rows, outs[i]);
     });
+}
+
+/// The longest row, in f32 values, any product widens into `ROW`, and in
+/// bytes, any product gathers into `GATHER` (0: that buffer is not used).
+fn row_buffer_sizes(isa: Isa, products: &[(&Tensor, &mut [f32])]) -> (usize, usize) {
+    let (mut float_cols, mut gathered_bytes) = (0, 0);
+    for (w, _) in products {
+        if !w.dtype.is_quantized() {
+            float_cols = float_cols.max(w.cols);
+        } else if w.is_grouped() && isa == Isa::Portable {
+            gathered_bytes = gathered_bytes.max(w.row_bytes());
+        }
+    }
+    (float_cols, gathered_bytes)
+}
+
+/// Grows this thread's row buffers to the sizes given, on every thread of a
+/// section whether or not it claims a chunk: a thread that first met the widest
+/// matrix in a later call would grow its buffer then, and a warmed-up decode
+/// step would allocate (rust/tests/decode_allocates_nothing.rs).
+fn reserve_row_buffers(float_cols: usize, gathered_bytes: usize) {
+    if float_cols > 0 {
+        ROW.with_borrow_mut(|b| b.reserve(float_cols.saturating_sub(b.len())));
+    }
+    if gathered_bytes > 0 {
+        GATHER.with_borrow_mut(|b| b.reserve(gathered_bytes.saturating_sub(b.len())));
+    }
 }
 
 /// RMSNorm of each `weight.len()`-sized row of `x` into `out`.
@@ -420,7 +422,6 @@ pub fn swiglu_with(gate: &mut [f32], up: &[f32], allow_simd: bool) {
 mod tests {
     use super::*;
     use crate::quant::quantize;
-    use crate::tensor::DType;
 
     fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed;
@@ -437,11 +438,27 @@ mod tests {
     /// The activations as the quantized matmul sees them: d·q per block.
     fn q8_rounded(x: &[f32], cols: usize) -> Vec<f32> {
         let mut q = Q8Activations::new();
-        q.quantize(x, cols);
+        quantize_activations(&mut q, x, cols, true);
         x.iter()
             .enumerate()
             .map(|(i, _)| q.d[i / 32] * q.qs[i] as f32)
             .collect()
+    }
+
+    #[test]
+    fn activation_quantization_is_the_same_on_every_path() {
+        let x: Vec<f32> = (0..3 * 64)
+            .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 13.0)
+            .chain(std::iter::repeat_n(0.0, 32)) // an all-zero block
+            .chain((0..32).map(|i| if i % 2 == 0 { 0.5 } else { -1.5 })) // ties at ±0.5 steps
+            .collect();
+        let (mut simd, mut portable) = (Q8Activations::new(), Q8Activations::new());
+        quantize_activations(&mut simd, &x, 64, true);
+        quantize_activations(&mut portable, &x, 64, false);
+        assert_eq!(simd.qs, portable.qs);
+        assert_eq!(simd.isum, portable.isum);
+        assert_eq!(simd.d, portable.d);
+        assert_eq!(simd.s, portable.s);
     }
 
     #[test]

@@ -7,8 +7,11 @@
 //! on a generation counter for a short while after each section (the next one
 //! usually comes within microseconds), and only then sleep.
 //!
-//! Work is split statically: `run(f)` calls `f(i, n)` once on each of the n
-//! threads; `f` divides its range by `i`.
+//! `run(f)` calls `f(i, n)` once on each of the n threads. Work is handed out
+//! with `claim_units` (or `for_each_unit`): units 0..n go one at a time to
+//! whichever thread is free next, so a thread slowed by the machine's other
+//! load takes fewer instead of keeping the others waiting at the end (a static
+//! split, one range per thread index, cost the matrix products about 4%).
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -125,7 +128,7 @@ fn worker(shared: Arc<Shared>, index: usize) {
         while shared.generation.load(Ordering::Acquire) == seen {
             spins = spins.wrapping_add(1);
             // Reading the clock costs more than a spin: look at it every 64th time round.
-            if spins % 64 == 0 && start.elapsed() > SPIN {
+            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
                 let guard = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
                 shared.sleeping.fetch_add(1, Ordering::SeqCst);
                 if shared.generation.load(Ordering::SeqCst) == seen {
@@ -145,6 +148,40 @@ fn worker(shared: Arc<Shared>, index: usize) {
             }
         }
         shared.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The units a thread takes in `Pool::claim_units`: each `next()` claims the
+/// lowest unit that no thread has taken yet, or ends when all are taken.
+pub struct Claims<'a> {
+    next: &'a AtomicUsize,
+    n: usize,
+}
+
+impl Iterator for Claims<'_> {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        let unit = self.next.fetch_add(1, Ordering::Relaxed);
+        (unit < self.n).then_some(unit)
+    }
+}
+
+impl Pool {
+    /// Runs units 0..n on the pool's threads and returns when all are done:
+    /// `f(claims)` runs once on every thread (the caller included), even on one
+    /// that gets no unit, so it may set up per-thread buffers first; `claims`
+    /// then yields the units that thread takes, each unit to one thread only.
+    /// Allocates nothing.
+    pub fn claim_units(&self, n: usize, f: impl Fn(Claims) + Sync) {
+        let next = AtomicUsize::new(0);
+        self.run(&|_, _| f(Claims { next: &next, n }));
+    }
+
+    /// `f(unit)` for every unit in 0..n, each on the thread that claims it (`claim_units`).
+    pub fn for_each_unit(&self, n: usize, f: impl Fn(usize) + Sync) {
+        self.claim_units(n, |units| units.for_each(&f));
     }
 }
 
@@ -199,13 +236,6 @@ fn threads_from_env(value: Option<&str>) -> usize {
     }
 }
 
-/// The `part`-th of `n` near-equal slices of 0..len, aligned down to `align`.
-pub fn split(len: usize, part: usize, n: usize, align: usize) -> std::ops::Range<usize> {
-    let units = len.div_ceil(align);
-    let bound = |p: usize| (units * p / n * align).min(len);
-    bound(part)..bound(part + 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,20 +285,27 @@ mod tests {
     }
 
     #[test]
-    fn split_covers_the_range_once() {
-        for (len, n, align) in [
-            (100, 3, 1),
-            (37, 2, 16),
-            (5, 4, 1),
-            (0, 2, 1),
-            (1000, 7, 32),
-        ] {
-            let parts: Vec<_> = (0..n).map(|p| split(len, p, n, align)).collect();
-            assert_eq!(parts[0].start, 0);
-            assert_eq!(parts[n - 1].end, len);
-            for w in parts.windows(2) {
-                assert_eq!(w[0].end, w[1].start);
-            }
+    fn every_unit_runs_once_and_every_thread_sets_up() {
+        let pool = Pool::new(3);
+        for n in [0, 1, 2, 3, 7, 1000] {
+            let runs: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+            let setups = AtomicU64::new(0);
+            pool.claim_units(n, |units| {
+                setups.fetch_add(1, Ordering::Relaxed);
+                for u in units {
+                    runs[u].fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            assert_eq!(setups.load(Ordering::Relaxed), 3, "{n} units");
+            assert!(
+                runs.iter().all(|r| r.load(Ordering::Relaxed) == 1),
+                "{n} units"
+            );
+            let total = AtomicU64::new(0);
+            pool.for_each_unit(n, |u| {
+                total.fetch_add(u as u64 + 1, Ordering::Relaxed);
+            });
+            assert_eq!(total.load(Ordering::Relaxed), (n * (n + 1) / 2) as u64);
         }
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use crate::kv_cache::KvStore;
 use crate::model::{Arch, Config, Entry, KernelError as CoreError, Model, Want};
 use crate::sampler::{Sampler as CoreSampler, SamplingParams};
-use crate::tensor::DType;
+use crate::dtype::DType;
 use crate::weights::{self, Quantize, TensorSource};
 
 create_exception!(
@@ -350,7 +350,7 @@ fn threads() -> usize {
 /// or when `PYCOMPAT_KERNEL=portable` (read once, at the first use).
 #[pyfunction]
 fn simd_path() -> &'static str {
-    crate::ops::simd_path()
+    crate::cpu::simd_path()
 }
 
 #[pymodule]

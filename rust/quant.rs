@@ -1,12 +1,15 @@
-//! Element formats: f16/bf16 conversion and ggml block dequantization.
+//! Element formats: f16/bf16 conversion, ggml block dequantization and
+//! quantization, and the dot product of a block-quantized row with 8-bit
+//! activations (`q8_activations.rs`).
 //!
-//! These are the plain, portable definitions. They are `#[inline(always)]` so
-//! that the SIMD-enabled callers in `ops.rs` get them compiled for their
-//! instruction set; the same source is the reference the tests compare with.
+//! These are the plain, portable definitions, with no SIMD of their own. They
+//! are `#[inline(always)]` so that the SIMD-enabled callers in `ops.rs` get
+//! them compiled for their instruction set; the same source is the reference
+//! the tests compare with.
 
 use std::sync::LazyLock;
 
-use crate::tensor::DType;
+use crate::dtype::DType;
 use half::{bf16, f16};
 
 /// Every f16 bit pattern's f32 value. A lookup is cheaper than converting in
@@ -34,101 +37,6 @@ pub fn round_to_f16(v: f32) -> f32 {
 #[inline(always)]
 fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([bytes[at], bytes[at + 1]]))
-}
-
-/// Activations quantized to 8 bits in blocks of 32, as ggml quantizes them before
-/// a quantized matrix product (its Q8_0 and Q8_1 formats): per block a scale `d`
-/// (f16-rounded), the sum `s` = d·Σq (f16-rounded; used against Q4_1's minimum)
-/// and 32 signed bytes. Integer block products then replace f32 ones, and our
-/// logits round the way llama.cpp's do.
-pub struct Q8Activations {
-    pub d: Vec<f32>, // (tokens · blocks)
-    pub s: Vec<f32>, // (tokens · blocks)
-    /// Σq of each block, exact (Q4_0's offset of 8 is taken off with it).
-    pub isum: Vec<i32>, // (tokens · blocks)
-    pub qs: Vec<i8>, // (tokens · cols)
-    pub cols: usize,
-}
-
-impl Q8Activations {
-    pub fn new() -> Self {
-        Q8Activations {
-            d: Vec::new(),
-            s: Vec::new(),
-            isum: Vec::new(),
-            qs: Vec::new(),
-            cols: 0,
-        }
-    }
-
-    /// Quantizes `x` (rows of `cols` values, `cols` a multiple of 32), reusing the buffers.
-    pub fn quantize(&mut self, x: &[f32], cols: usize) {
-        self.quantize_with(x, cols, true)
-    }
-
-    fn resize_for(&mut self, x: &[f32], cols: usize) {
-        debug_assert_eq!(cols % 32, 0);
-        let blocks = x.len() / 32;
-        self.cols = cols;
-        self.d.resize(blocks, 0.0);
-        self.s.resize(blocks, 0.0);
-        self.isum.resize(blocks, 0);
-        self.qs.resize(x.len(), 0);
-    }
-
-    /// `quantize`, optionally forcing the portable code (tests compare the two).
-    pub fn quantize_with(&mut self, x: &[f32], cols: usize, allow_simd: bool) {
-        self.resize_for(x, cols);
-        #[cfg(target_arch = "x86_64")]
-        if allow_simd && crate::ops::avx2_enabled() {
-            // SAFETY: the features are present; the buffers were sized above.
-            return unsafe {
-                crate::simd_avx2::quantize_q8(
-                    x,
-                    &mut self.d,
-                    &mut self.s,
-                    &mut self.isum,
-                    &mut self.qs,
-                )
-            };
-        }
-        self.quantize_blocks(x)
-    }
-
-    #[inline(always)]
-    fn quantize_blocks(&mut self, x: &[f32]) {
-        for (b, block) in x.chunks_exact(32).enumerate() {
-            let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-            let q = &mut self.qs[b * 32..(b + 1) * 32];
-            let mut sum = 0i32;
-            for (qv, v) in q.iter_mut().zip(block) {
-                *qv = (v * id).round_ties_even() as i8;
-                sum += *qv as i32;
-            }
-            self.d[b] = round_to_f16(d);
-            self.s[b] = round_to_f16(d * sum as f32);
-            self.isum[b] = sum;
-        }
-    }
-
-    /// The blocks of token `t`: (d, s, qs).
-    #[inline(always)]
-    pub fn token(&self, t: usize) -> (&[f32], &[f32], &[i8]) {
-        let nb = self.cols / 32;
-        (
-            &self.d[t * nb..(t + 1) * nb],
-            &self.s[t * nb..(t + 1) * nb],
-            &self.qs[t * self.cols..(t + 1) * self.cols],
-        )
-    }
-}
-
-impl Default for Q8Activations {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// Dot product of one quantized weight row with one token's quantized activations.
@@ -334,22 +242,6 @@ mod tests {
         // Q4_0 is asymmetric: the far end opposite the largest magnitude can be a whole step off.
         assert!(roundtrip_error(DType::Q4_0) < 3.0 / 8.0 + 0.01);
         assert!(roundtrip_error(DType::Q4_1) < 6.0 / 15.0 * 0.6);
-    }
-
-    #[test]
-    fn activation_quantization_is_the_same_on_every_path() {
-        let x: Vec<f32> = (0..3 * 64)
-            .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 13.0)
-            .chain(std::iter::repeat_n(0.0, 32)) // an all-zero block
-            .chain((0..32).map(|i| if i % 2 == 0 { 0.5 } else { -1.5 })) // ties at ±0.5 steps
-            .collect();
-        let (mut simd, mut portable) = (Q8Activations::new(), Q8Activations::new());
-        simd.quantize_with(&x, 64, true);
-        portable.quantize_with(&x, 64, false);
-        assert_eq!(simd.qs, portable.qs);
-        assert_eq!(simd.isum, portable.isum);
-        assert_eq!(simd.d, portable.d);
-        assert_eq!(simd.s, portable.s);
     }
 
     #[test]

@@ -268,19 +268,13 @@ impl Sampler {
 /// Each sampler picks a token from its logits; the samplers run in parallel
 /// on the kernel's threads (one after another, the other threads would idle).
 pub fn sample_all(jobs: &mut [(&mut Sampler, &[f32])], chosen: &mut [u32]) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     assert_eq!(jobs.len(), chosen.len());
     let (jobs_at, chosen_at) = (
         crate::pool::SendPtr(jobs.as_mut_ptr()),
         crate::pool::SendPtr(chosen.as_mut_ptr()),
     );
-    let (n, next) = (jobs.len(), AtomicUsize::new(0));
-    crate::pool::global().run(&|_, _| loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= n {
-            break;
-        }
-        // SAFETY: i < n, and each i is claimed by one thread only.
+    crate::pool::global().for_each_unit(jobs.len(), |i| {
+        // SAFETY: i < jobs.len(), and each i is claimed by one thread only.
         unsafe {
             let (sampler, logits) = &mut *jobs_at.get().add(i);
             *chosen_at.get().add(i) = sampler.sample(logits);

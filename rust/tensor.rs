@@ -2,64 +2,17 @@
 //! format), with row access and row dequantization.
 //!
 //! A matrix is stored row-major: `rows` rows of `cols` elements, each row a
-//! whole number of blocks. Rows are what the kernels stream through: the
-//! matrix-vector product dequantizes one row at a time into a small buffer.
+//! whole number of blocks. Rows are what the matrix products stream through
+//! (`ops.rs`): float rows widened to f32 one at a time into a small buffer,
+//! block rows met as they are by 8-bit activations. Block formats may instead
+//! keep their rows eight by eight in the grouped layout (`row_groups.rs`).
 
 use std::sync::Arc;
 
-use crate::groups;
+use crate::arena::Arena;
+use crate::dtype::DType;
 use crate::quant;
-use crate::weights::Arena;
-
-/// Element formats. The block geometry matches ggml's so GGUF bytes are used as they are.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DType {
-    F32,
-    F16,
-    BF16,
-    /// 32 values: f16 scale `d`, 32 × i8. value = d·q
-    Q8_0,
-    /// 32 values: f16 scale `d`, 16 bytes of nibbles. value = d·(q − 8)
-    Q4_0,
-    /// 32 values: f16 scale `d`, f16 min `m`, 16 bytes of nibbles. value = d·q + m
-    Q4_1,
-}
-
-impl DType {
-    pub fn parse(name: &str) -> Option<DType> {
-        Some(match name {
-            "F32" => DType::F32,
-            "F16" => DType::F16,
-            "BF16" => DType::BF16,
-            "Q8_0" => DType::Q8_0,
-            "Q4_0" => DType::Q4_0,
-            "Q4_1" => DType::Q4_1,
-            _ => return None,
-        })
-    }
-
-    /// (elements per block, bytes per block)
-    pub fn block(self) -> (usize, usize) {
-        match self {
-            DType::F32 => (1, 4),
-            DType::F16 | DType::BF16 => (1, 2),
-            DType::Q8_0 => (32, 34),
-            DType::Q4_0 => (32, 18),
-            DType::Q4_1 => (32, 20),
-        }
-    }
-
-    /// Bytes taken by `n` elements, or None if `n` is not a whole number of blocks.
-    /// Block formats, whose matrix products run on 8-bit quantized activations.
-    pub fn is_quantized(self) -> bool {
-        matches!(self, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
-    }
-
-    pub fn nbytes(self, n: usize) -> Option<usize> {
-        let (elems, bytes) = self.block();
-        (n % elems == 0).then(|| n / elems * bytes)
-    }
-}
+use crate::row_groups;
 
 /// What keeps a tensor's bytes alive.
 enum Owner {
@@ -73,7 +26,7 @@ pub struct Tensor {
     pub rows: usize,
     pub cols: usize,
     row_bytes: usize,
-    /// Rows stored in groups of eight (`groups.rs`) rather than one after another.
+    /// Rows stored in groups of eight (`row_groups.rs`) rather than one after another.
     grouped: bool,
     // The bytes, owned by `_owner` (a Vec's or the arena's heap memory does not
     // move when they do). Kept as a pointer so row access is one add.
@@ -175,13 +128,13 @@ impl Tensor {
         if !self.grouped {
             return self.row(r);
         }
-        let group = r / groups::ROWS * groups::ROWS * self.row_bytes;
+        let group = r / row_groups::ROWS * row_groups::ROWS * self.row_bytes;
         buf.resize(self.row_bytes, 0);
-        groups::ungroup_row(
+        row_groups::ungroup_row(
             self.dtype,
             self.row_bytes,
-            &self.bytes()[group..group + groups::ROWS * self.row_bytes],
-            r % groups::ROWS,
+            &self.bytes()[group..group + row_groups::ROWS * self.row_bytes],
+            r % row_groups::ROWS,
             buf,
         );
         buf
@@ -227,14 +180,14 @@ thread_local! {
 /// layout, in place, if the format has one and the rows fill whole groups.
 /// Returns whether it did.
 pub fn regroup(dtype: DType, rows: usize, row_bytes: usize, data: &mut [u8]) -> bool {
-    if !groups::groupable(dtype) || rows == 0 || rows % groups::ROWS != 0 {
+    if !row_groups::groupable(dtype) || rows == 0 || !rows.is_multiple_of(row_groups::ROWS) {
         return false;
     }
-    let size = groups::ROWS * row_bytes;
+    let size = row_groups::ROWS * row_bytes;
     let mut plain = vec![0u8; size];
     for chunk in data.chunks_exact_mut(size) {
         plain.copy_from_slice(chunk);
-        groups::group(dtype, row_bytes, &plain, chunk);
+        row_groups::group(dtype, row_bytes, &plain, chunk);
     }
     true
 }

@@ -1,7 +1,7 @@
 //! Getting weights into the kernel's memory: each tensor is read from its file
 //! once, straight into one allocation that holds them all, and kept there in
 //! its compact format (optionally quantized on the way in: `--quantize`), block
-//! formats regrouped eight rows at a time for the SIMD kernels (`groups.rs`).
+//! formats regrouped eight rows at a time for the SIMD kernels (`row_groups.rs`).
 //!
 //! Why not use the file mapping itself: a mapping is paged in 4 KiB pages, and
 //! decode streams every weight once per token, so TLB misses add up. The arena
@@ -13,88 +13,11 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
 
-use crate::ops;
+use crate::arena::Arena;
+use crate::cpu;
+use crate::dtype::DType;
 use crate::quant;
-use crate::tensor::{regroup, DType, Tensor};
-
-/// One zero-initialized, page-aligned block of memory shared by all tensors.
-pub struct Arena {
-    ptr: *mut u8,
-    len: usize,
-    #[cfg(not(target_os = "linux"))]
-    _vec: Vec<u8>,
-}
-
-// SAFETY: the arena is written only while loading, by its single owner, and
-// read-only once shared.
-unsafe impl Send for Arena {}
-unsafe impl Sync for Arena {}
-
-impl Arena {
-    #[cfg(target_os = "linux")]
-    fn new(len: usize) -> Result<Arena, String> {
-        let len = len.max(1);
-        // SAFETY: an anonymous private mapping; the kernel zero-fills it.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(format!("cannot allocate {len} bytes for the weights"));
-        }
-        // Advice only: huge pages where the system allows them, before any page is touched.
-        unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
-        Ok(Arena {
-            ptr: ptr as *mut u8,
-            len,
-        })
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn new(len: usize) -> Result<Arena, String> {
-        let mut vec = vec![0u8; len.max(1)];
-        Ok(Arena {
-            ptr: vec.as_mut_ptr(),
-            len: vec.len(),
-            _vec: vec,
-        })
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The bytes `start..start+len`, for filling while the arena has one owner.
-    fn slice_mut(&mut self, start: usize, len: usize) -> &mut [u8] {
-        assert!(start + len <= self.len, "outside the arena");
-        // SAFETY: inside the allocation, and `&mut self` makes the borrow exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
-    }
-
-    pub(crate) fn ptr_at(&self, start: usize) -> *const u8 {
-        debug_assert!(start <= self.len);
-        // SAFETY: inside the allocation.
-        unsafe { self.ptr.add(start) }
-    }
-}
-
-#[cfg(target_os = "linux")]
-impl Drop for Arena {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
-    }
-}
+use crate::tensor::{regroup, Tensor};
 
 /// Where a tensor's bytes are, and what it is.
 pub struct TensorSource {
@@ -129,7 +52,7 @@ impl Quantize {
     /// and llama.cpp's quantizer also keeps the output layer wider.
     fn target(self, src: &TensorSource) -> DType {
         let float = matches!(src.dtype, DType::F32 | DType::F16 | DType::BF16);
-        if !float || src.rows < 2 || src.cols % 32 != 0 {
+        if !float || src.rows < 2 || !src.cols.is_multiple_of(32) {
             return src.dtype;
         }
         match self {
@@ -200,7 +123,7 @@ pub fn load(
         // The grouped layout is what the SIMD kernels read fastest; the portable
         // path reads rows one after another.
         grouped.push(
-            ops::grouped_kernels_available()
+            cpu::grouped_kernels_available()
                 && regroup(dtype, s.rows, dtype.nbytes(s.cols).unwrap(), dest),
         );
     }

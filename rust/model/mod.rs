@@ -17,13 +17,14 @@ mod llama;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use crate::attention::{self, prompt_scores, prompt_weighted_sums};
 use crate::kv_cache::{self, row_offset, Blocks, KvElem, KvStore, Store};
 use crate::ops::{matmul_many, rms_norm, rope_angles, rope_rotate, softmax, swiglu};
 use crate::pool::{self, SendPtr};
-use crate::quant::{round_to_f16, Q8Activations};
+use crate::q8_activations::Q8Activations;
+use crate::quant::round_to_f16;
 use crate::tensor::Tensor;
 use llama::{Layer, Weights};
 
@@ -106,7 +107,7 @@ impl Config {
         if positive.contains(&0) || self.max_seq_len == 0 {
             return err(format!("config has a zero size: {self:?}"));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return err(format!(
                 "{} heads do not divide into {} KV heads",
                 self.n_heads, self.n_kv_heads
@@ -493,7 +494,7 @@ impl Model {
     /// Whether a segment of `len` tokens takes the prompt attention path (the
     /// cache widened to f32, keys and values shared among queries).
     fn prompt_attention_for(&self, len: usize) -> bool {
-        len >= WIDEN_FROM && crate::ops::grouped_kernels_available() && self.cfg.head_dim % 16 == 0
+        len >= WIDEN_FROM && crate::cpu::avx2_enabled() && self.cfg.head_dim.is_multiple_of(16)
     }
 
     /// Writes the pass's new keys and values to their blocks, then computes
@@ -580,14 +581,13 @@ impl Model {
         let blocks = n.div_ceil(QB);
         let units = c.n_kv_heads * blocks;
         let slabs = SendPtr(by_head.as_mut_ptr());
-        let next = AtomicUsize::new(0);
-        pool::global().run(&|_, _| {
+        pool::global().claim_units(units, |claims| {
             PROMPT_ROWS.with_borrow_mut(|(scores, qv)| {
                 let ctx_max = pos0 + n;
                 let rows = group * QB;
                 scores.resize(rows * ctx_max, 0.0);
                 qv.resize(rows * hd, 0.0);
-                while let Some(u) = claim(&next, units) {
+                for u in claims {
                     let (b, g) = (u / c.n_kv_heads, u % c.n_kv_heads);
                     let i0 = b * QB;
                     let nq = QB.min(n - i0);
@@ -619,16 +619,19 @@ impl Model {
                         let (qi, h) = (r / group, r % group);
                         slabs.get().add(((g * group + h) * n + i0 + qi) * hd)
                     };
-                    prompt_weighted_sums(
-                        scores,
-                        ctx_max,
-                        ctx,
-                        nq * group,
-                        value0,
-                        kv_dim,
-                        hd,
-                        out_row,
-                    );
+                    // SAFETY: those slices lie in the slab, hd values each.
+                    unsafe {
+                        prompt_weighted_sums(
+                            scores,
+                            ctx_max,
+                            ctx,
+                            nq * group,
+                            value0,
+                            kv_dim,
+                            hd,
+                            out_row,
+                        )
+                    };
                 }
             })
         });
@@ -672,15 +675,14 @@ impl Model {
         assert!(rows.iter().all(|&(r, _)| (r + 1) * q_dim <= out.len()));
         let outs = SendPtr(out.as_mut_ptr());
         let units = rows.len() * c.n_heads;
-        let next = AtomicUsize::new(0);
-        pool::global().run(&|_, _| {
+        pool::global().claim_units(units, |claims| {
             ATTN_ROW.with_borrow_mut(|(scores, qv)| {
                 if scores.capacity() < c.max_seq_len {
                     // Room for a full context at once: growing with it would reallocate.
                     scores.reserve_exact(c.max_seq_len - scores.len());
                 }
                 qv.resize(hd, 0.0);
-                while let Some(u) = claim(&next, units) {
+                for u in claims {
                     let ((row, si), h) = (rows[u / c.n_heads], u % c.n_heads);
                     let s = &segments[si];
                     let e = &batch[s.entry];
@@ -697,127 +699,16 @@ impl Model {
                     scores.resize(ctx, 0.0);
                     for (b, part) in scores.chunks_mut(bs).enumerate() {
                         let at = e.blocks[b] as usize * bs * kv_dim + kv_off;
-                        kv_cache::scores(qv, &keys[at..], kv_dim, scale, part);
+                        attention::scores(qv, &keys[at..], kv_dim, scale, part);
                     }
                     softmax(scores, rounds);
                     o.fill(0.0);
                     for (b, part) in scores.chunks(bs).enumerate() {
                         let at = e.blocks[b] as usize * bs * kv_dim + kv_off;
-                        kv_cache::weighted_sum_onto(part, &values[at..], kv_dim, o);
+                        attention::weighted_sum_onto(part, &values[at..], kv_dim, o);
                     }
                 }
             })
         });
     }
-}
-
-/// Scores of query rows `rows` (of `qv`, `hd` each) against keys 0..`ctx`, into
-/// `scores[r·ctx_max..]`, through the shared-key kernel in groups of up to three.
-#[allow(clippy::too_many_arguments)]
-fn prompt_scores(
-    qv: &[f32],
-    hd: usize,
-    rows: std::ops::Range<usize>,
-    keys: &[f32],
-    stride: usize,
-    scale: f32,
-    scores: &mut [f32],
-    ctx_max: usize,
-    ctx: usize,
-) {
-    assert!(ctx == 0 || (ctx - 1) * stride + hd <= keys.len());
-    assert!(rows.end * ctx_max <= scores.len() && rows.end * hd <= qv.len());
-    let (qp, op) = (qv.as_ptr(), scores.as_mut_ptr());
-    // SAFETY (both): in bounds, asserted above.
-    let q = |r: usize| unsafe { qp.add(r * hd) };
-    let o = |r: usize| unsafe { op.add(r * ctx_max) };
-    let mut r = rows.start;
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the caller checked the CPU (grouped_kernels_available); bounds asserted above.
-    unsafe {
-        use crate::simd_avx2::scores_shared;
-        while r + 3 <= rows.end {
-            scores_shared::<3>(
-                [q(r), q(r + 1), q(r + 2)],
-                hd,
-                keys.as_ptr(),
-                stride,
-                scale,
-                [o(r), o(r + 1), o(r + 2)],
-                ctx,
-            );
-            r += 3;
-        }
-        while r < rows.end {
-            scores_shared::<1>([q(r)], hd, keys.as_ptr(), stride, scale, [o(r)], ctx);
-            r += 1;
-        }
-    }
-    let _ = (q, o, r);
-}
-
-/// Outputs of `n_rows` rows of weights (`scores[r·ctx_max..][..ctx]`) over
-/// values 0..`ctx`, into `out(r)`, through the shared-value kernel in groups of up to six.
-#[allow(clippy::too_many_arguments)]
-fn prompt_weighted_sums(
-    scores: &[f32],
-    ctx_max: usize,
-    ctx: usize,
-    n_rows: usize,
-    values: &[f32],
-    stride: usize,
-    hd: usize,
-    out: impl Fn(usize) -> *mut f32,
-) {
-    assert!(ctx == 0 || (ctx - 1) * stride + hd <= values.len());
-    assert!(n_rows * ctx_max <= scores.len());
-    let p = |r: usize| scores[r * ctx_max..].as_ptr();
-    let mut r = 0;
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: as in prompt_scores; `out(r)` is writable for hd values.
-    unsafe {
-        use crate::simd_avx2::weighted_sum_shared;
-        let v = values.as_ptr();
-        while r + 6 <= n_rows {
-            weighted_sum_shared::<6>(
-                [p(r), p(r + 1), p(r + 2), p(r + 3), p(r + 4), p(r + 5)],
-                ctx,
-                v,
-                stride,
-                hd,
-                [
-                    out(r),
-                    out(r + 1),
-                    out(r + 2),
-                    out(r + 3),
-                    out(r + 4),
-                    out(r + 5),
-                ],
-            );
-            r += 6;
-        }
-        while r + 3 <= n_rows {
-            weighted_sum_shared::<3>(
-                [p(r), p(r + 1), p(r + 2)],
-                ctx,
-                v,
-                stride,
-                hd,
-                [out(r), out(r + 1), out(r + 2)],
-            );
-            r += 3;
-        }
-        while r < n_rows {
-            weighted_sum_shared::<1>([p(r)], ctx, v, stride, hd, [out(r)]);
-            r += 1;
-        }
-    }
-    let _ = (p, r);
-}
-
-/// The next unit of parallel work, 0..`units`, for whichever thread asks first
-/// (threads slowed by other load take fewer), or None when all are taken.
-fn claim(next: &AtomicUsize, units: usize) -> Option<usize> {
-    let u = next.fetch_add(1, Ordering::Relaxed);
-    (u < units).then_some(u)
 }

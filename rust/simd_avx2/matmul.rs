@@ -5,7 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::{hsum, mul_sum_i8_i8, mul_sum_u8_i8, nibbles};
-use crate::quant::Q8Activations;
+use crate::q8_activations::Q8Activations;
 
 /// The block formats as const parameters, so each tile is compiled per format.
 pub const Q8_0: u8 = 0;
@@ -105,6 +105,7 @@ unsafe fn tile<const F: u8, const R: usize, const T: usize>(
 /// `row_bytes` bytes in format `F`, `acts` the matching activations, and `out`
 /// must be valid for those writes.
 #[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn matmul_rows<const F: u8>(
     w: &[u8],
     row_bytes: usize,
@@ -136,8 +137,8 @@ pub unsafe fn matmul_rows<const F: u8>(
                 [q],
                 nb,
             );
-            for i in 0..4 {
-                *out.add(r + i) = o[i][0];
+            for (i, oi) in o.iter().enumerate() {
+                *out.add(r + i) = oi[0];
             }
             r += 4;
         }
@@ -202,7 +203,7 @@ unsafe fn sum_lanes_of_8(p: [__m256i; 8]) -> __m256i {
     )
 }
 
-/// Eight rows' quants of one block from a grouped block (`groups.rs`): Q8_0
+/// Eight rows' quants of one block from a grouped block (`row_groups.rs`): Q8_0
 /// signed bytes as stored; Q4 pairs split by nibble (0..15, unsigned).
 #[inline(always)]
 unsafe fn group_quants<const F: u8>(blk: *const u8) -> [__m256i; 8] {

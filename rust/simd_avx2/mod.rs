@@ -2,7 +2,7 @@
 //! run time and otherwise take the portable code, which the tests hold these to):
 //!
 //! - `matmul`: quantized matrix products. Weights in the grouped layout
-//!   (`groups.rs`) put eight rows' block sums in one register's lanes (8×1
+//!   (`row_groups.rs`) put eight rows' block sums in one register's lanes (8×1
 //!   tiles for decode, 8×4 for prompts); rows in GGUF order take R×T tiles with
 //!   a horizontal sum per output.
 //! - `attention`: scores and weighted sums over the KV cache (f16 or f32),

@@ -1,5 +1,7 @@
-//! The grouped layout of block-quantized matrices: the same blocks as in GGUF,
-//! the same bytes, in an order that suits SIMD.
+//! The grouped row layout of block-quantized weight matrices: the same blocks
+//! as in GGUF, the same bytes, with eight rows interleaved in an order that
+//! suits SIMD. (Groups of rows of a matrix; nothing to do with the groups of
+//! query heads in grouped-query attention.)
 //!
 //! Rows are taken eight at a time. For each block index b, a group stores the
 //! eight rows' block-b scales side by side (8 × f16), then for Q4_1 their eight
@@ -16,7 +18,7 @@
 //!   shifted right by 4, row r+1's (GGUF packs quant j and j+16 into one byte,
 //!   which would need a lane shuffle per row).
 
-use crate::tensor::DType;
+use crate::dtype::DType;
 
 /// Rows per group.
 pub const ROWS: usize = 8;
