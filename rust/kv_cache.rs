@@ -156,28 +156,3 @@ impl KvStore {
 pub fn row_offset(blocks: &[u32], block_size: usize, kv_dim: usize, pos: usize) -> usize {
     (blocks[pos / block_size] as usize * block_size + pos % block_size) * kv_dim
 }
-
-/// Finished sequences' stores kept for new ones (the `Sequence` API, used by
-/// tests and tools): their pages are resident already, so a new sequence
-/// neither faults them in nor has the kernel zero them. At most one is kept
-/// idle, so memory stays bounded by the sequences that run at once, plus one.
-#[derive(Default)]
-pub struct StorePool {
-    idle: std::sync::Mutex<Option<KvStore>>,
-}
-
-impl StorePool {
-    /// A kept store if there is one, else `make()`.
-    pub fn take(&self, make: impl FnOnce() -> KvStore) -> KvStore {
-        let kept = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take();
-        kept.unwrap_or_else(make)
-    }
-
-    /// Takes back a store no sequence uses any more.
-    pub fn give(&self, store: KvStore) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.is_none() {
-            *idle = Some(store);
-        }
-    }
-}
