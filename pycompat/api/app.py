@@ -1,5 +1,5 @@
-"""Routing: which handler answers a method and path, who may ask (access.py),
-and the guarantee that whatever goes wrong, the client gets an OpenAI-shaped error."""
+"""The API's front door: which route answers a request (router.py), who may ask
+(access.py), and the guarantee that whatever goes wrong, the client gets an OpenAI-shaped error."""
 
 from __future__ import annotations
 
@@ -10,25 +10,27 @@ from pycompat.api.access import ALLOWED_METHODS, AccessPolicy
 from pycompat.api.errors import APIError
 from pycompat.api.registry import Registry
 from pycompat.api.render import error_response, json_response
+from pycompat.api.router import Route, Router
 from pycompat.http.messages import Request, Response
 
 log = logging.getLogger(__name__)
 
-MODELS_PREFIX = "/v1/models/"
+# The prefixes OpenAI's routes are served under.
+PREFIXES = ("/v1",)
 
 
 class App:
     def __init__(self, registry: Registry, access: AccessPolicy | None = None):
         self.registry = registry
         self.access = access or AccessPolicy()
-        # path -> {method: handler(request)}; HEAD is answered wherever GET is.
-        self._routes = {
-            "/": {"GET": self._root},
-            "/health": {"GET": self._health},
-            "/v1/models": {"GET": lambda r: models.list_models(self.registry)},
-            "/v1/chat/completions": {"POST": lambda r: chat.create(self.registry, r)},
-            "/v1/completions": {"POST": lambda r: completions.create(self.registry, r)},
-        }
+        self.router = Router()
+        self.router.add([Route("GET", "/", self._root), Route("GET", "/health", self._health)])
+        self.router.add([
+            Route("GET", "/models", lambda r: models.list_models(self.registry)),
+            Route("GET", "/models/{model...}", lambda r, model: models.retrieve_model(self.registry, model)),
+            Route("POST", "/chat/completions", lambda r: chat.create(self.registry, r)),
+            Route("POST", "/completions", lambda r: completions.create(self.registry, r)),
+        ], PREFIXES)
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -41,31 +43,20 @@ class App:
         response.headers.extend(self.access.cors_headers(request))
         return response
 
-    def _methods(self, path: str) -> dict | None:
-        methods = self._routes.get(path)
-        if methods is None and path.startswith(MODELS_PREFIX):
-            model_id = path[len(MODELS_PREFIX) :]
-            methods = {"GET": lambda r: models.retrieve_model(self.registry, model_id)}
-        return methods
-
     async def _dispatch(self, request: Request) -> Response:
-        path = request.path.rstrip("/") or "/"
-        if path == "*" and request.method == "OPTIONS":  # "OPTIONS * HTTP/1.1": about the server itself
+        if request.method == "OPTIONS" and request.path.rstrip("/") == "*":  # "OPTIONS * HTTP/1.1": about the server itself
             return Response(204, content_type="text/plain", headers=[("allow", ALLOWED_METHODS)])
-        methods = self._methods(path)
-        self.access.check(request, route_known=methods is not None)
-        if methods is None:
+        match = self.router.resolve(request.path)
+        self.access.check(request, route_known=match is not None)
+        if match is None:
             raise APIError(404, f"Invalid URL ({request.method} {request.path[:200]})", code="unknown_url")
-        allowed = ", ".join([*methods, *(["HEAD"] if "GET" in methods else []), "OPTIONS"])
         if request.method == "OPTIONS":  # CORS preflight from browser clients
-            return Response(204, content_type="text/plain", headers=[("allow", allowed)])
-        handler = methods.get("GET" if request.method == "HEAD" else request.method)
+            return Response(204, content_type="text/plain", headers=[("allow", match.allow)])
+        handler = match.handler(request.method)
         if handler is None:
-            response = error_response(APIError(405, f"Method {request.method[:20]} is not allowed for {request.path[:200]}; "
-                                               f"use {allowed}.", code="method_not_allowed"))
-            response.headers.append(("allow", allowed))
-            return response
-        return await handler(request)
+            raise APIError(405, f"Method {request.method[:20]} is not allowed for {request.path[:200]}; use {match.allow}.",
+                           code="method_not_allowed", headers=[("allow", match.allow)])
+        return await handler(request, **match.params)
 
     async def _root(self, request: Request) -> Response:
         return Response(200, b"pycompat is running\n", content_type="text/plain; charset=utf-8")
