@@ -1,22 +1,28 @@
-"""The API's front door: which route answers a request (router.py), who may ask
-(access.py), and the guarantee that whatever goes wrong, the client gets an OpenAI-shaped error."""
+"""The API's front door: which route answers a request (router.py), who may
+ask (access.py), and the guarantee that whatever goes wrong, the client gets
+an error in the shape of the API it called.
+
+Each API dialect (today only ``openai``) is a package that supplies its
+routes, the prefixes they are served under, and its error rendering; errors
+outside any dialect's routes (an unknown path, ``/health``) are rendered by
+the first dialect, the default.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from pycompat.api import chat, completions, models
+from pycompat.api import openai
 from pycompat.api.access import ALLOWED_METHODS, AccessPolicy
-from pycompat.api.errors import APIError
+from pycompat.api.errors import APIError, ServiceError
 from pycompat.api.registry import Registry
-from pycompat.api.render import error_response, json_response
-from pycompat.api.router import Route, Router
+from pycompat.api.render import json_response
+from pycompat.api.router import Match, Route, Router
 from pycompat.http.messages import Request, Response
 
 log = logging.getLogger(__name__)
 
-# The prefixes OpenAI's routes are served under.
-PREFIXES = ("/v1",)
+DIALECTS = (openai,)
 
 
 class App:
@@ -25,28 +31,29 @@ class App:
         self.access = access or AccessPolicy()
         self.router = Router()
         self.router.add([Route("GET", "/", self._root), Route("GET", "/health", self._health)])
-        self.router.add([
-            Route("GET", "/models", lambda r: models.list_models(self.registry)),
-            Route("GET", "/models/{model...}", lambda r, model: models.retrieve_model(self.registry, model)),
-            Route("POST", "/chat/completions", lambda r: chat.create(self.registry, r)),
-            Route("POST", "/completions", lambda r: completions.create(self.registry, r)),
-        ], PREFIXES)
+        for dialect in DIALECTS:
+            self.router.add(dialect.routes(registry), dialect.PREFIXES, owner=dialect)
 
     async def __call__(self, request: Request) -> Response:
+        match = None
         try:
-            response = await self._dispatch(request)
-        except APIError as e:
-            response = error_response(e)
+            if request.method == "OPTIONS" and request.path.rstrip("/") == "*":  # "OPTIONS * HTTP/1.1": about the server itself
+                response = Response(204, content_type="text/plain", headers=[("allow", ALLOWED_METHODS)])
+            else:
+                match = self.router.resolve(request.path)
+                response = await self._dispatch(request, match)
+        except (APIError, ServiceError) as e:
+            response = self._dialect(match).error_response(e)
         except Exception:
             log.exception("unexpected error on %s", request.describe())
-            response = error_response(APIError(500, "The server had an error while processing your request."))
+            response = self._dialect(match).error_response(APIError(500, "The server had an error while processing your request."))
         response.headers.extend(self.access.cors_headers(request))
         return response
 
-    async def _dispatch(self, request: Request) -> Response:
-        if request.method == "OPTIONS" and request.path.rstrip("/") == "*":  # "OPTIONS * HTTP/1.1": about the server itself
-            return Response(204, content_type="text/plain", headers=[("allow", ALLOWED_METHODS)])
-        match = self.router.resolve(request.path)
+    def _dialect(self, match: Match | None):
+        return match.owner if match is not None and match.owner is not None else DIALECTS[0]
+
+    async def _dispatch(self, request: Request, match: Match | None) -> Response:
         self.access.check(request, route_known=match is not None)
         if match is None:
             raise APIError(404, f"Invalid URL ({request.method} {request.path[:200]})", code="unknown_url")
