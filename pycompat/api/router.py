@@ -135,6 +135,7 @@ class Router:
     def add(self, routes: Iterable[Route], prefixes: Iterable[str] = ("",), owner: object = None) -> None:
         """Serves ``routes`` under each of ``prefixes`` (``"/v1"``; ``""`` for none).
         Raises ValueError for a malformed template, or one that clashes with a route already added."""
+        routes = list(routes)
         for prefix in prefixes:
             for route in routes:
                 self._add(route.method, prefix + route.template, route.handler, owner)
