@@ -104,7 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from pycompat.api.access import AccessPolicy, is_local_host
     from pycompat.api.app import App
-    from pycompat.api.errors import error_body
+    from pycompat.api.openai.errors import error_body
     from pycompat.api.registry import Registry, ServedModel
     from pycompat.engine.engine import CacheTooSmall, Engine
     from pycompat.http.server import serve

@@ -60,7 +60,7 @@ def running_server(log_path: Path, *args: str):
 @pytest.fixture
 async def start_http_server(nursery):
     """Starts the HTTP layer alone on a free port; returns ``start(handler, limits=None) -> port``."""
-    from pycompat.api.errors import error_body
+    from pycompat.api.openai.errors import error_body
     from pycompat.http.server import Limits, serve
 
     async def start(handler, limits=None) -> int:

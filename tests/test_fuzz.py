@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import openapi
 from conftest import running_server
-from pycompat.api import chat, completions
+from pycompat.api.openai import chat, completions, protocol
 
 MODEL = "smollm2-135m-instruct"
 EXAMPLES = int(os.environ.get("PYCOMPAT_FUZZ_EXAMPLES", "0"))
@@ -92,7 +92,7 @@ def field_values(name: str):
 def bodies(route_module):
     """A valid request with a few fields replaced, added or removed: most cases
     get past the first check and reach the deeper ones (and generation)."""
-    names = sorted(route_module.IMPLEMENTED | route_module.IGNORED) + ["unknown_field", "\ud800"]
+    names = sorted(protocol.accepted(protocol.CHAT if route_module is chat else protocol.COMPLETIONS)) + ["unknown_field", "\ud800"]
     valid = {"model": MODEL, "max_tokens": 3}
     valid |= {"messages": [{"role": "user", "content": "Hi"}]} if route_module is chat else {"prompt": "Hi"}
     fuzzed = st.lists(st.sampled_from(names), max_size=4, unique=True).flatmap(

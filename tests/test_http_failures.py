@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from pycompat.api.errors import error_body
+from pycompat.api.openai.errors import error_body
 from pycompat.http import server as http_server
 from pycompat.http.messages import Request, Response
 from fake_streams import ScriptedStream

@@ -8,7 +8,7 @@ import json
 import pytest
 import trio
 
-from pycompat.api.errors import error_body
+from pycompat.api.openai.errors import error_body
 from pycompat.http.messages import Request, Response
 from fake_streams import ScriptedStream
 from pycompat.http.server import Limits
@@ -159,7 +159,7 @@ async def test_a_write_to_a_reset_connection_ends_that_connection_only():
     socket; its error must end the connection quietly (it used to escape,
     wrapped in an ExceptionGroup, and stop the server) and close the stream's
     generator, which is what cancels a generation."""
-    from pycompat.api.render import sse_response
+    from pycompat.api.openai.sse import sse_response
     from pycompat.http.server import serve_connection
 
     closed = trio.Event()

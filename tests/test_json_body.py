@@ -10,6 +10,7 @@ import pytest
 
 import pycompat.api.json_body as json_body
 from pycompat.api.errors import APIError
+from pycompat.api.openai.errors import error_bytes
 
 
 def reference_stats(value) -> tuple[int, int]:
@@ -70,7 +71,7 @@ def test_what_is_not_json_is_a_400(body, words):
     with pytest.raises(APIError) as caught:
         json_body.parse(body)
     assert caught.value.status == 400 and words in caught.value.message
-    caught.value.body()  # renders
+    error_bytes(caught.value)  # renders
 
 
 def test_what_is_json_parses():

@@ -1,71 +1,69 @@
-"""Routing: which handler answers a method and path, who may ask (access.py),
-and the guarantee that whatever goes wrong, the client gets an OpenAI-shaped error."""
+"""The API's front door: which route answers a request (router.py), who may
+ask (access.py), and the guarantee that whatever goes wrong, the client gets
+an error in the shape of the API it called.
+
+Each API dialect (today only ``openai``) is a package that supplies its
+routes, the prefixes they are served under, and its error rendering; errors
+outside any dialect's routes (an unknown path, ``/health``) are rendered by
+the first dialect, the default.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from pycompat.api import chat, completions, models
+from pycompat.api import openai
 from pycompat.api.access import ALLOWED_METHODS, AccessPolicy
-from pycompat.api.errors import APIError
+from pycompat.api.errors import APIError, ServiceError
 from pycompat.api.registry import Registry
-from pycompat.api.render import error_response, json_response
+from pycompat.api.render import json_response
+from pycompat.api.router import Match, Route, Router
 from pycompat.http.messages import Request, Response
 
 log = logging.getLogger(__name__)
 
-MODELS_PREFIX = "/v1/models/"
+DIALECTS = (openai,)
 
 
 class App:
     def __init__(self, registry: Registry, access: AccessPolicy | None = None):
         self.registry = registry
         self.access = access or AccessPolicy()
-        # path -> {method: handler(request)}; HEAD is answered wherever GET is.
-        self._routes = {
-            "/": {"GET": self._root},
-            "/health": {"GET": self._health},
-            "/v1/models": {"GET": lambda r: models.list_models(self.registry)},
-            "/v1/chat/completions": {"POST": lambda r: chat.create(self.registry, r)},
-            "/v1/completions": {"POST": lambda r: completions.create(self.registry, r)},
-        }
+        self.router = Router()
+        self.router.add([Route("GET", "/", self._root), Route("GET", "/health", self._health)])
+        for dialect in DIALECTS:
+            self.router.add(dialect.routes(registry), dialect.PREFIXES, owner=dialect)
 
     async def __call__(self, request: Request) -> Response:
+        match = None
         try:
-            response = await self._dispatch(request)
-        except APIError as e:
-            response = error_response(e)
+            if request.method == "OPTIONS" and request.path.rstrip("/") == "*":  # "OPTIONS * HTTP/1.1": about the server itself
+                response = Response(204, content_type="text/plain", headers=[("allow", ALLOWED_METHODS)])
+            else:
+                match = self.router.resolve(request.path)
+                response = await self._dispatch(request, match)
+        except (APIError, ServiceError) as e:
+            response = self._dialect(match).error_response(e)
         except Exception:
             log.exception("unexpected error on %s", request.describe())
-            response = error_response(APIError(500, "The server had an error while processing your request."))
+            response = self._dialect(match).error_response(APIError(500, "The server had an error while processing your request."))
         response.headers.extend(self.access.cors_headers(request))
         return response
 
-    def _methods(self, path: str) -> dict | None:
-        methods = self._routes.get(path)
-        if methods is None and path.startswith(MODELS_PREFIX):
-            model_id = path[len(MODELS_PREFIX) :]
-            methods = {"GET": lambda r: models.retrieve_model(self.registry, model_id)}
-        return methods
+    def _dialect(self, match: Match | None):
+        return match.owner if match is not None and match.owner is not None else DIALECTS[0]
 
-    async def _dispatch(self, request: Request) -> Response:
-        path = request.path.rstrip("/") or "/"
-        if path == "*" and request.method == "OPTIONS":  # "OPTIONS * HTTP/1.1": about the server itself
-            return Response(204, content_type="text/plain", headers=[("allow", ALLOWED_METHODS)])
-        methods = self._methods(path)
-        self.access.check(request, route_known=methods is not None)
-        if methods is None:
+    async def _dispatch(self, request: Request, match: Match | None) -> Response:
+        self.access.check(request, route_known=match is not None)
+        if match is None:
             raise APIError(404, f"Invalid URL ({request.method} {request.path[:200]})", code="unknown_url")
-        allowed = ", ".join([*methods, *(["HEAD"] if "GET" in methods else []), "OPTIONS"])
         if request.method == "OPTIONS":  # CORS preflight from browser clients
-            return Response(204, content_type="text/plain", headers=[("allow", allowed)])
-        handler = methods.get("GET" if request.method == "HEAD" else request.method)
+            return Response(204, content_type="text/plain", headers=[("allow", match.allow)])
+        handler = match.handler(request.method)
         if handler is None:
-            response = error_response(APIError(405, f"Method {request.method[:20]} is not allowed for {request.path[:200]}; "
-                                               f"use {allowed}.", code="method_not_allowed"))
-            response.headers.append(("allow", allowed))
-            return response
-        return await handler(request)
+            raise APIError(405, f"Method {request.method[:20]} is not allowed for {request.path[:200]}; use {match.allow}.",
+                           code="method_not_allowed", headers=[("allow", match.allow)])
+        return await handler(request, **match.params)
 
     async def _root(self, request: Request) -> Response:
         return Response(200, b"pycompat is running\n", content_type="text/plain; charset=utf-8")

@@ -1,61 +1,77 @@
-"""The one error type of the API, and its JSON rendering.
+"""The API's error types, free of any dialect's wording or shape.
 
-Every failure a client can see is an APIError carrying the HTTP status and
-OpenAI's error fields; ``body`` is the only place they become JSON.
+Two kinds of failure reach a client:
+
+- ``APIError``: an answer already worded (a status, a message and the fields
+  OpenAI's error object carries), raised where the words are known: request
+  fields, JSON bodies, access checks. Each dialect renders it in its own shape
+  (OpenAI: ``{"error": {...}}``).
+- ``ServiceError``: what the dialect-neutral layers (the registry, the
+  generation service) refuse, carrying only facts (numbers, the request field
+  at fault); each dialect words it itself.
 """
 
 from __future__ import annotations
 
-import json
-
-_TYPE_FOR_STATUS = {
-    401: "authentication_error",
-    403: "permission_error",
-    429: "rate_limit_error",
-    500: "server_error",
-    503: "server_error",
-}
-
 
 class APIError(Exception):
-    """An error response: ``{"error": {"message", "type", "param", "code"}}`` with ``status``."""
+    """An error response: ``status`` with ``message``; ``param``, ``code`` and
+    ``type`` as OpenAI's error object names them (``type`` None: the renderer
+    derives it from the status); ``headers`` go on the response (Retry-After, Allow)."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None, type: str | None = None,
                  headers: list[tuple[str, str]] | None = None):
         super().__init__(message)
-        self.headers = headers or []  # e.g. Retry-After on a 429
+        self.headers = headers or []
         self.status = status
         self.message = message
         self.param = param
         self.code = code
-        self.type = type or _TYPE_FOR_STATUS.get(status, "invalid_request_error")
-
-    def to_dict(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-    def body(self) -> bytes:
-        # A message may quote what a client sent; "replace" keeps even a lone surrogate from failing the error itself.
-        return json.dumps(self.to_dict(), ensure_ascii=False).encode("utf-8", "replace")
+        self.type = type
 
 
-def error_body(status: int, message: str) -> bytes:
-    """Body for errors raised below the API layer (HTTP protocol errors, limits)."""
-    codes = {408: "request_timeout", 413: "request_too_large", 500: None}
-    return APIError(status, message, code=codes.get(status)).body()
+class ServiceError(Exception):
+    """A request the dialect-neutral layers refuse; each dialect words it."""
 
 
-def invalid_type(param: str, expected: str, value) -> APIError:
-    got = {bool: "a boolean", int: "an integer", float: "a decimal", str: "a string", list: "an array", dict: "an object", type(None): "null"}
-    return APIError(400, f"Invalid type for '{param}': expected {expected}, but got {got.get(type(value), type(value).__name__)} instead.", param=param, code="invalid_type")
+class UnknownModel(ServiceError):
+    """No model is served under ``model``."""
+
+    def __init__(self, model: str):
+        super().__init__(model)
+        self.model = model
 
 
-def invalid_value(param: str, message: str) -> APIError:
-    return APIError(400, f"Invalid '{param}': {message}", param=param, code="invalid_value")
+class Busy(ServiceError):
+    """The queue is full; the client may retry after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int):
+        super().__init__(retry_after)
+        self.retry_after = retry_after
 
 
-def missing(param: str) -> APIError:
-    return APIError(400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+class ContextExceeded(ServiceError):
+    """A prompt and the completion asked for cannot fit the model's context.
+
+    ``prompt_tokens`` is the prompt's length, or, for a prompt refused by its
+    ``prompt_bytes`` before it was tokenized, the fewest tokens it could have.
+    ``max_tokens`` is None when the request set no bound (the prompt alone is too long).
+    ``field`` is the request field that holds the prompt."""
+
+    def __init__(self, context_length: int, prompt_tokens: int, max_tokens: int | None, field: str,
+                 prompt_bytes: int | None = None):
+        super().__init__(context_length, prompt_tokens, max_tokens, field)
+        self.context_length = context_length
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.field = field
+        self.prompt_bytes = prompt_bytes
 
 
-def model_not_found(model: str) -> APIError:
-    return APIError(404, f"The model `{model}` does not exist or you do not have access to it.", code="model_not_found")
+class PromptRejected(ServiceError):
+    """The model's chat template refused the messages in ``field``; ``reason`` says why."""
+
+    def __init__(self, reason: str, field: str):
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field

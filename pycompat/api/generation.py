@@ -1,117 +1,97 @@
-"""What the chat and completions routes share: sampling fields, prompts to
-tokens within the context, starting generations, running one to its end, and
-the usage object."""
+"""The generation service: what every dialect's generating routes share, in
+no dialect's words or shapes.
+
+- sampling options: the request's values, else the model's recommended ones,
+  else the dialect's defaults;
+- prompts within the context: a bound on a text's bytes before it is
+  tokenized, the exact count when the prompts are queued;
+- chat messages to a prompt through the model's chat template;
+- one request's generations (one per prompt, later one per choice) as a
+  ``Choices``: queued together, run to their ends concurrently, cancelled together.
+
+Refusals are ServiceErrors (errors.py) that each dialect words itself. This
+module and registry.py are the only ones in ``pycompat.api`` that import the
+engine; the routes get its event types (TextPiece, Finished) from here.
+"""
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
-from pycompat.api.errors import APIError
-from pycompat.api.params import INT32_MAX, Params
-from pycompat.engine.engine import ContextOverflow, Engine, QueueFull
-from pycompat.engine.request import Finished, Generation, SamplingOptions, TextPiece, start
+from pycompat.api.errors import Busy, ContextExceeded, PromptRejected
+from pycompat.api.registry import ServedModel
+from pycompat.engine.engine import ContextOverflow, QueueFull
+from pycompat.engine.request import Finished, Generation, SamplingOptions, TextPiece, start as start_engine
+from pycompat.loading.chat_template import TemplateError
 
-# Sampling fields every generating route implements. top_k and min_p are not
-# OpenAI's, but llama.cpp and vLLM accept them and so do we.
-SAMPLING_FIELDS = {"temperature", "top_p", "top_k", "min_p", "seed", "stop", "logit_bias"}
-INT64 = (-(1 << 63), (1 << 63) - 1)
-
-
-def sampling_options(p: Params, max_tokens: int | None, defaults: dict[str, float], vocab_size: int) -> SamplingOptions:
-    """Sampling fields from the request; those it leaves out come from the
-    model's recommended ``defaults``, then from OpenAI's defaults."""
-    top_k = p.integer("top_k", 0, INT32_MAX)
-    return SamplingOptions(
-        max_tokens=max_tokens,
-        temperature=p.number("temperature", defaults.get("temperature", 1.0), 0.0, 2.0),
-        top_p=p.number("top_p", defaults.get("top_p", 1.0), 0.0, 1.0),
-        top_k=int(defaults.get("top_k", 0)) if top_k is None else top_k,
-        min_p=p.number("min_p", defaults.get("min_p", 0.0), 0.0, 1.0),
-        seed=p.integer("seed", *INT64),
-        stop=p.stop(),
-        logit_bias=p.logit_bias(vocab_size),
-    )
-
+__all__ = ["Choices", "Finished", "Generation", "Result", "SamplingOptions", "TextPiece", "chat_prompt", "check_prompt_bytes",
+           "sampling_options", "start", "tokenize"]
 
 # What a client is told to wait before retrying when the queue is full.
 RETRY_AFTER_SECONDS = 1
+# The sampling fields a model may recommend values for (generation_config.json, GGUF general.sampling.*).
+RECOMMENDABLE = ("temperature", "top_p", "top_k", "min_p")
 
 
-def queue_full() -> APIError:
-    return APIError(
-        429,
-        "The server is busy: too many requests are waiting. Please retry shortly.",
-        code="rate_limit_exceeded",
-        headers=[("retry-after", str(RETRY_AFTER_SECONDS))],
+def sampling_options(served: ServedModel, max_tokens: int | None, requested: dict[str, Any], fallback: dict[str, Any]) -> SamplingOptions:
+    """Sampling options for one request.
+
+    Args:
+        requested: the request's (already checked) temperature, top_p, top_k,
+            min_p, seed, stop and logit_bias; None where it left one out.
+        fallback: the dialect's defaults, for what neither the request nor the model sets.
+    """
+    recommended = served.engine.model.sampling_defaults
+
+    def pick(name: str) -> Any:
+        value = requested.get(name)
+        if value is not None:
+            return value
+        if name in RECOMMENDABLE and name in recommended:
+            return int(recommended[name]) if name == "top_k" else recommended[name]
+        return fallback.get(name)
+
+    return SamplingOptions(
+        max_tokens=max_tokens,
+        temperature=pick("temperature"),
+        top_p=pick("top_p"),
+        top_k=pick("top_k"),
+        min_p=pick("min_p"),
+        seed=pick("seed"),
+        stop=list(pick("stop") or ()),
+        logit_bias=dict(pick("logit_bias") or {}),
     )
 
 
-def context_exceeded(context_length: int, asked: str, param: str) -> APIError:
-    return APIError(
-        400,
-        f"This model's maximum context length is {context_length} tokens. However, you requested {asked}. "
-        "Please reduce the length of the prompt or the completion.",
-        param=param,
-        code="context_length_exceeded",
-    )
-
-
-def check_length_bound(engine: Engine, n_bytes: int, max_tokens: int | None, param: str) -> None:
+def check_prompt_bytes(served: ServedModel, n_bytes: int, max_tokens: int | None, field: str) -> None:
     """Refuses, before tokenizing, a text that cannot fit the context whatever
-    its tokens: tokenizing megabytes would hold a core for seconds for nothing."""
-    at_least = math.ceil(n_bytes / engine.model.tokenizer.max_bytes_per_token)
-    room = engine.model.context_length - (max_tokens if max_tokens is not None else 1)
+    its tokens (ContextExceeded): tokenizing megabytes would hold a core for seconds for nothing."""
+    model = served.engine.model
+    at_least = math.ceil(n_bytes / model.tokenizer.max_bytes_per_token)
+    room = model.context_length - (max_tokens if max_tokens is not None else 1)
     if at_least > room:
-        raise context_exceeded(engine.model.context_length, f"a prompt of {n_bytes} bytes, at least {at_least} tokens", param)
+        raise ContextExceeded(model.context_length, at_least, max_tokens, field, prompt_bytes=n_bytes)
 
 
-async def tokenize(engine: Engine, text: str) -> list[int]:
+async def tokenize(served: ServedModel, text: str) -> list[int]:
     """``text``'s token ids, off the event loop. Callers bound the text first
-    (``check_length_bound``); the engine checks the exact count at submission."""
-    return await trio.to_thread.run_sync(engine.model.tokenizer.encode, text)
+    (``check_prompt_bytes``); the exact count is checked when it is queued."""
+    return await trio.to_thread.run_sync(served.engine.model.tokenizer.encode, text)
 
 
-def start_generations(engine: Engine, prompts: list[list[int]], opts: SamplingOptions, param: str) -> list[Generation]:
-    """Queues the prompts as one request, or answers why not: a 400 naming both
-    numbers when a prompt (and completion) exceed the context, a 429 when the queue is full."""
+def chat_prompt(served: ServedModel, messages: list[dict], field: str) -> str:
+    """The prompt text for chat ``messages`` (role and text content) with the
+    assistant's turn opened; raises PromptRejected when the template refuses them."""
     try:
-        return start(engine, prompts, opts)
-    except QueueFull:
-        raise queue_full() from None
-    except ContextOverflow as e:
-        raise context_overflow(e, param) from None
-
-
-def context_overflow(e: ContextOverflow, param: str) -> APIError:
-    asked = f"{e.prompt_tokens} in the prompt" if e.max_tokens is None else (
-        f"{e.prompt_tokens + e.max_tokens} tokens ({e.prompt_tokens} in the prompt, {e.max_tokens} in the completion)"
-    )
-    return context_exceeded(e.context_length, asked, param)
-
-
-def cancel_all(generations: list[Generation]) -> Callable[[], None]:
-    """A Response's ``on_close``: gives up whatever of these generations is still running."""
-    def cancel() -> None:
-        for g in generations:
-            g.cancel()
-
-    return cancel
-
-
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
-    }
+        return served.engine.model.chat_template.render(messages, add_generation_prompt=True)
+    except TemplateError as e:
+        raise PromptRejected(str(e), field) from None
 
 
 @dataclass
@@ -120,7 +100,77 @@ class Result:
     finished: Finished
 
 
-async def run_to_end(generation: Generation) -> Result:
+class Choices:
+    """One request's generations, queued together (all or none) and given up
+    together. A dialect streams each one's ``events()`` in its own framing, or
+    awaits ``run_to_end`` for all of them at once."""
+
+    def __init__(self, generations: Sequence[Generation | _NothingToGenerate]):
+        self.generations = list(generations)
+
+    def __len__(self) -> int:
+        return len(self.generations)
+
+    def __getitem__(self, index: int) -> Generation | _NothingToGenerate:
+        return self.generations[index]
+
+    def cancel(self) -> None:
+        """Gives up whatever is still running (a response's ``on_close``)."""
+        for g in self.generations:
+            g.cancel()
+
+    async def run_to_end(self) -> list[Result]:
+        """Every generation's text and how it finished, in order; they run at
+        once (the engine batches them). Cancels them all on the way out."""
+        try:
+            if len(self.generations) == 1:
+                return [await _run_to_end(self.generations[0])]
+            results: list[Result | None] = [None] * len(self.generations)
+
+            async def run(index: int) -> None:
+                results[index] = await _run_to_end(self.generations[index])
+
+            async with trio.open_nursery() as nursery:
+                for index in range(len(self.generations)):
+                    nursery.start_soon(run, index)
+            return results
+        finally:
+            self.cancel()
+
+
+def start(served: ServedModel, prompts: list[list[int]], opts: SamplingOptions, field: str) -> Choices:
+    """Queues the prompts as one request, or refuses them: ContextExceeded when
+    a prompt (and completion) cannot fit, Busy when the queue is full. Nothing
+    waits, so a dialect can still answer with an error status before its
+    response begins. For ``max_tokens`` 0 (scoring a prompt) nothing is queued:
+    each prompt must still fit, and each finishes at once with "length"."""
+    engine = served.engine
+    try:
+        if opts.max_tokens == 0:
+            for ids in prompts:
+                engine.check_fits(len(ids), 0)
+            return Choices([_NothingToGenerate(Finished("length", len(ids), 0)) for ids in prompts])
+        return Choices(start_engine(engine, prompts, opts))
+    except QueueFull:
+        raise Busy(RETRY_AFTER_SECONDS) from None
+    except ContextOverflow as e:
+        raise ContextExceeded(e.context_length, e.prompt_tokens, e.max_tokens, field) from None
+
+
+@dataclass
+class _NothingToGenerate:
+    """A generation of no tokens: it has finished before it starts."""
+
+    finished: Finished
+
+    def cancel(self) -> None:
+        pass
+
+    async def events(self) -> AsyncIterator[TextPiece | Finished]:
+        yield self.finished
+
+
+async def _run_to_end(generation: Generation | _NothingToGenerate) -> Result:
     pieces = []
     async with aclosing(generation.events()) as events:
         async for ev in events:
@@ -129,7 +179,3 @@ async def run_to_end(generation: Generation) -> Result:
             else:
                 return Result("".join(pieces), ev)
     raise RuntimeError("generation ended without finishing")
-
-
-def now() -> int:
-    return int(time.time())

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pycompat.api.errors import model_not_found
+from pycompat.api.errors import UnknownModel
 from pycompat.engine.engine import Engine
-
-OWNER = "pycompat"
 
 
 @dataclass
@@ -16,6 +14,14 @@ class ServedModel:
     engine: Engine
     created: int  # unix time of the model file
 
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.model.kernel.vocab_size
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.engine.model.tokenizer.bos_id
+
 
 class Registry:
     def __init__(self, models: list[ServedModel]):
@@ -23,14 +29,12 @@ class Registry:
         self._by_id = {i: m for m in models for i in m.ids}
 
     def get(self, model_id: str) -> ServedModel:
-        """The model served as ``model_id``, or a 404 model_not_found."""
+        """The model served as ``model_id``; raises UnknownModel."""
         try:
             return self._by_id[model_id]
         except KeyError:
-            raise model_not_found(model_id) from None
+            raise UnknownModel(model_id) from None
 
-    def model_object(self, model_id: str) -> dict:
-        return {"id": model_id, "object": "model", "created": self.get(model_id).created, "owned_by": OWNER}
-
-    def list_object(self) -> dict:
-        return {"object": "list", "data": [self.model_object(i) for m in self.models for i in m.ids]}
+    def all_ids(self) -> list[str]:
+        """Every id served, each model's primary id first, then its aliases."""
+        return [i for m in self.models for i in m.ids]

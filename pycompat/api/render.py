@@ -1,4 +1,6 @@
-"""JSON responses and the guard that keeps a failing stream well-formed."""
+"""Responses every dialect builds the same way: a JSON body, and a stream
+guarded so that a failure mid-way ends it well-formed (each dialect supplies
+its framing and its error event)."""
 
 from __future__ import annotations
 
@@ -7,27 +9,27 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 
-from pycompat.api import sse
-from pycompat.api.errors import APIError
+from pycompat.api.errors import APIError, ServiceError
 from pycompat.http.messages import Response
 
 log = logging.getLogger(__name__)
+
+ErrorEvent = Callable[[APIError | ServiceError], bytes]
 
 
 def json_response(body: dict, status: int = 200) -> Response:
     return Response(status, json.dumps(body, ensure_ascii=False).encode("utf-8", "replace"))
 
 
-def error_response(e: APIError) -> Response:
-    return Response(e.status, e.body(), headers=list(e.headers))
+def stream_response(events: AsyncIterator[bytes], content_type: str, headers: list[tuple[str, str]], error_event: ErrorEvent,
+                    on_close: Callable[[], None] | None = None) -> Response:
+    """A 200 whose body is ``events``; ``on_close`` releases what produces them,
+    even if the stream is never read. ``error_event`` frames an error that
+    ends the stream early."""
+    return Response(200, content_type=content_type, headers=list(headers), stream=_guarded(events, error_event), on_close=on_close)
 
 
-def sse_response(events: AsyncIterator[bytes], on_close: Callable[[], None] | None = None) -> Response:
-    """A stream of events; ``on_close`` releases what produces them, even if the stream is never read."""
-    return Response(200, content_type=sse.CONTENT_TYPE, headers=list(sse.HEADERS), stream=_guarded(events), on_close=on_close)
-
-
-async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _guarded(events: AsyncIterator[bytes], error_event: ErrorEvent) -> AsyncIterator[bytes]:
     """Passes events through; if producing one fails, the client gets an error
     event (which the OpenAI SDKs raise as an APIError) instead of a cut stream.
     Closing it closes ``events`` at once, and with it the generation behind
@@ -36,8 +38,8 @@ async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async with aclosing(events) as inner:
             async for e in inner:
                 yield e
-    except APIError as e:
-        yield sse.event(e.to_dict())
+    except (APIError, ServiceError) as e:
+        yield error_event(e)
     except Exception:
         log.exception("stream failed")
-        yield sse.event(APIError(500, "The server had an error while generating the response.").to_dict())
+        yield error_event(APIError(500, "The server had an error while generating the response."))

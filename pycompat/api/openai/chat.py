@@ -5,27 +5,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-from pycompat.api import json_body, sse
-from pycompat.api.errors import APIError, invalid_type, invalid_value
-from pycompat.api.generation import (SAMPLING_FIELDS, check_length_bound, now, run_to_end, sampling_options,
-                                     start_generations, tokenize, usage)
-from pycompat.api.ids import new_id
-from pycompat.api.params import INT32_MAX, Params
+from pycompat.api import generation, json_body
+from pycompat.api.generation import Finished, Generation
+from pycompat.api.openai import sse
+from pycompat.api.openai.bodies import new_id, now, usage
+from pycompat.api.openai.errors import invalid_type, invalid_value, missing
+from pycompat.api.openai.protocol import CHAT, Fields
 from pycompat.api.registry import Registry
-from pycompat.api.render import json_response, sse_response
-from pycompat.engine.request import Finished, Generation
+from pycompat.api.render import json_response
 from pycompat.http.messages import Request, Response
-from pycompat.loading.chat_template import TemplateError
 
-IMPLEMENTED = {"model", "messages", "max_tokens", "max_completion_tokens", "stream", "stream_options"} | SAMPLING_FIELDS
-# Defined by OpenAI for this route; accepted and ignored until implemented.
-IGNORED = {
-    "audio", "frequency_penalty", "function_call", "functions", "logprobs", "metadata",
-    "modalities", "moderation", "n", "parallel_tool_calls", "prediction", "presence_penalty",
-    "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention", "reasoning_effort",
-    "response_format", "safety_identifier", "service_tier", "store", "tool_choice", "tools",
-    "top_logprobs", "user", "verbosity", "web_search_options",
-}
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
 
@@ -51,8 +40,6 @@ def _content_text(value, where: str, role: str) -> str:
 
 def parse_messages(value) -> list[dict]:
     """The messages as the chat template expects them: role and text content."""
-    if value is None:
-        raise APIError(400, "Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
     if not isinstance(value, list):
         raise invalid_type("messages", "an array", value)
     if not value:
@@ -64,11 +51,11 @@ def parse_messages(value) -> list[dict]:
             raise invalid_type(where, "an object", msg)
         role = msg.get("role")
         if not isinstance(role, str):
-            raise APIError(400, f"Missing required parameter: '{where}.role'.", param=f"{where}.role", code="missing_required_parameter")
+            raise missing(f"{where}.role")
         if role not in ROLES:
             raise invalid_value(f"{where}.role", f"'{role}' is not one of {sorted(ROLES)}.")
         if "content" not in msg and role not in ("assistant",):
-            raise APIError(400, f"Missing required parameter: '{where}.content'.", param=f"{where}.content", code="missing_required_parameter")
+            raise missing(f"{where}.content")
         entry = {"role": "system" if role == "developer" else role, "content": _content_text(msg.get("content"), where, role)}
         if isinstance(msg.get("name"), str):
             entry["name"] = msg["name"]
@@ -77,34 +64,27 @@ def parse_messages(value) -> list[dict]:
 
 
 async def create(registry: Registry, request: Request) -> Response:
-    p = Params(await json_body.parse_object(request.body), IMPLEMENTED, IGNORED)
-    model_id = p.string("model", required=True)
-    messages = parse_messages(p.raw("messages"))
-    stream = p.boolean("stream")
-    include_usage = p.stream_include_usage(stream)
-    max_tokens = p.integer("max_completion_tokens", 1, INT32_MAX)
+    fields = Fields(await json_body.parse_object(request.body), CHAT)
+    model_id = fields.get("model")
+    messages = parse_messages(fields.get("messages"))
+    stream = fields.get("stream")
+    include_usage = fields.get("stream_options", stream=stream)
+    max_tokens = fields.get("max_completion_tokens")
     if max_tokens is None:
-        max_tokens = p.integer("max_tokens", 1, INT32_MAX)
+        max_tokens = fields.get("max_tokens")
     served = registry.get(model_id)
-    engine = served.engine
-    model = engine.model
-    opts = sampling_options(p, max_tokens, model.sampling_defaults, model.kernel.vocab_size)
+    requested, defaults = fields.sampling(served.vocab_size)
+    opts = generation.sampling_options(served, max_tokens, requested, defaults)
     # Before any work: messages that cannot fit the context whatever their tokens.
-    check_length_bound(engine, sum(len(m["content"].encode("utf-8")) for m in messages), max_tokens, "messages")
-    try:
-        prompt_text = model.chat_template.render(messages, add_generation_prompt=True)
-    except TemplateError as e:
-        raise APIError(400, str(e), param="messages") from None
-    prompt = await tokenize(engine, prompt_text)
-    (generation,) = start_generations(engine, [prompt], opts, "messages")
+    generation.check_prompt_bytes(served, sum(len(m["content"].encode("utf-8")) for m in messages), max_tokens, "messages")
+    prompt_text = generation.chat_prompt(served, messages, "messages")
+    prompt = await generation.tokenize(served, prompt_text)
+    choices = generation.start(served, [prompt], opts, "messages")
 
     completion_id, created = new_id("chatcmpl-"), now()
     if stream:
-        return sse_response(_stream(generation, completion_id, created, model_id, include_usage), on_close=generation.cancel)
-    try:
-        result = await run_to_end(generation)
-    finally:
-        generation.cancel()
+        return sse.sse_response(_stream(choices[0], completion_id, created, model_id, include_usage), on_close=choices.cancel)
+    (result,) = await choices.run_to_end()
     body = {
         "id": completion_id,
         "object": "chat.completion",

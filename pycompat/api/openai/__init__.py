@@ -1,0 +1,31 @@
+"""OpenAI's API, as its SDKs and tools expect it: its routes (chat.py,
+completions.py, models.py), its request fields (protocol.py), its stream
+framing (sse.py) and its error object and wording (errors.py).
+
+Like every API dialect, this package gives the App three things:
+``PREFIXES``, the path prefixes its routes are served under; ``routes``, its
+routes as templates without the prefix; and ``error_response``, an APIError or
+ServiceError as a response in its shape.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from pycompat.api.openai import chat, completions, models
+from pycompat.api.openai.errors import error_response
+from pycompat.api.registry import Registry
+from pycompat.api.router import Route
+
+__all__ = ["PREFIXES", "error_response", "routes"]
+
+PREFIXES = ("/v1",)
+
+
+def routes(registry: Registry) -> list[Route]:
+    return [
+        Route("GET", "/models", partial(models.list_models, registry)),
+        Route("GET", "/models/{model...}", partial(models.retrieve_model, registry)),
+        Route("POST", "/chat/completions", partial(chat.create, registry)),
+        Route("POST", "/completions", partial(completions.create, registry)),
+    ]

@@ -1,0 +1,36 @@
+"""What OpenAI's response bodies share: an id in OpenAI's shape, the created
+time, and the usage object."""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+
+from pycompat.api.generation import Finished
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_id(prefix: str) -> str:
+    """``prefix`` ("chatcmpl-", "cmpl-") and 29 random alphanumerics."""
+    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(29))
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+    }
+
+
+def total_usage(finished: list[Finished]) -> dict:
+    """The usage of several generations together (a request with several prompts)."""
+    return usage(*(sum(getattr(f, k) for f in finished) for k in ("prompt_tokens", "completion_tokens", "cached_tokens")))

@@ -1,0 +1,105 @@
+"""POST /v1/completions (the legacy text completion route)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from pycompat.api import generation, json_body
+from pycompat.api.generation import Choices, Finished
+from pycompat.api.openai import sse
+from pycompat.api.openai.bodies import new_id, now, total_usage
+from pycompat.api.openai.errors import invalid_type, invalid_value
+from pycompat.api.openai.protocol import COMPLETIONS, Fields
+from pycompat.api.registry import Registry, ServedModel
+from pycompat.api.render import json_response
+from pycompat.http.messages import Request, Response
+
+MAX_PROMPTS = 64
+
+
+def _is_token_list(v) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+
+
+def parse_prompts(value) -> list[str | list[int]]:
+    """The prompt field as a list of prompts: strings or token-id lists."""
+    if isinstance(value, str) or _is_token_list(value):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) or _is_token_list(v) for v in value):
+        if len(value) > MAX_PROMPTS:
+            raise invalid_value("prompt", f"at most {MAX_PROMPTS} prompts per request, got {len(value)}.")
+        return value
+    raise invalid_type("prompt", "a string, an array of strings, an array of tokens or an array of token arrays", value)
+
+
+def _check_token_ids(served: ServedModel, ids: list[int]) -> list[int]:
+    vocab = served.vocab_size
+    bad = next((t for t in ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        shown = bad if abs(bad) < 10**12 else f"{str(bad)[:12]}..."
+        raise invalid_value("prompt", f"token id {shown} is outside the vocabulary (0..{vocab - 1}).")
+    return list(ids)
+
+
+async def _encode(served: ServedModel, prompt: str, index: int) -> list[int]:
+    ids = await generation.tokenize(served, prompt)
+    if not ids:  # an empty prompt: start from BOS, as there is nothing else to condition on
+        if served.bos_id is None:
+            raise invalid_value("prompt", f"prompt {index} is empty and this model has no BOS token to start from.")
+        ids = [served.bos_id]
+    return ids
+
+
+async def create(registry: Registry, request: Request) -> Response:
+    fields = Fields(await json_body.parse_object(request.body), COMPLETIONS)
+    model_id = fields.get("model")
+    prompts = parse_prompts(fields.get("prompt"))
+    stream = fields.get("stream")
+    include_usage = fields.get("stream_options", stream=stream)
+    max_tokens = fields.get("max_tokens")
+    served = registry.get(model_id)
+    requested, defaults = fields.sampling(served.vocab_size)
+    opts = generation.sampling_options(served, max_tokens, requested, defaults)
+    # Strings are checked against the context before any is tokenized.
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            generation.check_prompt_bytes(served, len(prompt.encode("utf-8")), max_tokens, "prompt")
+    encoded = [_check_token_ids(served, prompt) if isinstance(prompt, list) else await _encode(served, prompt, i)
+               for i, prompt in enumerate(prompts)]
+    # max_tokens 0 (the scoring idiom, with echo and logprobs) generates nothing: each prompt must still fit.
+    choices = generation.start(served, encoded, opts, "prompt")
+    completion_id, created = new_id("cmpl-"), now()
+    if stream:
+        return sse.sse_response(_stream(choices, completion_id, created, model_id, include_usage), on_close=choices.cancel)
+    results = await choices.run_to_end()
+    return json_response({
+        "id": completion_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model_id,
+        "choices": [{"text": r.text, "index": i, "logprobs": None, "finish_reason": r.finished.reason} for i, r in enumerate(results)],
+        "usage": total_usage([r.finished for r in results]),
+    })
+
+
+async def _stream(choices: Choices, completion_id: str, created: int, model_id: str, include_usage: bool) -> AsyncIterator[bytes]:
+    def chunk(entries: list[dict], usage_value: dict | None = None) -> bytes:
+        body = {"id": completion_id, "object": "text_completion", "created": created, "model": model_id, "choices": entries}
+        if include_usage:
+            body["usage"] = usage_value
+        return sse.event(body)
+
+    finished = []
+    # All prompts run together in the engine; their text is sent one prompt after another.
+    for index, one in enumerate(choices.generations):
+        async with aclosing(one.events()) as events:
+            async for ev in events:
+                if isinstance(ev, Finished):
+                    yield chunk([{"text": "", "index": index, "logprobs": None, "finish_reason": ev.reason}])
+                    finished.append(ev)
+                else:
+                    yield chunk([{"text": ev.text, "index": index, "logprobs": None, "finish_reason": None}])
+    if include_usage:
+        yield chunk([], total_usage(finished))
+    yield sse.DONE

@@ -1,0 +1,90 @@
+"""OpenAI's error object, and OpenAI's words for every refusal.
+
+An error is ``{"error": {"message", "type", "param", "code"}}`` with its HTTP
+status; ``error_json`` is the one place an APIError becomes that object, and
+``as_api_error`` words the dialect-neutral ServiceErrors as OpenAI's API does.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pycompat.api.errors import APIError, Busy, ContextExceeded, PromptRejected, ServiceError, UnknownModel
+from pycompat.http.messages import Response
+
+_TYPE_FOR_STATUS = {
+    401: "authentication_error",
+    403: "permission_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+}
+
+
+def as_api_error(e: APIError | ServiceError) -> APIError:
+    """``e`` in OpenAI's words: an APIError as it is, a ServiceError worded here."""
+    if isinstance(e, APIError):
+        return e
+    if isinstance(e, UnknownModel):
+        return APIError(404, f"The model `{e.model}` does not exist or you do not have access to it.", code="model_not_found")
+    if isinstance(e, Busy):
+        return APIError(429, "The server is busy: too many requests are waiting. Please retry shortly.",
+                        code="rate_limit_exceeded", headers=[("retry-after", str(e.retry_after))])
+    if isinstance(e, ContextExceeded):
+        return _context_exceeded(e)
+    if isinstance(e, PromptRejected):
+        return APIError(400, e.reason, param=e.field)
+    raise TypeError(f"no OpenAI wording for {type(e).__name__}")
+
+
+def _context_exceeded(e: ContextExceeded) -> APIError:
+    if e.prompt_bytes is not None:
+        asked = f"a prompt of {e.prompt_bytes} bytes, at least {e.prompt_tokens} tokens"
+    elif e.max_tokens is None:
+        asked = f"{e.prompt_tokens} in the prompt"
+    else:
+        asked = f"{e.prompt_tokens + e.max_tokens} tokens ({e.prompt_tokens} in the prompt, {e.max_tokens} in the completion)"
+    return APIError(
+        400,
+        f"This model's maximum context length is {e.context_length} tokens. However, you requested {asked}. "
+        "Please reduce the length of the prompt or the completion.",
+        param=e.field,
+        code="context_length_exceeded",
+    )
+
+
+def error_json(e: APIError | ServiceError) -> dict:
+    """The error object for ``e``."""
+    e = as_api_error(e)
+    return {"error": {"message": e.message, "type": e.type or _TYPE_FOR_STATUS.get(e.status, "invalid_request_error"),
+                      "param": e.param, "code": e.code}}
+
+
+def error_bytes(e: APIError | ServiceError) -> bytes:
+    # A message may quote what a client sent; "replace" keeps even a lone surrogate from failing the error itself.
+    return json.dumps(error_json(e), ensure_ascii=False).encode("utf-8", "replace")
+
+
+def error_response(e: APIError | ServiceError) -> Response:
+    """The whole response for ``e``: its status, the error object and its headers."""
+    api_error = as_api_error(e)
+    return Response(api_error.status, error_bytes(api_error), headers=list(api_error.headers))
+
+
+def error_body(status: int, message: str) -> bytes:
+    """Body for errors raised below the API layer (HTTP protocol errors, limits)."""
+    codes = {408: "request_timeout", 413: "request_too_large", 500: None}
+    return error_bytes(APIError(status, message, code=codes.get(status)))
+
+
+def invalid_type(param: str, expected: str, value) -> APIError:
+    got = {bool: "a boolean", int: "an integer", float: "a decimal", str: "a string", list: "an array", dict: "an object", type(None): "null"}
+    return APIError(400, f"Invalid type for '{param}': expected {expected}, but got {got.get(type(value), type(value).__name__)} instead.", param=param, code="invalid_type")
+
+
+def invalid_value(param: str, message: str) -> APIError:
+    return APIError(400, f"Invalid '{param}': {message}", param=param, code="invalid_value")
+
+
+def missing(param: str) -> APIError:
+    return APIError(400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
