@@ -137,3 +137,16 @@ def test_the_kernel_refuses_an_unknown_architecture():
     config = ModelConfig("gemma", 8, 1, 2, 2, 4, 8, 10, 1e-5, True, [1.0, 0.5], 16)
     with pytest.raises(_kernel.KernelError, match='unknown architecture "gemma"'):
         _kernel.KernelModel(config, [])
+
+
+def test_llama_files_with_biases_are_refused_not_served_without_them(tmp_path):
+    # Biases the Llama layout has no place for would be dropped silently, and the
+    # answers would be wrong: such files are refused, naming what is not supported.
+    with_biases = random_weights(TinyConfig(**{**CFG.__dict__, "arch": "qwen2"}), VOCAB)
+    write_gguf_model(tmp_path / "biased.gguf", CFG, with_biases, "F32")  # written as llama
+    expect_error(tmp_path / "biased.gguf", "blk.0.attn_q.bias", "not supported", "'llama'")
+    write_hf_model(tmp_path / "hf", CFG, random_weights(CFG, VOCAB), "F32")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "attention_bias": True}))
+    expect_error(tmp_path / "hf", "attention_bias is not supported")
+

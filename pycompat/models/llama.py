@@ -67,6 +67,9 @@ class Llama:
 
         Raises ModelFileError for a missing or bad hyper-parameter.
         """
+        for key in ("attention_bias", "mlp_bias"):  # biases this layout has no place for
+            if hf.get(key):
+                raise ModelFileError(source, f"{key} is not supported for model_type {hf.get('model_type')!r}")
         try:
             dim, n_heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
             head_dim = int(hf.get("head_dim") or dim // n_heads)
@@ -120,6 +123,12 @@ class Llama:
         embed = tensors.get("token_embd.weight")
         if embed is None:
             raise ModelFileError(source, "tensor token_embd.weight is missing")
+        # A tensor the layout has no place for would be dropped, and the model
+        # would answer wrongly without a word: refuse it instead.
+        known = set(self.layer_tensors.values())
+        extra = next((n for n in tensors if n.endswith(".bias") and n.split(".", 2)[-1] not in known), None)
+        if extra is not None:
+            raise ModelFileError(source, f"tensor {extra} is not supported for architecture {arch!r}")
         dim, n_heads = int(hp("embedding_length")), int(hp("attention.head_count"))
         head_dim = int(hp("attention.key_length", dim // max(n_heads, 1)))
         rot_dim = int(hp("rope.dimension_count", head_dim))
