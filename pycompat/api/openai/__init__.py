@@ -19,7 +19,8 @@ from pycompat.api.router import Route
 
 __all__ = ["PREFIXES", "error_response", "routes"]
 
-PREFIXES = ("/v1",)
+# /openai/v1: Bifrost's drop-in base URL; /v3: OpenVINO Model Server's. Same routes, same answers.
+PREFIXES = ("/v1", "/openai/v1", "/v3")
 
 
 def routes(registry: Registry) -> list[Route]:
