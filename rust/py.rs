@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use crate::kv_cache::KvStore;
 use crate::model::{Arch, Config, Entry, KernelError as CoreError, Model, Want};
-use crate::sampler::{Sampler as CoreSampler, SamplingParams};
+use crate::sampler::{Penalties, Sampler as CoreSampler, SamplingParams};
 use crate::dtype::DType;
 use crate::weights::{self, Quantize, TensorSource};
 
@@ -79,26 +79,59 @@ struct KvCache {
     bytes_per_block: usize,
 }
 
-/// A request's sampling parameters and seeded random generator.
+/// A sequence's sampling parameters, penalties and seeded random generator.
+/// `prompt` is the sequence's prompt: the repetition penalty looks at its
+/// tokens (it is not kept when that penalty is 1). `ignore_eos` is not used in
+/// sampling: the engine reads it to generate past the tokenizer's stop tokens
+/// (vLLM keeps it among its sampling parameters too).
 #[pyclass(module = "pycompat._kernel")]
 struct Sampler {
     inner: CoreSampler,
+    #[pyo3(get)]
+    ignore_eos: bool,
 }
 
 #[pymethods]
 impl Sampler {
     #[new]
-    #[pyo3(signature = (temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=0, logit_bias=Vec::new()))]
-    fn new(temperature: f32, top_p: f32, top_k: usize, min_p: f32, seed: u64, logit_bias: Vec<(u32, f32)>) -> Self {
+    #[pyo3(signature = (temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=0, logit_bias=Vec::new(),
+                        presence_penalty=0.0, frequency_penalty=0.0, repetition_penalty=1.0, prompt=Vec::new(),
+                        ignore_eos=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        temperature: f32,
+        top_p: f32,
+        top_k: usize,
+        min_p: f32,
+        seed: u64,
+        logit_bias: Vec<(u32, f32)>,
+        presence_penalty: f32,
+        frequency_penalty: f32,
+        repetition_penalty: f32,
+        prompt: Vec<u32>,
+        ignore_eos: bool,
+    ) -> PyResult<Self> {
+        if !(presence_penalty.is_finite() && frequency_penalty.is_finite()) {
+            return Err(kernel_err("presence_penalty and frequency_penalty must be finite"));
+        }
+        if !(repetition_penalty.is_finite() && repetition_penalty > 0.0) {
+            return Err(kernel_err("repetition_penalty must be a finite number above 0"));
+        }
         let params = SamplingParams {
             temperature,
             top_p,
             top_k,
             min_p,
         };
-        Sampler {
-            inner: CoreSampler::new(params, seed).with_bias(logit_bias),
-        }
+        let penalties = Penalties {
+            presence: presence_penalty,
+            frequency: frequency_penalty,
+            repetition: repetition_penalty,
+        };
+        Ok(Sampler {
+            inner: CoreSampler::new(params, seed).with_bias(logit_bias).with_penalties(penalties, &prompt),
+            ignore_eos,
+        })
     }
 }
 

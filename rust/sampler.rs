@@ -1,6 +1,12 @@
 //! Choosing the next token from logits: greedy, or temperature with top-k,
 //! top-p (nucleus) and min-p filtering, driven by a seeded generator so the
 //! same seed always gives the same tokens on any machine.
+//!
+//! The order, as OpenAI's API and vLLM apply them: the raw logits get
+//! `logit_bias` added, then the repetition penalty, then the frequency and
+//! presence penalties; only then temperature, top-k, min-p and top-p (or the
+//! argmax when greedy). A sampler with no bias and neutral penalties samples
+//! the model's logits as they are, without copying them.
 
 /// xoshiro256** seeded through splitmix64: small, fast, and the same on every platform.
 #[derive(Clone, Debug)]
@@ -65,6 +71,60 @@ impl Default for SamplingParams {
     }
 }
 
+/// Penalties on tokens the sequence has seen, applied to the logits before
+/// temperature. Neutral values: 0, 0 and 1.
+///
+/// - `presence` and `frequency` (OpenAI's, -2..2) look at the tokens generated
+///   so far only, as OpenAI documents: `logit[j] -= c[j] * frequency + (c[j] > 0)
+///   * presence`, `c[j]` the times token j was generated. (The prompt is the
+///   user's text: penalizing it would steer the answer away from the question's
+///   own words.)
+/// - `repetition` (llama.cpp's and vLLM's, > 0, 1 = off) looks at the prompt's
+///   tokens and the generated ones, as vLLM does: each such token's logit is
+///   divided by it when positive, multiplied by it otherwise, so a value above 1
+///   always makes the token less likely. (llama.cpp looks at a window of recent
+///   tokens instead; vLLM's scope needs no window size.)
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Penalties {
+    pub presence: f32,
+    pub frequency: f32,
+    pub repetition: f32,
+}
+
+impl Penalties {
+    pub const NONE: Penalties = Penalties {
+        presence: 0.0,
+        frequency: 0.0,
+        repetition: 1.0,
+    };
+
+    /// Applies the penalties to `logits`, given the tokens seen so far.
+    fn apply(&self, seen: &[Seen], logits: &mut [f32]) {
+        for s in seen {
+            let Some(l) = logits.get_mut(s.token as usize) else {
+                continue; // a prompt id outside the vocabulary: nothing to penalize
+            };
+            if self.repetition != 1.0 {
+                *l = if *l > 0.0 { *l / self.repetition } else { *l * self.repetition };
+            }
+            if s.generated > 0 {
+                *l -= s.generated as f32 * self.frequency + self.presence;
+            }
+        }
+    }
+}
+
+/// A token the penalties look at (in the prompt, or generated), and the times it was generated.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    token: u32,
+    generated: u32,
+}
+
+// Room for this many distinct generated tokens is reserved up front, so the
+// list of seen tokens grows (by doubling) only a few times in a long answer.
+const SEEN_RESERVE: usize = 256;
+
 /// A request's sampling state: its parameters and its generator.
 #[derive(Clone, Debug)]
 pub struct Sampler {
@@ -74,8 +134,14 @@ pub struct Sampler {
     cand: Vec<(u32, f32)>,
     /// Added to the logits of these tokens before choosing (OpenAI's logit_bias).
     bias: Vec<(u32, f32)>,
-    /// The logits with `bias` added (kept, like `cand`).
-    biased: Vec<f32>,
+    /// None when every penalty is neutral: then nothing is counted or looked at.
+    penalties: Option<Penalties>,
+    /// The tokens the penalties look at, ordered by id (a binary search finds
+    /// a chosen token): every token chosen so far, and the prompt's tokens when
+    /// the repetition penalty is on. Proportional to the sequence, not the vocabulary.
+    seen: Vec<Seen>,
+    /// The logits with `bias` and the penalties applied (kept, like `cand`).
+    adjusted: Vec<f32>,
 }
 
 /// Index of the largest value; the lowest index wins ties, as a stable argmax should.
@@ -105,7 +171,9 @@ impl Sampler {
             rng: Rng::new(seed),
             cand: Vec::new(),
             bias: Vec::new(),
-            biased: Vec::new(),
+            penalties: None,
+            seen: Vec::new(),
+            adjusted: Vec::new(),
         }
     }
 
@@ -116,24 +184,55 @@ impl Sampler {
         self
     }
 
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.bias.is_empty() {
-            return self.sample_unbiased(logits);
+    /// Applies `penalties` to every later choice; `prompt` is the sequence's
+    /// prompt (read only when the repetition penalty is on). Neutral penalties
+    /// change nothing and cost nothing.
+    pub fn with_penalties(mut self, penalties: Penalties, prompt: &[u32]) -> Sampler {
+        if penalties == Penalties::NONE {
+            return self;
         }
-        let mut biased = std::mem::take(&mut self.biased);
-        biased.clear();
-        biased.extend_from_slice(logits);
+        let prompt = if penalties.repetition != 1.0 { prompt } else { &[] };
+        self.seen.reserve(prompt.len() + SEEN_RESERVE);
+        self.seen
+            .extend(prompt.iter().map(|&token| Seen { token, generated: 0 }));
+        self.seen.sort_unstable_by_key(|s| s.token);
+        self.seen.dedup_by_key(|s| s.token);
+        self.penalties = Some(penalties);
+        self
+    }
+
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.bias.is_empty() && self.penalties.is_none() {
+            return self.sample_adjusted(logits);
+        }
+        let mut adjusted = std::mem::take(&mut self.adjusted);
+        adjusted.clear();
+        adjusted.extend_from_slice(logits);
         for &(token, b) in &self.bias {
-            if let Some(l) = biased.get_mut(token as usize) {
+            if let Some(l) = adjusted.get_mut(token as usize) {
                 *l += b;
             }
         }
-        let chosen = self.sample_unbiased(&biased);
-        self.biased = biased;
+        if let Some(penalties) = &self.penalties {
+            penalties.apply(&self.seen, &mut adjusted);
+        }
+        let chosen = self.sample_adjusted(&adjusted);
+        self.adjusted = adjusted;
+        if self.penalties.is_some() {
+            self.count(chosen);
+        }
         chosen
     }
 
-    fn sample_unbiased(&mut self, logits: &[f32]) -> u32 {
+    /// Counts a chosen token for the penalties of the next choices.
+    fn count(&mut self, token: u32) {
+        match self.seen.binary_search_by_key(&token, |s| s.token) {
+            Ok(i) => self.seen[i].generated += 1,
+            Err(i) => self.seen.insert(i, Seen { token, generated: 1 }),
+        }
+    }
+
+    fn sample_adjusted(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         if p.temperature <= 0.0 || p.top_k == 1 || logits.len() == 1 {
             return argmax(logits);
@@ -353,6 +452,117 @@ mod tests {
                 assert_eq!(a, b, "spread {spread}, top_p {top_p}, min_p {min_p}");
             }
         }
+    }
+
+    fn penalties(presence: f32, frequency: f32, repetition: f32) -> Penalties {
+        Penalties {
+            presence,
+            frequency,
+            repetition,
+        }
+    }
+
+    /// The logits a greedy sampler with `p` and `prompt` chooses from after it
+    /// has chosen `chosen`.
+    fn penalized(p: Penalties, prompt: &[u32], chosen: &[u32], logits: &[f32]) -> Vec<f32> {
+        let mut s = Sampler::new(params(0.0, 1.0, 0, 0.0), 1).with_penalties(p, prompt);
+        chosen.iter().for_each(|&t| s.count(t));
+        s.sample(logits);
+        s.adjusted.clone()
+    }
+
+    fn assert_close(got: &[f32], want: &[f32]) {
+        let far = got.iter().zip(want).any(|(g, w)| (g - w).abs() > 1e-6);
+        assert!(!far && got.len() == want.len(), "got {got:?}, want {want:?}");
+    }
+
+    /// Token 0 generated twice, token 1 once, token 2 never: frequency scales
+    /// with the count, presence does not, and they add up.
+    #[test]
+    fn frequency_counts_and_presence_does_not() {
+        let logits = [3.0, 2.0, 1.0, -1.0];
+        let chosen = [0, 1, 0];
+        assert_close(&penalized(penalties(0.0, 0.5, 1.0), &[], &chosen, &logits), &[2.0, 1.5, 1.0, -1.0]);
+        assert_close(&penalized(penalties(0.5, 0.0, 1.0), &[], &chosen, &logits), &[2.5, 1.5, 1.0, -1.0]);
+        assert_close(&penalized(penalties(0.25, 0.5, 1.0), &[], &chosen, &logits), &[1.75, 1.25, 1.0, -1.0]);
+    }
+
+    #[test]
+    fn negative_penalties_favour_generated_tokens() {
+        let logits = [3.0, 2.0, 1.0, -1.0];
+        let chosen = [0, 1, 0];
+        assert_close(&penalized(penalties(0.0, -0.5, 1.0), &[], &chosen, &logits), &[4.0, 2.5, 1.0, -1.0]);
+        assert_close(&penalized(penalties(-1.0, 0.0, 1.0), &[], &chosen, &logits), &[4.0, 3.0, 1.0, -1.0]);
+    }
+
+    /// Repetition divides a positive logit and multiplies a negative one, so
+    /// both become less likely; it covers the prompt's tokens and the generated ones.
+    #[test]
+    fn repetition_pushes_positive_and_negative_logits_down() {
+        let logits = [3.0, 2.0, 1.0, -1.0];
+        assert_close(&penalized(penalties(0.0, 0.0, 2.0), &[2, 3], &[0], &logits), &[1.5, 2.0, 0.5, -2.0]);
+        // Below 1 it rewards them instead.
+        assert_close(&penalized(penalties(0.0, 0.0, 0.5), &[3], &[0], &logits), &[6.0, 2.0, 1.0, -0.5]);
+        // A prompt token repeated in the prompt, or also generated, is penalized once.
+        assert_close(&penalized(penalties(0.0, 0.0, 2.0), &[1, 1], &[1, 1], &logits), &[3.0, 1.0, 1.0, -1.0]);
+    }
+
+    /// The prompt's tokens count for the repetition penalty only; repetition
+    /// applies before presence and frequency.
+    #[test]
+    fn prompt_tokens_count_for_repetition_only() {
+        let logits = [3.0, 2.0, 1.0, -1.0];
+        assert_close(&penalized(penalties(1.0, 1.0, 1.0), &[0, 1, 2], &[], &logits), &logits);
+        assert_close(&penalized(penalties(1.0, 0.0, 2.0), &[1], &[0], &logits), &[0.5, 1.0, 1.0, -1.0]);
+        // Prompt ids outside the vocabulary are ignored.
+        assert_close(&penalized(penalties(0.0, 0.0, 2.0), &[99], &[], &logits), &logits);
+    }
+
+    /// The sampler counts its own choices: with equal logits a frequency
+    /// penalty makes a greedy sampler take each token in turn.
+    #[test]
+    fn the_sampler_counts_what_it_chooses() {
+        let logits = [1.0, 0.9, 0.8];
+        let mut s = Sampler::new(params(0.0, 1.0, 0, 0.0), 1).with_penalties(penalties(0.0, 0.3, 1.0), &[]);
+        let picks: Vec<u32> = (0..6).map(|_| s.sample(&logits)).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        let mut plain = Sampler::new(params(0.0, 1.0, 0, 0.0), 1);
+        assert!((0..6).all(|_| plain.sample(&logits) == 0));
+    }
+
+    /// Neutral penalties keep nothing and choose exactly the tokens a sampler
+    /// without them chooses (with and without a bias).
+    #[test]
+    fn neutral_penalties_change_nothing() {
+        let mut rng = Rng::new(9);
+        let logits: Vec<f32> = (0..3000).map(|_| rng.next_f64() as f32 * 6.0).collect();
+        for bias in [vec![], vec![(5, 3.0)]] {
+            let mut neutral = Sampler::new(params(0.9, 0.95, 0, 0.0), 4)
+                .with_bias(bias.clone())
+                .with_penalties(Penalties::NONE, &[1, 2, 3]);
+            let mut plain = Sampler::new(params(0.9, 0.95, 0, 0.0), 4).with_bias(bias.clone());
+            assert!(neutral.penalties.is_none() && neutral.seen.is_empty());
+            for _ in 0..200 {
+                assert_eq!(neutral.sample(&logits), plain.sample(&logits));
+            }
+            assert!(neutral.seen.is_empty());
+        }
+    }
+
+    /// A strong frequency penalty spreads a sampled sequence over more tokens.
+    #[test]
+    fn penalties_change_a_sampled_sequence_in_their_direction() {
+        let mut rng = Rng::new(2);
+        let logits: Vec<f32> = (0..50).map(|_| rng.next_f64() as f32 * 4.0).collect();
+        let distinct = |p: Penalties| {
+            let mut s = Sampler::new(params(0.7, 1.0, 0, 0.0), 8).with_penalties(p, &[]);
+            let mut picks: Vec<u32> = (0..40).map(|_| s.sample(&logits)).collect();
+            picks.sort_unstable();
+            picks.dedup();
+            picks.len()
+        };
+        let (plain, spread, narrow) = (distinct(Penalties::NONE), distinct(penalties(0.0, 1.0, 1.0)), distinct(penalties(0.0, -1.0, 1.0)));
+        assert!(narrow < plain && plain < spread, "{narrow} {plain} {spread}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pycompat_kernel::model::{Arch, Config, Entry, Model, Want};
 use pycompat_kernel::quant::quantize;
-use pycompat_kernel::sampler::{Sampler, SamplingParams};
+use pycompat_kernel::sampler::{Penalties, Sampler, SamplingParams};
 use pycompat_kernel::dtype::DType;
 use pycompat_kernel::tensor::Tensor;
 
@@ -89,7 +89,7 @@ fn tiny_model(dtype: DType) -> Model {
 }
 
 /// Three sequences decode together in one shared paged cache, as in the
-/// server's engine: after the first steps, a step allocates nothing.
+/// server's engine (one with penalties): after the first steps, a step allocates nothing.
 #[test]
 fn a_decode_step_allocates_nothing() {
     for dtype in [DType::Q4_1, DType::Q8_0, DType::F16] {
@@ -103,6 +103,10 @@ fn a_decode_step_allocates_nothing() {
             min_p: 0.0,
         };
         let mut samplers: Vec<Sampler> = (0..3).map(|s| Sampler::new(params.clone(), s)).collect();
+        // One with every penalty: its list of seen tokens has room reserved
+        // for the first few hundred distinct tokens, and its logits buffer is kept.
+        let penalties = Penalties { presence: 0.5, frequency: 0.3, repetition: 1.2 };
+        samplers[2] = Sampler::new(params.clone(), 2).with_penalties(penalties, &[1, 2, 3, 4, 5]);
         let mut lens = [0usize; 3];
         let mut next = [[0u32; 1]; 3];
         let mut step = |store: &mut _, prompts: Option<&[u32]>| {
