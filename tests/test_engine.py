@@ -159,3 +159,45 @@ async def test_each_steps_text_reaches_its_reader_before_the_next_step(model):
         assert "".join(received) == "a" * 10
         assert kernel.calls == list(range(10))  # step i ran after the reader had i pieces
         nursery.cancel_scope.cancel()
+
+
+async def test_ignore_eos_generates_stop_tokens_to_the_budget(model):
+    """A stop token the model keeps choosing ends the sequence at once, unless
+    ignore_eos: then each is generated and counted, adds no text (it is a
+    special token), and generation runs to max_tokens."""
+    (stop_id, *_) = sorted(model.tokenizer.stop_ids)
+    forced = SamplingOptions(max_tokens=7, temperature=0.0, logit_bias={stop_id: 100.0})
+    engine = Engine(model, EngineConfig(kv_cache_mb=64))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        text, done = await collect(engine, [5, 6, 7], forced)
+        assert (text, done.reason, done.completion_tokens) == ("", "stop", 0)
+        text, done = await collect(engine, [5, 6, 7], replace(forced, ignore_eos=True))
+        assert (text, done.reason, done.completion_tokens) == ("", "length", 7)
+        # A stop string still ends it.
+        a = model.tokenizer.encode("a")[0]
+        text, done = await collect(engine, [5, 6, 7], replace(forced, ignore_eos=True, logit_bias={a: 100.0}, stop=["aa"]))
+        assert (text, done.reason, done.completion_tokens) == ("", "stop", 2)
+        assert engine.scheduler.blocks.used == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_penalties_reach_the_sampler_with_the_prompt(model):
+    """A token the bias favours is the greedy choice every time; a frequency
+    penalty makes the answer leave it once generated; a repetition penalty
+    pushes it down from the first token on when the prompt holds it (it looks
+    at the prompt), not when the prompt does not. Neutral values change nothing."""
+    a = model.tokenizer.encode("a")[0]
+    nudged = SamplingOptions(max_tokens=8, temperature=0.0, logit_bias={a: 5.0})
+    engine = Engine(model, EngineConfig(kv_cache_mb=64))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        assert (await collect(engine, [5, 6, 7], nudged))[0] == "a" * 8
+        neutral = replace(nudged, presence_penalty=0.0, frequency_penalty=0.0, repetition_penalty=1.0)
+        assert (await collect(engine, [5, 6, 7], neutral))[0] == "a" * 8
+        text, _ = await collect(engine, [5, 6, 7], replace(nudged, frequency_penalty=2.0))
+        assert text.startswith("a") and text.count("a") < 8, text
+        repetition = replace(nudged, repetition_penalty=10.0)
+        assert (await collect(engine, [5, 6, 7], repetition))[0].startswith("a")
+        assert not (await collect(engine, [5, a, 7], repetition))[0].startswith("a")
+        nursery.cancel_scope.cancel()

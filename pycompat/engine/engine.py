@@ -174,7 +174,7 @@ class Engine:
         self.scheduler.computed(chunk)
         if token is None or seq.cancelled:
             return
-        if token in self.model.tokenizer.stop_ids:
+        if token in self.model.tokenizer.stop_ids and not seq.sampler.ignore_eos:
             return self._finish(seq, "stop")
         seq.generated += 1
         out = seq.output

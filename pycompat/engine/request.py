@@ -34,6 +34,11 @@ class SamplingOptions:
     seed: int | None = None  # None: a fresh random seed
     stop: list[str] = field(default_factory=list)
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    # Penalties on tokens already seen (rust/sampler.rs says which tokens each looks at); neutral: 0, 0, 1.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    ignore_eos: bool = False  # generate past the tokenizer's stop tokens (benchmarks), to max_tokens or a stop string
 
 
 # --- what a generation yields ---
@@ -63,9 +68,16 @@ class GenerationFailed(Exception):
     """The engine could not compute this request (a kernel error)."""
 
 
-def make_sampler(opts: SamplingOptions) -> _kernel.Sampler:
+def make_sampler(opts: SamplingOptions, prompt: list[int]) -> _kernel.Sampler:
+    """The kernel's sampler for one sequence of ``prompt`` (which the repetition penalty looks at)."""
     seed = opts.seed if opts.seed is not None else secrets.randbits(64)
-    return _kernel.Sampler(opts.temperature, opts.top_p, opts.top_k, opts.min_p, seed % (1 << 64), list(opts.logit_bias.items()))
+    return _kernel.Sampler(
+        opts.temperature, opts.top_p, opts.top_k, opts.min_p, seed % (1 << 64), list(opts.logit_bias.items()),
+        presence_penalty=opts.presence_penalty, frequency_penalty=opts.frequency_penalty,
+        repetition_penalty=opts.repetition_penalty,
+        prompt=prompt if opts.repetition_penalty != 1.0 else [],  # not copied when nothing reads it
+        ignore_eos=opts.ignore_eos,
+    )
 
 
 @dataclass(eq=False)
@@ -100,7 +112,7 @@ def start(engine: Engine, prompts: list[list[int]], opts: SamplingOptions) -> li
     """Queues one request's prompts together: all of them, or none (raises
     QueueFull or ContextOverflow). Nothing waits, so a caller can still answer
     with an error status before its response begins."""
-    return engine.submit(prompts, opts.max_tokens, [make_sampler(opts) for _ in prompts], opts.stop)
+    return engine.submit(prompts, opts.max_tokens, [make_sampler(opts, prompt) for prompt in prompts], opts.stop)
 
 
 async def generate(engine: Engine, prompt: list[int], opts: SamplingOptions) -> AsyncIterator[TextPiece | Finished]:
