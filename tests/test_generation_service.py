@@ -12,7 +12,8 @@ from pycompat.api.errors import ContextExceeded
 from pycompat.api.registry import ServedModel
 from pycompat.engine.engine import ContextOverflow
 
-FALLBACK = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "seed": None, "stop": None, "logit_bias": None}
+FALLBACK = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "seed": None, "stop": None, "logit_bias": None,
+            "presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "ignore_eos": False}
 
 
 class StubEngine:
@@ -30,7 +31,13 @@ def served(recommended: dict | None = None) -> ServedModel:
 
 
 @pytest.mark.parametrize("requested, recommended, expected", [
-    ({}, {}, {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "seed": None, "stop": [], "logit_bias": {}}),
+    ({}, {}, {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "seed": None, "stop": [], "logit_bias": {},
+              "presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "ignore_eos": False}),
+    # Penalties are the request's or the dialect's: a model's recommendation (generation_config.json
+    # often has repetition_penalty) does not apply, so requests without them sample as before.
+    ({}, {"repetition_penalty": 1.05}, {"repetition_penalty": 1.0}),
+    ({"presence_penalty": -1.5, "frequency_penalty": 2.0, "repetition_penalty": 1.3, "ignore_eos": True}, {},
+     {"presence_penalty": -1.5, "frequency_penalty": 2.0, "repetition_penalty": 1.3, "ignore_eos": True}),
     ({}, {"temperature": 0.2, "top_k": 40.0, "min_p": 0.05}, {"temperature": 0.2, "top_k": 40, "min_p": 0.05, "top_p": 1.0}),
     ({"temperature": 0.0, "top_k": 0}, {"temperature": 0.2, "top_k": 40}, {"temperature": 0.0, "top_k": 0}),  # zero is a value
     ({"seed": 7, "stop": ["x"], "logit_bias": {3: -100.0}}, {}, {"seed": 7, "stop": ["x"], "logit_bias": {3: -100.0}}),

@@ -44,7 +44,8 @@ def sampling_options(served: ServedModel, max_tokens: int | None, requested: dic
 
     Args:
         requested: the request's (already checked) temperature, top_p, top_k,
-            min_p, seed, stop and logit_bias; None where it left one out.
+            min_p, seed, stop, logit_bias, presence_penalty, frequency_penalty,
+            repetition_penalty and ignore_eos; None where it left one out.
         fallback: the dialect's defaults, for what neither the request nor the model sets.
     """
     recommended = served.engine.model.sampling_defaults
@@ -66,6 +67,10 @@ def sampling_options(served: ServedModel, max_tokens: int | None, requested: dic
         seed=pick("seed"),
         stop=list(pick("stop") or ()),
         logit_bias=dict(pick("logit_bias") or {}),
+        presence_penalty=pick("presence_penalty"),
+        frequency_penalty=pick("frequency_penalty"),
+        repetition_penalty=pick("repetition_penalty"),
+        ignore_eos=pick("ignore_eos"),
     )
 
 

@@ -29,6 +29,7 @@ INT64 = (-(1 << 63), (1 << 63) - 1)
 MAX_STOP_STRINGS = 4
 MAX_STOP_LENGTH = 1000
 MAX_LOGIT_BIAS = 1024  # entries; OpenAI's limit is in the same range
+MAX_REPETITION_PENALTY = 10.0
 
 # A kind checks a value that is present (not null) and returns it as the route
 # uses it; some need facts from elsewhere (the model's vocabulary, 'stream').
@@ -67,6 +68,19 @@ def number(low: float, high: float) -> Kind:
         if value > high:
             raise APIError(400, f"Invalid '{name}': decimal above maximum value. Expected a value <= {high:g}, but got {_shown(value)} instead.", param=name, code="decimal_above_max_value")
         return float(value)
+
+    return read
+
+
+def positive_number(high: float) -> Kind:
+    """A number above 0 (0 itself refused) and at most ``high``."""
+    at_most = number(-math.inf, high)
+
+    def read(name: str, value: Any) -> float:
+        checked = at_most(name, value)
+        if checked <= 0:
+            raise APIError(400, f"Invalid '{name}': decimal below minimum value. Expected a value > 0, but got {_shown(value)} instead.", param=name, code="decimal_below_min_value")
+        return checked
 
     return read
 
@@ -162,7 +176,15 @@ FIELDS = [
     *_fields(BOTH, integer(*INT64), "seed"),  # none: a fresh random seed
     *_fields(BOTH, stop_strings, "stop"),
     *_fields(BOTH, logit_bias, "logit_bias"),
-    *_ignored(BOTH, "frequency_penalty", "logprobs", "n", "presence_penalty", "user"),
+    # Penalties on tokens already seen (rust/sampler.rs: which tokens each looks at, and the order).
+    *_fields(BOTH, number(-2.0, 2.0), "presence_penalty", "frequency_penalty", default=0.0),
+    # Not OpenAI's: vLLM's and llama.cpp's, 1 = off. Values in use lie near 1 (1.1 to 1.5); at 10
+    # a seen token's logit of 20 is already 2, so more only bans harder, and a bound turns a
+    # slip (100 for 1.00) into a 400 rather than nonsense.
+    *_fields(BOTH, positive_number(MAX_REPETITION_PENALTY), "repetition_penalty", default=1.0),
+    # Not OpenAI's: vLLM's, for benchmarks: stop tokens are generated (adding no text) up to max_tokens.
+    *_fields(BOTH, boolean, "ignore_eos", default=False),
+    *_ignored(BOTH, "logprobs", "n", "user"),
     *_ignored({CHAT}, "audio", "function_call", "functions", "metadata", "modalities", "moderation", "parallel_tool_calls",
               "prediction", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention", "reasoning_effort",
               "response_format", "safety_identifier", "service_tier", "store", "tool_choice", "tools", "top_logprobs",
@@ -184,7 +206,8 @@ def _by_route(fields: list[Field]) -> dict[str, dict[str, Field]]:
 _BY_ROUTE = _by_route(FIELDS)
 
 # The sampling fields, in the order they are checked.
-SAMPLING = ("top_k", "temperature", "top_p", "min_p", "seed", "stop", "logit_bias")
+SAMPLING = ("top_k", "temperature", "top_p", "min_p", "seed", "stop", "logit_bias", "presence_penalty",
+            "frequency_penalty", "repetition_penalty", "ignore_eos")
 
 
 def accepted(route: str) -> set[str]:
