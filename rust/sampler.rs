@@ -75,10 +75,10 @@ impl Default for SamplingParams {
 /// temperature. Neutral values: 0, 0 and 1.
 ///
 /// - `presence` and `frequency` (OpenAI's, -2..2) look at the tokens generated
-///   so far only, as OpenAI documents: `logit[j] -= c[j] * frequency + (c[j] > 0)
-///   * presence`, `c[j]` the times token j was generated. (The prompt is the
-///   user's text: penalizing it would steer the answer away from the question's
-///   own words.)
+///   so far only, as OpenAI documents:
+///   `logit[j] -= c[j] * frequency + (c[j] > 0) * presence`, `c[j]` the times
+///   token j was generated. (The prompt is the user's text: penalizing it would
+///   steer the answer away from the question's own words.)
 /// - `repetition` (llama.cpp's and vLLM's, > 0, 1 = off) looks at the prompt's
 ///   tokens and the generated ones, as vLLM does: each such token's logit is
 ///   divided by it when positive, multiplied by it otherwise, so a value above 1
