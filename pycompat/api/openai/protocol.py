@@ -162,10 +162,14 @@ FIELDS = [
     *_fields(BOTH, integer(*INT64), "seed"),  # none: a fresh random seed
     *_fields(BOTH, stop_strings, "stop"),
     *_fields(BOTH, logit_bias, "logit_bias"),
-    *_ignored(BOTH, "frequency_penalty", "logprobs", "n", "presence_penalty", "user"),
+    # Log-probabilities: on chat a boolean and 0-20 alternatives, on completions 0-5 alternatives (OpenAI's bounds).
+    *_fields({CHAT}, boolean, "logprobs", default=False),
+    *_fields({CHAT}, integer(0, 20), "top_logprobs"),
+    *_fields({COMPLETIONS}, integer(0, 5), "logprobs"),
+    *_ignored(BOTH, "frequency_penalty", "n", "presence_penalty", "user"),
     *_ignored({CHAT}, "audio", "function_call", "functions", "metadata", "modalities", "moderation", "parallel_tool_calls",
               "prediction", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention", "reasoning_effort",
-              "response_format", "safety_identifier", "service_tier", "store", "tool_choice", "tools", "top_logprobs",
+              "response_format", "safety_identifier", "service_tier", "store", "tool_choice", "tools",
               "verbosity", "web_search_options"),
     *_ignored({COMPLETIONS}, "best_of", "echo", "suffix"),
 ]
