@@ -110,3 +110,21 @@ def test_bad_logprobs_fields_are_400s_naming_them(server_url, path, body, param)
     assert r.status_code == 400, r.text
     openapi.validate("ErrorResponse", r.json())
     assert r.json()["error"]["param"] == param
+
+
+def test_echo_returns_the_prompt_before_the_completion(server_url):
+    client = openai.OpenAI(base_url=server_url, api_key="unused")
+    ask = dict(model=MODEL, max_tokens=5, temperature=0)
+    plain = client.completions.create(prompt=["The sky is", "Two plus two"], **ask)
+    echoed = client.completions.create(prompt=["The sky is", "Two plus two"], echo=True, **ask)
+    openapi.validate("CreateCompletionResponse", echoed.model_dump(mode="json", exclude_unset=True))
+    assert [c.text for c in echoed.choices] == ["The sky is" + plain.choices[0].text, "Two plus two" + plain.choices[1].text]
+    streamed = list(client.completions.create(prompt="The sky is", echo=True, stream=True, **ask))
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == echoed.choices[0].text
+    nothing = client.completions.create(prompt="The sky is", echo=True, **{**ask, "max_tokens": 0})
+    assert nothing.choices[0].text == "The sky is" and nothing.usage.completion_tokens == 0
+
+
+def test_echo_with_logprobs_is_refused_until_prompt_logprobs_exist(server_url):
+    r = httpx.post(server_url + "/completions", json={"model": MODEL, "prompt": "Hi", "echo": True, "logprobs": 1, "max_tokens": 0}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "echo"

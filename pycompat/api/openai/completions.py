@@ -63,6 +63,10 @@ async def create(registry: Registry, request: Request) -> Response:
     requested, defaults = fields.sampling(served.vocab_size)
     opts = generation.sampling_options(served, max_tokens, requested, defaults)
     opts.top_logprobs = fields.get("logprobs")  # None: no log-probabilities
+    echo = fields.get("echo")
+    if echo and opts.top_logprobs is not None:
+        # Scoring a prompt needs its own tokens' log-probabilities, which the engine does not compute yet.
+        raise invalid_value("echo", "echo together with logprobs (the prompt's log-probabilities) is not supported yet.")
     # Strings are checked against the context before any is tokenized.
     for prompt in prompts:
         if isinstance(prompt, str):
@@ -72,16 +76,19 @@ async def create(registry: Registry, request: Request) -> Response:
     # max_tokens 0 (the scoring idiom, with echo and logprobs) generates nothing: each prompt must still fit.
     choices = generation.start(served, encoded, opts, "prompt")
     completion_id, created = new_id("cmpl-"), now()
+    # echo: each choice's text starts with its prompt (token ids as their text).
+    echoed = [(p if isinstance(p, str) else served.engine.model.tokenizer.decode(p)) if echo else "" for p in prompts]
     if stream:
         tokenizer = served.engine.model.tokenizer if opts.top_logprobs is not None else None
-        return sse.sse_response(_stream(choices, completion_id, created, model_id, include_usage, tokenizer), on_close=choices.cancel)
+        return sse.sse_response(_stream(choices, completion_id, created, model_id, include_usage, tokenizer, echoed),
+                                on_close=choices.cancel)
     results = await choices.run_to_end()
     return json_response({
         "id": completion_id,
         "object": "text_completion",
         "created": created,
         "model": model_id,
-        "choices": [{"text": r.text, "index": i, "logprobs": _legacy(served, opts, r.logprobs), "finish_reason": r.finished.reason}
+        "choices": [{"text": echoed[i] + r.text, "index": i, "logprobs": _legacy(served, opts, r.logprobs), "finish_reason": r.finished.reason}
                     for i, r in enumerate(results)],
         "usage": total_usage([r.finished for r in results]),
     })
@@ -94,8 +101,9 @@ def _legacy(served: ServedModel, opts, tokens) -> dict | None:
 
 
 async def _stream(choices: Choices, completion_id: str, created: int, model_id: str, include_usage: bool,
-                  tokenizer) -> AsyncIterator[bytes]:
-    """``tokenizer`` is given when the request asked for log-probabilities."""
+                  tokenizer, echoed: list[str]) -> AsyncIterator[bytes]:
+    """``tokenizer`` is given when the request asked for log-probabilities;
+    ``echoed`` is each choice's prompt text to send first (empty without echo)."""
     def chunk(entries: list[dict], usage_value: dict | None = None) -> bytes:
         body = {"id": completion_id, "object": "text_completion", "created": created, "model": model_id, "choices": entries}
         if include_usage:
@@ -106,6 +114,8 @@ async def _stream(choices: Choices, completion_id: str, created: int, model_id: 
     # All prompts run together in the engine; their text is sent one prompt after another.
     for index, one in enumerate(choices.generations):
         offset = 0  # where the next piece starts in this choice's text
+        if echoed[index]:
+            yield chunk([{"text": echoed[index], "index": index, "logprobs": None, "finish_reason": None}])
         async with aclosing(one.events()) as events:
             async for ev in events:
                 if isinstance(ev, Finished):

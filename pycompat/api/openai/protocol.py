@@ -171,7 +171,8 @@ FIELDS = [
               "prediction", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention", "reasoning_effort",
               "response_format", "safety_identifier", "service_tier", "store", "tool_choice", "tools",
               "verbosity", "web_search_options"),
-    *_ignored({COMPLETIONS}, "best_of", "echo", "suffix"),
+    *_fields({COMPLETIONS}, boolean, "echo", default=False),
+    *_ignored({COMPLETIONS}, "best_of", "suffix"),
 ]
 
 
