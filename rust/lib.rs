@@ -9,6 +9,7 @@ pub mod attention;
 pub mod cpu;
 pub mod dtype;
 pub mod kv_cache;
+pub mod logprobs;
 pub mod model;
 pub mod ops;
 pub mod pool;

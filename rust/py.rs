@@ -148,7 +148,9 @@ struct KernelModel {
 /// that has them (the engine's `StepInput`): its block table, how many of its
 /// positions are cached, its new tokens, a sampler to pick its next token
 /// (None for a prompt chunk before the prompt's end), and which logits to
-/// return: "none", "last" (its last new token's) or "all" (every new token's).
+/// return: "none", "last" (its last new token's) or "all" (every new token's);
+/// and `top_logprobs`: None, or k to get the chosen token's log-probability
+/// and the k most likely tokens' (see logprobs.rs).
 #[derive(FromPyObject)]
 struct StepInput<'py> {
     blocks: Vec<u32>,
@@ -156,14 +158,19 @@ struct StepInput<'py> {
     tokens: Vec<u32>,
     sampler: Option<PyRefMut<'py, Sampler>>,
     logits: String,
+    top_logprobs: Option<usize>,
 }
 
-/// What a step gives back for one sequence: the token its sampler chose, and
-/// the logits it asked for (f32, tokens × vocab, row-major, as bytes).
+/// What a step gives back for one sequence: the token its sampler chose, the
+/// logits it asked for (f32, tokens × vocab, row-major, as bytes), and with
+/// `top_logprobs`, the chosen token's log-probability and the most likely
+/// tokens as (id, log-probability), most likely first.
 #[pyclass(module = "pycompat._kernel", frozen, get_all)]
 struct StepOutput {
     token: Option<u32>,
     logits: Option<Py<PyBytes>>,
+    logprob: Option<f32>,
+    top_logprobs: Option<Vec<(u32, f32)>>,
 }
 
 fn f32_bytes<'py>(py: Python<'py>, v: &[f32]) -> Bound<'py, PyBytes> {
@@ -274,6 +281,7 @@ impl KernelModel {
                 other => return Err(kernel_err(format!("logits must be none, last or all, not {other:?}"))),
             });
         }
+        let top_k: Vec<Option<usize>> = inputs.iter().map(|i| i.top_logprobs).collect();
         let mut entries = Vec::with_capacity(inputs.len());
         let mut samplers: Vec<Option<&mut CoreSampler>> = Vec::with_capacity(inputs.len());
         for (input, &asked) in inputs.iter_mut().zip(&returned) {
@@ -287,7 +295,7 @@ impl KernelModel {
         }
         let vocab = self.inner.cfg.vocab_size;
         let all_rows = returned.contains(&Want::All);
-        let (chosen, logits) = py.detach(|| {
+        let (chosen, logits, scored) = py.detach(|| {
             let mut store = cache.store.lock().unwrap_or_else(|e| e.into_inner());
             // Every token's logits of a long prompt take much memory: those go in
             // a buffer of their own, not in the one kept for decoding.
@@ -319,6 +327,20 @@ impl KernelModel {
                 for (i, t) in which.into_iter().zip(picked) {
                     chosen[i] = Some(t);
                 }
+                // Log-probabilities where asked for, one sequence per unit of work.
+                let asked: Vec<usize> = (0..entries.len())
+                    .filter(|&i| top_k[i].is_some() && chosen[i].is_some())
+                    .collect();
+                let mut scored: Vec<Option<(f32, Vec<(u32, f32)>)>> = vec![None; entries.len()];
+                let slots = crate::pool::SendPtr(scored.as_mut_ptr());
+                crate::pool::global().for_each_unit(asked.len(), |j| {
+                    let i = asked[j];
+                    let (k, token) = (top_k[i].unwrap_or(0), chosen[i].unwrap_or(0));
+                    let mut top = Vec::with_capacity(k);
+                    let lp = crate::logprobs::logprobs(&rows[spans[i].end - vocab..spans[i].end], token, k, &mut top);
+                    // SAFETY: each unit writes its own slot, `asked` holds distinct indices.
+                    unsafe { *slots.get().add(i) = Some((lp, top)) };
+                });
                 // Copied out only where asked for (the engine never asks).
                 let logits: Vec<Option<Vec<f32>>> = spans
                     .into_iter()
@@ -329,15 +351,16 @@ impl KernelModel {
                         Want::All => Some(rows[span].to_vec()),
                     })
                     .collect();
-                Ok((chosen, logits))
+                Ok((chosen, logits, scored))
             })
         })?;
         Ok(chosen
             .into_iter()
             .zip(logits)
-            .map(|(token, logits)| StepOutput {
-                token,
-                logits: logits.map(|l| f32_bytes(py, &l).unbind()),
+            .zip(scored)
+            .map(|((token, logits), scored)| {
+                let (logprob, top_logprobs) = scored.map_or((None, None), |(lp, top)| (Some(lp), Some(top)));
+                StepOutput { token, logits: logits.map(|l| f32_bytes(py, &l).unbind()), logprob, top_logprobs }
             })
             .collect())
     }

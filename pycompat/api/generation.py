@@ -27,10 +27,10 @@ import trio
 from pycompat.api.errors import Busy, ContextExceeded, PromptRejected
 from pycompat.api.registry import ServedModel
 from pycompat.engine.engine import ContextOverflow, QueueFull
-from pycompat.engine.request import Finished, Generation, SamplingOptions, TextPiece, start as start_engine
+from pycompat.engine.request import Finished, Generation, SamplingOptions, TextPiece, TokenLogprob, start as start_engine
 from pycompat.loading.chat_template import TemplateError
 
-__all__ = ["Choices", "Finished", "Generation", "Result", "SamplingOptions", "TextPiece", "chat_prompt", "check_prompt_bytes",
+__all__ = ["Choices", "Finished", "Generation", "Result", "SamplingOptions", "TextPiece", "TokenLogprob", "chat_prompt", "check_prompt_bytes",
            "sampling_options", "start", "tokenize"]
 
 # What a client is told to wait before retrying when the queue is full.
@@ -103,6 +103,7 @@ def chat_prompt(served: ServedModel, messages: list[dict], field: str) -> str:
 class Result:
     text: str
     finished: Finished
+    logprobs: list[TokenLogprob] | None = None  # each generated token's, when asked for
 
 
 class Choices:
@@ -176,11 +177,13 @@ class _NothingToGenerate:
 
 
 async def _run_to_end(generation: Generation | _NothingToGenerate) -> Result:
-    pieces = []
+    pieces, logprobs = [], None
     async with aclosing(generation.events()) as events:
         async for ev in events:
             if isinstance(ev, TextPiece):
                 pieces.append(ev.text)
+                if ev.logprobs is not None:
+                    logprobs = (logprobs or []) + ev.logprobs
             else:
-                return Result("".join(pieces), ev)
+                return Result("".join(pieces), ev, logprobs)
     raise RuntimeError("generation ended without finishing")

@@ -19,8 +19,8 @@ import trio
 from pycompat.engine.blocks import BlockManager
 from pycompat.engine.config import EngineConfig
 from pycompat.engine.outbox import Handoff, Outbox
-from pycompat.engine.request import Failed, Finished, Generation, TextPiece
-from pycompat.engine.runner import Runner, StepInput
+from pycompat.engine.request import Failed, Finished, Generation, TextPiece, TokenLogprob
+from pycompat.engine.runner import Runner, StepInput, StepOutput
 from pycompat.engine.scheduler import Chunk, Scheduler
 from pycompat.engine.sequence import Sequence, SequenceGroup
 from pycompat.engine.stop import StopMatcher
@@ -50,10 +50,22 @@ class CacheTooSmall(ValueError):
 class Output:
     """A sequence's output side: its text so far and where its events go."""
 
-    __slots__ = ("decoder", "stops", "outbox")
+    __slots__ = ("decoder", "stops", "outbox", "top_logprobs", "logprobs")
 
-    def __init__(self, decoder, stops: StopMatcher, outbox: Outbox):
+    def __init__(self, decoder, stops: StopMatcher, outbox: Outbox, top_logprobs: int | None):
         self.decoder, self.stops, self.outbox = decoder, stops, outbox
+        self.top_logprobs = top_logprobs  # None: no log-probabilities wanted
+        self.logprobs: list[TokenLogprob] = []  # tokens whose text is not out yet
+
+    def emit(self, text: str) -> None:
+        """Sends ``text`` (with the log-probabilities of the tokens it completes)."""
+        if not text and not self.logprobs:
+            return
+        if self.top_logprobs is None:
+            self.outbox.put(TextPiece(text))
+        else:
+            self.outbox.put(TextPiece(text, self.logprobs))
+            self.logprobs = []
 
 
 class Engine:
@@ -89,7 +101,8 @@ class Engine:
         if not self.scheduler.has_room():
             raise QueueFull()
 
-    def submit(self, prompts: list[list[int]], max_tokens: int | None, samplers: list, stop: list[str]) -> list[Generation]:
+    def submit(self, prompts: list[list[int]], max_tokens: int | None, samplers: list, stop: list[str],
+               top_logprobs: int | None = None) -> list[Generation]:
         """Queues one request's prompts as one group (all, or none: QueueFull,
         ContextOverflow); each sequence's events arrive through its Generation."""
         self.check_queue()
@@ -103,7 +116,7 @@ class Engine:
                 budget = min(budget, max_tokens)
             seq = Sequence(list(prompt), len(prompt), budget, sampler)
             outbox = Outbox(self._handoff)
-            seq.output = Output(self.model.tokenizer.decoder(), StopMatcher(stop), outbox)
+            seq.output = Output(self.model.tokenizer.decoder(), StopMatcher(stop), outbox, top_logprobs)
             group.sequences.append(seq)
             generations.append(Generation(self, seq, outbox))
         self.scheduler.add(group)
@@ -153,7 +166,7 @@ class Engine:
             return
         inputs = [
             StepInput(c.seq.blocks, c.seq.computed, c.seq.tokens[c.seq.computed : c.seq.computed + c.n_tokens],
-                      c.seq.sampler if c.samples else None)
+                      c.seq.sampler if c.samples else None, top_logprobs=c.seq.output.top_logprobs if c.samples else None)
             for c in plan
         ]
         try:
@@ -164,13 +177,13 @@ class Engine:
                 self._fail(c.seq, str(e))
             return
         for chunk, out in zip(plan, outputs, strict=True):
-            self._take(chunk, out.token)
+            self._take(chunk, out)
         await self._handoff.wait()
 
-    def _take(self, chunk: Chunk, token: int | None) -> None:
+    def _take(self, chunk: Chunk, result: StepOutput) -> None:
         """A step's result for one sequence: its cache advanced and, if it sampled,
         its new token turned into events."""
-        seq = chunk.seq
+        seq, token = chunk.seq, result.token
         self.scheduler.computed(chunk)
         if token is None or seq.cancelled:
             return
@@ -178,9 +191,9 @@ class Engine:
             return self._finish(seq, "stop")
         seq.generated += 1
         out = seq.output
-        text = out.stops.push(out.decoder.push(token))
-        if text:
-            out.outbox.put(TextPiece(text))
+        if out.top_logprobs is not None:
+            out.logprobs.append(TokenLogprob(token, result.logprob, result.top_logprobs))
+        out.emit(out.stops.push(out.decoder.push(token)))
         if out.stops.stopped:
             self._finish(seq, "stop")
         elif seq.generated >= seq.budget:
@@ -190,9 +203,7 @@ class Engine:
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         out = seq.output
-        rest = out.stops.flush()
-        if rest:
-            out.outbox.put(TextPiece(rest))
+        out.emit(out.stops.flush())
         out.outbox.put(Finished(reason, seq.prompt_len, seq.generated, seq.cached_tokens))
         self.scheduler.finish(seq)
 

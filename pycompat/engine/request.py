@@ -34,6 +34,7 @@ class SamplingOptions:
     seed: int | None = None  # None: a fresh random seed
     stop: list[str] = field(default_factory=list)
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    top_logprobs: int | None = None  # None: no log-probabilities; k: each token's, and the k likeliest tokens'
     # Penalties on tokens already seen (rust/sampler.rs says which tokens each looks at); neutral: 0, 0, 1.
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -45,8 +46,22 @@ class SamplingOptions:
 
 
 @dataclass
+class TokenLogprob:
+    """A generated token's log-probability under the model (before sampling
+    adjustments), and the likeliest tokens at its position."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, log-probability), likeliest first
+
+
+@dataclass
 class TextPiece:
     text: str
+    # With SamplingOptions.top_logprobs: the tokens whose text this piece completes
+    # (a token whose text is held back, by a stop string's prefix or a split
+    # character, comes with the piece that releases it).
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -112,7 +127,7 @@ def start(engine: Engine, prompts: list[list[int]], opts: SamplingOptions) -> li
     """Queues one request's prompts together: all of them, or none (raises
     QueueFull or ContextOverflow). Nothing waits, so a caller can still answer
     with an error status before its response begins."""
-    return engine.submit(prompts, opts.max_tokens, [make_sampler(opts, prompt) for prompt in prompts], opts.stop)
+    return engine.submit(prompts, opts.max_tokens, [make_sampler(opts, prompt) for prompt in prompts], opts.stop, opts.top_logprobs)
 
 
 async def generate(engine: Engine, prompt: list[int], opts: SamplingOptions) -> AsyncIterator[TextPiece | Finished]:

@@ -30,6 +30,7 @@ class StepInput:
     tokens: list[int]  # new tokens to compute
     sampler: _kernel.Sampler | None = None  # picks the next token; None for a prompt chunk before its end
     logits: str = NO_LOGITS  # which logits to return (tests and scoring; the engine asks for none)
+    top_logprobs: int | None = None  # k: the chosen token's log-probability and the k likeliest tokens'
 
 
 # The kernel's result per input: ``token`` (int or None) and ``logits`` (bytes or None).

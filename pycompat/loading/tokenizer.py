@@ -125,6 +125,25 @@ class Tokenizer:
     def decoder(self) -> IncrementalDecoder:
         return IncrementalDecoder(self._tk)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes a token stands for, even when they are part of a
+        character (what OpenAI's logprobs report as ``bytes``)."""
+        piece = self._tk.id_to_token(token_id) or ""
+        if isinstance(self._tk.decoder, decoders.ByteLevel) and token_id not in self._special_ids:
+            table = _byte_level_table()
+            if all(c in table for c in piece):
+                return bytes(table[c] for c in piece)
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):  # SentencePiece's byte fallback
+            try:
+                return bytes([int(piece[3:5], 16)])
+            except ValueError:
+                pass
+        return self._tk.decode([token_id], skip_special_tokens=False).encode("utf-8", "surrogatepass")
+
+    @functools.cached_property
+    def _special_ids(self) -> frozenset[int]:
+        return frozenset(i for i, t in self._tk.get_added_tokens_decoder().items() if t.special)
+
     # --- construction -----------------------------------------------------------------
 
     @classmethod
@@ -196,6 +215,19 @@ class Tokenizer:
     def to_json(self) -> str:
         """tokenizer.json text (used by `pycompat convert`)."""
         return self._tk.to_str()
+
+
+@functools.cache
+def _byte_level_table() -> dict[str, int]:
+    """Byte-level BPE's alphabet back to bytes: printable Latin-1 bytes stand for
+    themselves, the other 68 for code points from 256 on, in byte order."""
+    own = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {chr(b): b for b in own}, 0
+    for b in range(256):
+        if b not in own:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
 
 
 class IncrementalDecoder:

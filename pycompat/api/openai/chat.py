@@ -7,6 +7,7 @@ from contextlib import aclosing
 
 from pycompat.api import generation, json_body
 from pycompat.api.generation import Finished, Generation
+from pycompat.api.openai import logprobs as logprob_shapes
 from pycompat.api.openai import sse
 from pycompat.api.openai.bodies import new_id, now, usage
 from pycompat.api.openai.errors import invalid_type, invalid_value, missing
@@ -75,6 +76,7 @@ async def create(registry: Registry, request: Request) -> Response:
     served = registry.get(model_id)
     requested, defaults = fields.sampling(served.vocab_size)
     opts = generation.sampling_options(served, max_tokens, requested, defaults)
+    opts.top_logprobs = _top_logprobs(fields)
     # Before any work: messages that cannot fit the context whatever their tokens.
     generation.check_prompt_bytes(served, sum(len(m["content"].encode("utf-8")) for m in messages), max_tokens, "messages")
     prompt_text = generation.chat_prompt(served, messages, "messages")
@@ -83,7 +85,8 @@ async def create(registry: Registry, request: Request) -> Response:
 
     completion_id, created = new_id("chatcmpl-"), now()
     if stream:
-        return sse.sse_response(_stream(choices[0], completion_id, created, model_id, include_usage), on_close=choices.cancel)
+        tokenizer = served.engine.model.tokenizer
+        return sse.sse_response(_stream(choices[0], completion_id, created, model_id, include_usage, tokenizer), on_close=choices.cancel)
     (result,) = await choices.run_to_end()
     body = {
         "id": completion_id,
@@ -94,7 +97,7 @@ async def create(registry: Registry, request: Request) -> Response:
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": result.text, "refusal": None, "annotations": []},
-                "logprobs": None,
+                "logprobs": logprob_shapes.chat_object(served.engine.model.tokenizer, _asked(opts, result.logprobs)),
                 "finish_reason": result.finished.reason,
             }
         ],
@@ -103,14 +106,30 @@ async def create(registry: Registry, request: Request) -> Response:
     return json_response(body)
 
 
-async def _stream(generation: Generation, completion_id: str, created: int, model_id: str, include_usage: bool) -> AsyncIterator[bytes]:
-    def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
+def _top_logprobs(fields: Fields) -> int | None:
+    """How many alternatives each token's log-probability comes with; None: no log-probabilities."""
+    top = fields.get("top_logprobs")
+    if not fields.get("logprobs"):
+        if top is not None:
+            raise invalid_value("top_logprobs", "'logprobs' must be set to true when 'top_logprobs' is set.")
+        return None
+    return top or 0
+
+
+def _asked(opts, tokens):
+    """The tokens' log-probabilities when the request asked for them (none generated: an empty list)."""
+    return None if opts.top_logprobs is None else (tokens or [])
+
+
+async def _stream(generation: Generation, completion_id: str, created: int, model_id: str, include_usage: bool,
+                  tokenizer) -> AsyncIterator[bytes]:
+    def chunk(delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> bytes:
         body = {
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model_id,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
         }
         if include_usage:
             body["usage"] = None
@@ -127,5 +146,5 @@ async def _stream(generation: Generation, completion_id: str, created: int, mode
                         "choices": [], "usage": usage(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens),
                     })
             else:
-                yield chunk({"content": ev.text})
+                yield chunk({"content": ev.text}, logprobs=logprob_shapes.chat_object(tokenizer, ev.logprobs))
     yield sse.DONE

@@ -7,6 +7,7 @@ from contextlib import aclosing
 
 from pycompat.api import generation, json_body
 from pycompat.api.generation import Choices, Finished
+from pycompat.api.openai import logprobs as logprob_shapes
 from pycompat.api.openai import sse
 from pycompat.api.openai.bodies import new_id, now, total_usage
 from pycompat.api.openai.errors import invalid_type, invalid_value
@@ -61,6 +62,11 @@ async def create(registry: Registry, request: Request) -> Response:
     served = registry.get(model_id)
     requested, defaults = fields.sampling(served.vocab_size)
     opts = generation.sampling_options(served, max_tokens, requested, defaults)
+    opts.top_logprobs = fields.get("logprobs")  # None: no log-probabilities
+    echo = fields.get("echo")
+    if echo and opts.top_logprobs is not None:
+        # Scoring a prompt needs its own tokens' log-probabilities, which the engine does not compute yet.
+        raise invalid_value("echo", "echo together with logprobs (the prompt's log-probabilities) is not supported yet.")
     # Strings are checked against the context before any is tokenized.
     for prompt in prompts:
         if isinstance(prompt, str):
@@ -70,20 +76,34 @@ async def create(registry: Registry, request: Request) -> Response:
     # max_tokens 0 (the scoring idiom, with echo and logprobs) generates nothing: each prompt must still fit.
     choices = generation.start(served, encoded, opts, "prompt")
     completion_id, created = new_id("cmpl-"), now()
+    # echo: each choice's text starts with its prompt (token ids as their text).
+    echoed = [(p if isinstance(p, str) else served.engine.model.tokenizer.decode(p)) if echo else "" for p in prompts]
     if stream:
-        return sse.sse_response(_stream(choices, completion_id, created, model_id, include_usage), on_close=choices.cancel)
+        tokenizer = served.engine.model.tokenizer if opts.top_logprobs is not None else None
+        return sse.sse_response(_stream(choices, completion_id, created, model_id, include_usage, tokenizer, echoed),
+                                on_close=choices.cancel)
     results = await choices.run_to_end()
     return json_response({
         "id": completion_id,
         "object": "text_completion",
         "created": created,
         "model": model_id,
-        "choices": [{"text": r.text, "index": i, "logprobs": None, "finish_reason": r.finished.reason} for i, r in enumerate(results)],
+        "choices": [{"text": echoed[i] + r.text, "index": i, "logprobs": _legacy(served, opts, r.logprobs), "finish_reason": r.finished.reason}
+                    for i, r in enumerate(results)],
         "usage": total_usage([r.finished for r in results]),
     })
 
 
-async def _stream(choices: Choices, completion_id: str, created: int, model_id: str, include_usage: bool) -> AsyncIterator[bytes]:
+def _legacy(served: ServedModel, opts, tokens) -> dict | None:
+    if opts.top_logprobs is None:
+        return None
+    return logprob_shapes.completion_object(served.engine.model.tokenizer, tokens or [])
+
+
+async def _stream(choices: Choices, completion_id: str, created: int, model_id: str, include_usage: bool,
+                  tokenizer, echoed: list[str]) -> AsyncIterator[bytes]:
+    """``tokenizer`` is given when the request asked for log-probabilities;
+    ``echoed`` is each choice's prompt text to send first (empty without echo)."""
     def chunk(entries: list[dict], usage_value: dict | None = None) -> bytes:
         body = {"id": completion_id, "object": "text_completion", "created": created, "model": model_id, "choices": entries}
         if include_usage:
@@ -93,13 +113,19 @@ async def _stream(choices: Choices, completion_id: str, created: int, model_id: 
     finished = []
     # All prompts run together in the engine; their text is sent one prompt after another.
     for index, one in enumerate(choices.generations):
+        offset = 0  # where the next piece starts in this choice's text
+        if echoed[index]:
+            yield chunk([{"text": echoed[index], "index": index, "logprobs": None, "finish_reason": None}])
         async with aclosing(one.events()) as events:
             async for ev in events:
                 if isinstance(ev, Finished):
-                    yield chunk([{"text": "", "index": index, "logprobs": None, "finish_reason": ev.reason}])
+                    done = None if tokenizer is None else logprob_shapes.completion_object(tokenizer, [])
+                    yield chunk([{"text": "", "index": index, "logprobs": done, "finish_reason": ev.reason}])
                     finished.append(ev)
                 else:
-                    yield chunk([{"text": ev.text, "index": index, "logprobs": None, "finish_reason": None}])
+                    logprobs = None if tokenizer is None else logprob_shapes.completion_object(tokenizer, ev.logprobs or [], offset)
+                    offset += len(ev.text)
+                    yield chunk([{"text": ev.text, "index": index, "logprobs": logprobs, "finish_reason": None}])
     if include_usage:
         yield chunk([], total_usage(finished))
     yield sse.DONE

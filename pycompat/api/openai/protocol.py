@@ -176,6 +176,10 @@ FIELDS = [
     *_fields(BOTH, integer(*INT64), "seed"),  # none: a fresh random seed
     *_fields(BOTH, stop_strings, "stop"),
     *_fields(BOTH, logit_bias, "logit_bias"),
+    # Log-probabilities: on chat a boolean and 0-20 alternatives, on completions 0-5 alternatives (OpenAI's bounds).
+    *_fields({CHAT}, boolean, "logprobs", default=False),
+    *_fields({CHAT}, integer(0, 20), "top_logprobs"),
+    *_fields({COMPLETIONS}, integer(0, 5), "logprobs"),
     # Penalties on tokens already seen (rust/sampler.rs: which tokens each looks at, and the order).
     *_fields(BOTH, number(-2.0, 2.0), "presence_penalty", "frequency_penalty", default=0.0),
     # Not OpenAI's: vLLM's and llama.cpp's, 1 = off. Values in use lie near 1 (1.1 to 1.5); at 10
@@ -184,12 +188,13 @@ FIELDS = [
     *_fields(BOTH, positive_number(MAX_REPETITION_PENALTY), "repetition_penalty", default=1.0),
     # Not OpenAI's: vLLM's, for benchmarks: stop tokens are generated (adding no text) up to max_tokens.
     *_fields(BOTH, boolean, "ignore_eos", default=False),
-    *_ignored(BOTH, "logprobs", "n", "user"),
+    *_ignored(BOTH, "n", "user"),
     *_ignored({CHAT}, "audio", "function_call", "functions", "metadata", "modalities", "moderation", "parallel_tool_calls",
               "prediction", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention", "reasoning_effort",
-              "response_format", "safety_identifier", "service_tier", "store", "tool_choice", "tools", "top_logprobs",
+              "response_format", "safety_identifier", "service_tier", "store", "tool_choice", "tools",
               "verbosity", "web_search_options"),
-    *_ignored({COMPLETIONS}, "best_of", "echo", "suffix"),
+    *_fields({COMPLETIONS}, boolean, "echo", default=False),
+    *_ignored({COMPLETIONS}, "best_of", "suffix"),
 ]
 
 
