@@ -11,7 +11,7 @@ import trio
 
 from pycompat.engine.config import EngineConfig
 from pycompat.engine.engine import Engine
-from pycompat.engine.request import Finished, GenerationFailed, SamplingOptions, TextPiece, generate
+from pycompat.engine.request import Finished, GenerationFailed, SamplingOptions, TextPiece, generate, start
 from pycompat.loading.load import load_model
 from tiny_models import TinyConfig, byte_vocab, random_weights, write_gguf_model
 
@@ -201,3 +201,35 @@ async def test_penalties_reach_the_sampler_with_the_prompt(model):
         assert (await collect(engine, [5, 6, 7], repetition))[0].startswith("a")
         assert not (await collect(engine, [5, a, 7], repetition))[0].startswith("a")
         nursery.cancel_scope.cancel()
+
+
+async def test_the_choices_of_a_prompt_compute_it_once(model):
+    computed: list[int] = []
+
+    class CountingKernel(RecordingKernel):
+        def step(self, cache, inputs):
+            computed.append(sum(len(i.tokens) for i in inputs))
+            return self._kernel.step(cache, inputs)
+
+    engine = Engine(replace(model, kernel=CountingKernel(model.kernel, lambda: None)), EngineConfig(kv_cache_mb=64))
+    prompt = [(i * 37 + 5) % 200 + 3 for i in range(100)]  # 6 full blocks of 16, and 4 tokens
+    opts = SamplingOptions(max_tokens=5, temperature=0.9, seed=1, n=4, logit_bias={t: -100.0 for t in model.tokenizer.stop_ids})
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        generations = start(engine, [prompt], opts)
+        results = [await collect_generation(g) for g in generations]
+        assert [f.completion_tokens for _, f in results] == [5] * 4
+        # The prompt once (100), each other choice its last, partial block again (3 × 4), then the decodes.
+        assert sum(computed) == 100 + 3 * 4 + 4 * 4
+        assert engine.scheduler.blocks.used == 0
+        nursery.cancel_scope.cancel()
+
+
+async def collect_generation(generation) -> tuple[str, Finished]:
+    pieces = []
+    async for ev in generation.events():
+        if isinstance(ev, TextPiece):
+            pieces.append(ev.text)
+        else:
+            return "".join(pieces), ev
+    raise AssertionError("no Finished")

@@ -115,3 +115,36 @@ def test_finish_is_idempotent_and_reset_forgets_everything():
     assert set(s.reset()) == {b, c}
     assert s.blocks.used == 0 and not s.running and not s.waiting and s.queued_requests == 0
     assert all(seq.status is Status.FINISHED for seq in (a, b, c))
+
+
+def forked(s: Scheduler, prompt: list[int], n: int, budget: int = 4) -> list[Sequence]:
+    """One request of ``n`` choices of ``prompt``, as the engine makes it."""
+    first = Sequence(list(prompt), len(prompt), budget, None)
+    others = [Sequence(list(prompt), len(prompt), budget, None, fork_of=first) for _ in range(n - 1)]
+    s.add(SequenceGroup(request_id=99, sequences=[first, *others]))
+    return [first, *others]
+
+
+def test_the_choices_of_a_prompt_compute_it_once_and_share_its_full_blocks():
+    s = make(n_blocks=64, step_tokens=64)
+    prompt = list(range(100, 140))  # 40 tokens: 10 full blocks
+    first, *others = forked(s, prompt, 3)
+    assert shape(step(s)) == [(40, 40, True)]  # the others wait for the prompt
+    assert all(o.status is Status.WAITING for o in others)
+    # Then each computes only the last block's 4 tokens (the last one gives its first
+    # sample), over the first's 9 other blocks, now shared.
+    assert shape(step(s)) == [(40, 1, True), (40, 4, True), (40, 4, True)]
+    for o in others:
+        assert o.blocks[:9] == first.blocks[:9] and o.blocks[9] != first.blocks[9] and o.cached_tokens == 36
+    assert s.blocks.used == 11 + 2 * 1  # the first's 11 blocks, one of each other's own
+    for seq in (first, *others):
+        s.finish(seq)
+    assert s.blocks.used == 0
+
+
+def test_a_choice_whose_first_ended_early_computes_the_prompt_itself():
+    s = make(n_blocks=64, step_tokens=64, prefix_caching=False)
+    first, other = forked(s, list(range(20)), 2)
+    step(s)
+    s.finish(first)  # e.g. an end-of-turn token as its first token
+    assert shape(step(s)) == [(20, 20, True)] and other.cached_tokens == 0

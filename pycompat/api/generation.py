@@ -27,7 +27,8 @@ import trio
 from pycompat.api.errors import Busy, ContextExceeded, PromptRejected
 from pycompat.api.registry import ServedModel
 from pycompat.engine.engine import ContextOverflow, QueueFull
-from pycompat.engine.request import Finished, Generation, SamplingOptions, TextPiece, TokenLogprob, start as start_engine
+from pycompat.engine.request import (Finished, Generation, SamplingOptions, TextPiece, TokenLogprob, merged_events,
+                                     start as start_engine)
 from pycompat.loading.chat_template import TemplateError
 
 __all__ = ["Choices", "Finished", "Generation", "Result", "SamplingOptions", "TextPiece", "TokenLogprob", "chat_prompt", "check_prompt_bytes",
@@ -120,6 +121,22 @@ class Choices:
     def __getitem__(self, index: int) -> Generation | _NothingToGenerate:
         return self.generations[index]
 
+    async def stream(self) -> AsyncIterator[tuple[int, TextPiece | Finished]]:
+        """Every generation's events as (index, event), interleaved as the engine
+        makes them (each generation's in order). Cancels them all on the way out."""
+        if all(isinstance(g, Generation) for g in self.generations):
+            async with aclosing(merged_events(self.generations)) as events:
+                async for item in events:
+                    yield item
+            return
+        try:
+            for index, g in enumerate(self.generations):  # nothing to generate: each has finished already
+                async with aclosing(g.events()) as events:
+                    async for event in events:
+                        yield index, event
+        finally:
+            self.cancel()
+
     def cancel(self) -> None:
         """Gives up whatever is still running (a response's ``on_close``)."""
         for g in self.generations:
@@ -155,7 +172,7 @@ def start(served: ServedModel, prompts: list[list[int]], opts: SamplingOptions, 
         if opts.max_tokens == 0:
             for ids in prompts:
                 engine.check_fits(len(ids), 0)
-            return Choices([_NothingToGenerate(Finished("length", len(ids), 0)) for ids in prompts])
+            return Choices([_NothingToGenerate(Finished("length", len(ids), 0)) for ids in prompts for _ in range(opts.n)])
         return Choices(start_engine(engine, prompts, opts))
     except QueueFull:
         raise Busy(RETRY_AFTER_SECONDS) from None

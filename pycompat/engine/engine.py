@@ -102,19 +102,23 @@ class Engine:
             raise QueueFull()
 
     def submit(self, prompts: list[list[int]], max_tokens: int | None, samplers: list, stop: list[str],
-               top_logprobs: int | None = None) -> list[Generation]:
-        """Queues one request's prompts as one group (all, or none: QueueFull,
-        ContextOverflow); each sequence's events arrive through its Generation."""
+               top_logprobs: int | None = None, n: int = 1) -> list[Generation]:
+        """Queues one request's prompts, ``n`` choices each (``samplers`` prompt by
+        prompt, choice by choice), as one group: all, or none (QueueFull,
+        ContextOverflow). Each sequence's events arrive through its Generation."""
         self.check_queue()
         for prompt in prompts:
             self.check_fits(len(prompt), max_tokens)
         self._last_request += 1
         group, generations = SequenceGroup(self._last_request), []
-        for prompt, sampler in zip(prompts, samplers, strict=True):
+        for i, sampler in enumerate(samplers):
+            prompt, choice = prompts[i // n], i % n
             budget = self.model.context_length - len(prompt)
             if max_tokens is not None:
                 budget = min(budget, max_tokens)
-            seq = Sequence(list(prompt), len(prompt), budget, sampler)
+            # The other choices of a prompt fork from its first: computed once.
+            source = group.sequences[i - choice] if choice else None
+            seq = Sequence(list(prompt), len(prompt), budget, sampler, fork_of=source)
             outbox = Outbox(self._handoff)
             seq.output = Output(self.model.tokenizer.decoder(), StopMatcher(stop), outbox, top_logprobs)
             group.sequences.append(seq)

@@ -77,6 +77,26 @@ class Outbox:
             await self._waiter.wait()
         return self._events.popleft()
 
+    def take(self):
+        """The next event if there is one, else None (never waits)."""
+        return self._events.popleft() if self._events else None
+
+    @staticmethod
+    async def wait_any(outboxes: list[Outbox]) -> None:
+        """Waits until any of ``outboxes`` has an event (one reader of several)."""
+        if any(o._events for o in outboxes):
+            return
+        woken = trio.Event()
+        for o in outboxes:
+            o._handoff.back(o)
+            o._waiter = woken
+        try:
+            await woken.wait()
+        finally:
+            for o in outboxes:
+                if o._waiter is woken:
+                    o._waiter = None
+
     def leave(self) -> None:
         """The consumer stops reading (finished, or its client went away)."""
         self._gone = True

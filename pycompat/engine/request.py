@@ -35,6 +35,7 @@ class SamplingOptions:
     stop: list[str] = field(default_factory=list)
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
     top_logprobs: int | None = None  # None: no log-probabilities; k: each token's, and the k likeliest tokens'
+    n: int = 1  # choices per prompt, each its own sample
     # Penalties on tokens already seen (rust/sampler.rs says which tokens each looks at); neutral: 0, 0, 1.
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -83,9 +84,42 @@ class GenerationFailed(Exception):
     """The engine could not compute this request (a kernel error)."""
 
 
-def make_sampler(opts: SamplingOptions, prompt: list[int]) -> _kernel.Sampler:
-    """The kernel's sampler for one sequence of ``prompt`` (which the repetition penalty looks at)."""
-    seed = opts.seed if opts.seed is not None else secrets.randbits(64)
+async def merged_events(generations: list[Generation]) -> AsyncIterator[tuple[int, TextPiece | Finished]]:
+    """Every generation's events as they come, as (index, event): the choices of
+    one request streamed together. Raises GenerationFailed as ``events`` does;
+    gives every generation up on the way out."""
+    live = list(range(len(generations)))
+    try:
+        while live:
+            for i in list(live):
+                while (event := generations[i].outbox.take()) is not None:
+                    if isinstance(event, Failed):
+                        raise GenerationFailed(event.message)
+                    yield i, event
+                    if isinstance(event, Finished):
+                        live.remove(i)
+                        break
+            if live:
+                await Outbox.wait_any([generations[i].outbox for i in live])
+    finally:
+        for g in generations:
+            g.cancel()
+
+
+def choice_seed(seed: int, choice: int) -> int:
+    """The seed of choice ``choice`` of a request seeded with ``seed``: the seed itself
+    for the first (so n=1 is unchanged), a well-mixed other one for each of the rest."""
+    if choice == 0:
+        return seed % (1 << 64)
+    x = (seed + choice * 0x9E3779B97F4A7C15) % (1 << 64)  # splitmix64's step and finalizer
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % (1 << 64)
+    return x ^ (x >> 31)
+
+
+def make_sampler(opts: SamplingOptions, prompt: list[int], choice: int = 0) -> _kernel.Sampler:
+    """The kernel's sampler for choice ``choice`` of ``prompt`` (which the repetition penalty looks at)."""
+    seed = choice_seed(opts.seed, choice) if opts.seed is not None else secrets.randbits(64)
     return _kernel.Sampler(
         opts.temperature, opts.top_p, opts.top_k, opts.min_p, seed % (1 << 64), list(opts.logit_bias.items()),
         presence_penalty=opts.presence_penalty, frequency_penalty=opts.frequency_penalty,
@@ -124,10 +158,12 @@ class Generation:
 
 
 def start(engine: Engine, prompts: list[list[int]], opts: SamplingOptions) -> list[Generation]:
-    """Queues one request's prompts together: all of them, or none (raises
-    QueueFull or ContextOverflow). Nothing waits, so a caller can still answer
-    with an error status before its response begins."""
-    return engine.submit(prompts, opts.max_tokens, [make_sampler(opts, prompt) for prompt in prompts], opts.stop, opts.top_logprobs)
+    """Queues one request's prompts together, ``opts.n`` choices each: all of
+    them, or none (raises QueueFull or ContextOverflow). Nothing waits, so a
+    caller can still answer with an error status before its response begins.
+    Returns the generations prompt by prompt, choice by choice."""
+    samplers = [make_sampler(opts, prompt, choice) for prompt in prompts for choice in range(opts.n)]
+    return engine.submit(prompts, opts.max_tokens, samplers, opts.stop, opts.top_logprobs, opts.n)
 
 
 async def generate(engine: Engine, prompt: list[int], opts: SamplingOptions) -> AsyncIterator[TextPiece | Finished]:

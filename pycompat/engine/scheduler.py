@@ -16,6 +16,10 @@ The rules:
   served: the queue's head blocks those behind it.
 - A request's sequences are queued together, and the queue's limit counts
   requests (groups).
+- The choices of one prompt (``n``) fork: the first computes the prompt, the
+  others wait until it has, then take its full blocks (shared, as the prefix
+  cache shares them) and compute only the rest, at least the last token, whose
+  logits each samples its own first token from.
 """
 
 from __future__ import annotations
@@ -134,8 +138,15 @@ class Scheduler:
         """Gives the sequence its cached prefix and a promise of every block it may
         need, if the cache has them; False leaves it waiting."""
         bs = self.blocks.block_size
-        # At least the prompt's last token is computed: its logits give the first new token.
-        found = self.blocks.match(seq.tokens, seq.prompt_len - 1)
+        source = seq.fork_of
+        if source is not None and source.status in (Status.WAITING, Status.PREFILLING):
+            return False  # its prompt is not in the cache yet
+        if source is not None and source.status is Status.DECODING:
+            # The prompt's full blocks, as the other choice holds them (at least the
+            # last prompt token is computed again: its logits give the first new token).
+            found = source.blocks[: (seq.prompt_len - 1) // bs]
+        else:
+            found = self.blocks.match(seq.tokens, seq.prompt_len - 1)
         need = math.ceil((seq.prompt_len + seq.budget) / bs) - len(found)
         if self.blocks.available - self.blocks.newly_referenced(found) - self._reserved < need:
             return False

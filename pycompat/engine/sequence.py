@@ -41,6 +41,9 @@ class Sequence:
     budget: int  # most tokens to generate
     sampler: Any  # the kernel's Sampler: the request's sampling fields and seeded generator
     group: SequenceGroup | None = None
+    # Another choice of the same prompt (``n``): this one waits until that one's
+    # prompt is in the cache, then shares its full blocks instead of computing them.
+    fork_of: Sequence | None = None
     status: Status = Status.WAITING
     # The cache, as the scheduler keeps it.
     blocks: list[int] = field(default_factory=list)  # block table
@@ -66,7 +69,7 @@ class Sequence:
 
 @dataclass(eq=False)
 class SequenceGroup:
-    """The sequences of one request (one per prompt; later one per choice).
+    """The sequences of one request (one per prompt and choice).
     They are queued together, all or none, and the queue's limit counts groups."""
 
     request_id: int

@@ -31,6 +31,9 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) ->
     }
 
 
-def total_usage(finished: list[Finished]) -> dict:
-    """The usage of several generations together (a request with several prompts)."""
-    return usage(*(sum(getattr(f, k) for f in finished) for k in ("prompt_tokens", "completion_tokens", "cached_tokens")))
+def total_usage(finished: list[Finished], n: int = 1) -> dict:
+    """The usage of a request's generations together, ``n`` choices per prompt in
+    order: each prompt counts once (its choices share it), every completion token counts."""
+    firsts = finished[::n]
+    return usage(sum(f.prompt_tokens for f in firsts), sum(f.completion_tokens for f in finished),
+                 sum(f.cached_tokens for f in firsts))

@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from pycompat.api import generation, json_body
-from pycompat.api.generation import Finished, Generation
+from pycompat.api.generation import Choices, Finished
 from pycompat.api.openai import logprobs as logprob_shapes
 from pycompat.api.openai import sse
-from pycompat.api.openai.bodies import new_id, now, usage
+from pycompat.api.openai.bodies import new_id, now, total_usage
 from pycompat.api.openai.errors import invalid_type, invalid_value, missing
 from pycompat.api.openai.protocol import CHAT, Fields
 from pycompat.api.registry import Registry
@@ -77,6 +77,7 @@ async def create(registry: Registry, request: Request) -> Response:
     requested, defaults = fields.sampling(served.vocab_size)
     opts = generation.sampling_options(served, max_tokens, requested, defaults)
     opts.top_logprobs = _top_logprobs(fields)
+    opts.n = fields.get("n")
     # Before any work: messages that cannot fit the context whatever their tokens.
     generation.check_prompt_bytes(served, sum(len(m["content"].encode("utf-8")) for m in messages), max_tokens, "messages")
     prompt_text = generation.chat_prompt(served, messages, "messages")
@@ -84,10 +85,10 @@ async def create(registry: Registry, request: Request) -> Response:
     choices = generation.start(served, [prompt], opts, "messages")
 
     completion_id, created = new_id("chatcmpl-"), now()
+    tokenizer = served.engine.model.tokenizer
     if stream:
-        tokenizer = served.engine.model.tokenizer
-        return sse.sse_response(_stream(choices[0], completion_id, created, model_id, include_usage, tokenizer), on_close=choices.cancel)
-    (result,) = await choices.run_to_end()
+        return sse.sse_response(_stream(choices, completion_id, created, model_id, include_usage, tokenizer), on_close=choices.cancel)
+    results = await choices.run_to_end()
     body = {
         "id": completion_id,
         "object": "chat.completion",
@@ -95,13 +96,14 @@ async def create(registry: Registry, request: Request) -> Response:
         "model": model_id,
         "choices": [
             {
-                "index": 0,
+                "index": index,
                 "message": {"role": "assistant", "content": result.text, "refusal": None, "annotations": []},
-                "logprobs": logprob_shapes.chat_object(served.engine.model.tokenizer, _asked(opts, result.logprobs)),
+                "logprobs": logprob_shapes.chat_object(tokenizer, _asked(opts, result.logprobs)),
                 "finish_reason": result.finished.reason,
             }
+            for index, result in enumerate(results)
         ],
-        "usage": usage(result.finished.prompt_tokens, result.finished.completion_tokens, result.finished.cached_tokens),
+        "usage": total_usage([r.finished for r in results], len(results)),
     }
     return json_response(body)
 
@@ -121,30 +123,34 @@ def _asked(opts, tokens):
     return None if opts.top_logprobs is None else (tokens or [])
 
 
-async def _stream(generation: Generation, completion_id: str, created: int, model_id: str, include_usage: bool,
+async def _stream(choices: Choices, completion_id: str, created: int, model_id: str, include_usage: bool,
                   tokenizer) -> AsyncIterator[bytes]:
-    def chunk(delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> bytes:
+    """The choices' chunks interleaved as the engine makes them, each with its index."""
+    def chunk(index: int, delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> bytes:
         body = {
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model_id,
-            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
         }
         if include_usage:
             body["usage"] = None
         return sse.event(body)
 
-    yield chunk({"role": "assistant", "content": "", "refusal": None})
-    async with aclosing(generation.events()) as events:
-        async for ev in events:
+    for index in range(len(choices)):
+        yield chunk(index, {"role": "assistant", "content": "", "refusal": None})
+    finished: list[Finished | None] = [None] * len(choices)
+    async with aclosing(choices.stream()) as events:
+        async for index, ev in events:
             if isinstance(ev, Finished):
-                yield chunk({}, ev.reason)
-                if include_usage:
-                    yield sse.event({
-                        "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id,
-                        "choices": [], "usage": usage(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens),
-                    })
+                finished[index] = ev
+                yield chunk(index, {}, ev.reason)
             else:
-                yield chunk({"content": ev.text}, logprobs=logprob_shapes.chat_object(tokenizer, ev.logprobs))
+                yield chunk(index, {"content": ev.text}, logprobs=logprob_shapes.chat_object(tokenizer, ev.logprobs))
+    if include_usage:
+        yield sse.event({
+            "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id,
+            "choices": [], "usage": total_usage(finished, len(finished)),
+        })
     yield sse.DONE

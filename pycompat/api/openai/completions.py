@@ -63,6 +63,7 @@ async def create(registry: Registry, request: Request) -> Response:
     requested, defaults = fields.sampling(served.vocab_size)
     opts = generation.sampling_options(served, max_tokens, requested, defaults)
     opts.top_logprobs = fields.get("logprobs")  # None: no log-probabilities
+    opts.n = fields.get("n")
     echo = fields.get("echo")
     if echo and opts.top_logprobs is not None:
         # Scoring a prompt needs its own tokens' log-probabilities, which the engine does not compute yet.
@@ -76,11 +77,12 @@ async def create(registry: Registry, request: Request) -> Response:
     # max_tokens 0 (the scoring idiom, with echo and logprobs) generates nothing: each prompt must still fit.
     choices = generation.start(served, encoded, opts, "prompt")
     completion_id, created = new_id("cmpl-"), now()
-    # echo: each choice's text starts with its prompt (token ids as their text).
-    echoed = [(p if isinstance(p, str) else served.engine.model.tokenizer.decode(p)) if echo else "" for p in prompts]
+    # echo: each choice's text starts with its prompt (token ids as their text). Choices
+    # come prompt by prompt, n each, as OpenAI orders them.
+    echoed = [(p if isinstance(p, str) else served.engine.model.tokenizer.decode(p)) if echo else "" for p in prompts for _ in range(opts.n)]
     if stream:
         tokenizer = served.engine.model.tokenizer if opts.top_logprobs is not None else None
-        return sse.sse_response(_stream(choices, completion_id, created, model_id, include_usage, tokenizer, echoed),
+        return sse.sse_response(_stream(choices, completion_id, created, model_id, include_usage, tokenizer, echoed, opts.n),
                                 on_close=choices.cancel)
     results = await choices.run_to_end()
     return json_response({
@@ -90,7 +92,7 @@ async def create(registry: Registry, request: Request) -> Response:
         "model": model_id,
         "choices": [{"text": echoed[i] + r.text, "index": i, "logprobs": _legacy(served, opts, r.logprobs), "finish_reason": r.finished.reason}
                     for i, r in enumerate(results)],
-        "usage": total_usage([r.finished for r in results]),
+        "usage": total_usage([r.finished for r in results], opts.n),
     })
 
 
@@ -101,31 +103,31 @@ def _legacy(served: ServedModel, opts, tokens) -> dict | None:
 
 
 async def _stream(choices: Choices, completion_id: str, created: int, model_id: str, include_usage: bool,
-                  tokenizer, echoed: list[str]) -> AsyncIterator[bytes]:
-    """``tokenizer`` is given when the request asked for log-probabilities;
-    ``echoed`` is each choice's prompt text to send first (empty without echo)."""
+                  tokenizer, echoed: list[str], n: int) -> AsyncIterator[bytes]:
+    """The choices' chunks interleaved as the engine makes them. ``tokenizer`` is
+    given when the request asked for log-probabilities; ``echoed`` is each
+    choice's prompt text to send first (empty without echo)."""
     def chunk(entries: list[dict], usage_value: dict | None = None) -> bytes:
         body = {"id": completion_id, "object": "text_completion", "created": created, "model": model_id, "choices": entries}
         if include_usage:
             body["usage"] = usage_value
         return sse.event(body)
 
-    finished = []
-    # All prompts run together in the engine; their text is sent one prompt after another.
-    for index, one in enumerate(choices.generations):
-        offset = 0  # where the next piece starts in this choice's text
-        if echoed[index]:
-            yield chunk([{"text": echoed[index], "index": index, "logprobs": None, "finish_reason": None}])
-        async with aclosing(one.events()) as events:
-            async for ev in events:
-                if isinstance(ev, Finished):
-                    done = None if tokenizer is None else logprob_shapes.completion_object(tokenizer, [])
-                    yield chunk([{"text": "", "index": index, "logprobs": done, "finish_reason": ev.reason}])
-                    finished.append(ev)
-                else:
-                    logprobs = None if tokenizer is None else logprob_shapes.completion_object(tokenizer, ev.logprobs or [], offset)
-                    offset += len(ev.text)
-                    yield chunk([{"text": ev.text, "index": index, "logprobs": logprobs, "finish_reason": None}])
+    for index, text in enumerate(echoed):
+        if text:
+            yield chunk([{"text": text, "index": index, "logprobs": None, "finish_reason": None}])
+    finished: list[Finished | None] = [None] * len(choices)
+    offsets = [0] * len(choices)  # where each choice's next piece starts in its text
+    async with aclosing(choices.stream()) as events:
+        async for index, ev in events:
+            if isinstance(ev, Finished):
+                finished[index] = ev
+                done = None if tokenizer is None else logprob_shapes.completion_object(tokenizer, [])
+                yield chunk([{"text": "", "index": index, "logprobs": done, "finish_reason": ev.reason}])
+            else:
+                logprobs = None if tokenizer is None else logprob_shapes.completion_object(tokenizer, ev.logprobs or [], offsets[index])
+                offsets[index] += len(ev.text)
+                yield chunk([{"text": ev.text, "index": index, "logprobs": logprobs, "finish_reason": None}])
     if include_usage:
-        yield chunk([], total_usage(finished))
+        yield chunk([], total_usage(finished, n))
     yield sse.DONE

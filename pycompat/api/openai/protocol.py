@@ -188,7 +188,8 @@ FIELDS = [
     *_fields(BOTH, positive_number(MAX_REPETITION_PENALTY), "repetition_penalty", default=1.0),
     # Not OpenAI's: vLLM's, for benchmarks: stop tokens are generated (adding no text) up to max_tokens.
     *_fields(BOTH, boolean, "ignore_eos", default=False),
-    *_ignored(BOTH, "n", "user"),
+    *_fields(BOTH, integer(1, 128), "n", default=1),  # choices per prompt
+    *_ignored(BOTH, "user"),
     *_ignored({CHAT}, "audio", "function_call", "functions", "metadata", "modalities", "moderation", "parallel_tool_calls",
               "prediction", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention", "reasoning_effort",
               "response_format", "safety_identifier", "service_tier", "store", "tool_choice", "tools",
