@@ -15,30 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-
-def start_server(log: Path) -> tuple[subprocess.Popen, str]:
-    out = open(log, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "pycompat", "serve", "--port", "0", "--no-prefix-caching"],
-                            stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        m = re.search(r"serving .* at (http://\S+)/v1", log.read_text())
-        if m:
-            return proc, m.group(1)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise SystemExit(f"server did not start:\n{log.read_text()}")
+from local_server import start_server
 
 
 def main() -> None:
@@ -50,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
 
     log = Path(tempfile.mkdtemp()) / "serve.log"
-    proc, root = start_server(log)
+    proc, root = start_server(log, "--no-prefix-caching")
     try:
         client = httpx.Client(base_url=root + "/v1", timeout=600)
         words = " ".join(f"word{i % 97}" for i in range(args.prompt_tokens))  # about 2 tokens a word

@@ -22,32 +22,22 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
+import local_server
+
 MODEL = "smollm2-135m-instruct"
 
 
 def start_server(repo: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "PYTHONPATH": str(repo)}
-    out = open(log, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "pycompat", "serve", "--port", "0"], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=repo)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        m = re.search(r"serving .* at (http://\S+)/v1", log.read_text())
-        if m:
-            return proc, m.group(1)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise SystemExit(f"server did not start:\n{log.read_text()}")
+    """The server of the checkout at ``repo``."""
+    return local_server.start_server(log, env={**os.environ, "PYTHONPATH": str(repo)}, cwd=repo)
 
 
 def peak_rss_mib(pid: int) -> float:
