@@ -74,3 +74,14 @@ def test_completions_choices_come_prompt_by_prompt(client):
 def test_n_out_of_bounds_is_a_400_naming_it(server_url, n):
     r = httpx.post(server_url + "/chat/completions", json={"model": MODEL, "messages": STORY, "n": n, "max_tokens": 2}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+
+
+def test_a_named_service_tier_is_answered_with_the_one_tier_there_is(client, server_url):
+    reply = client.chat.completions.create(model=MODEL, messages=STORY, max_tokens=3, service_tier="auto")
+    openapi.validate("CreateChatCompletionResponse", reply.model_dump(mode="json", exclude_unset=True))
+    assert reply.service_tier == "default"
+    chunks = list(client.chat.completions.create(model=MODEL, messages=STORY, max_tokens=3, service_tier="flex", stream=True))
+    assert {c.service_tier for c in chunks} == {"default"}
+    assert "service_tier" not in client.chat.completions.create(model=MODEL, messages=STORY, max_tokens=3).model_dump(exclude_unset=True)
+    r = httpx.post(server_url + "/chat/completions", json={"model": MODEL, "messages": STORY, "service_tier": "gold"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "service_tier"

@@ -78,6 +78,8 @@ async def create(registry: Registry, request: Request) -> Response:
     opts = generation.sampling_options(served, max_tokens, requested, defaults)
     opts.top_logprobs = _top_logprobs(fields)
     opts.n = fields.get("n")
+    # The tier that served it, when the request names one: there is one tier here.
+    tier = {"service_tier": "default"} if fields.get("service_tier") is not None else {}
     # Before any work: messages that cannot fit the context whatever their tokens.
     generation.check_prompt_bytes(served, sum(len(m["content"].encode("utf-8")) for m in messages), max_tokens, "messages")
     prompt_text = generation.chat_prompt(served, messages, "messages")
@@ -87,7 +89,8 @@ async def create(registry: Registry, request: Request) -> Response:
     completion_id, created = new_id("chatcmpl-"), now()
     tokenizer = served.engine.model.tokenizer
     if stream:
-        return sse.sse_response(_stream(choices, completion_id, created, model_id, include_usage, tokenizer), on_close=choices.cancel)
+        return sse.sse_response(_stream(choices, completion_id, created, model_id, include_usage, tokenizer, tier),
+                                on_close=choices.cancel)
     results = await choices.run_to_end()
     body = {
         "id": completion_id,
@@ -104,6 +107,7 @@ async def create(registry: Registry, request: Request) -> Response:
             for index, result in enumerate(results)
         ],
         "usage": total_usage([r.finished for r in results], len(results)),
+        **tier,
     }
     return json_response(body)
 
@@ -124,7 +128,7 @@ def _asked(opts, tokens):
 
 
 async def _stream(choices: Choices, completion_id: str, created: int, model_id: str, include_usage: bool,
-                  tokenizer) -> AsyncIterator[bytes]:
+                  tokenizer, tier: dict) -> AsyncIterator[bytes]:
     """The choices' chunks interleaved as the engine makes them, each with its index."""
     def chunk(index: int, delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> bytes:
         body = {
@@ -133,6 +137,7 @@ async def _stream(choices: Choices, completion_id: str, created: int, model_id: 
             "created": created,
             "model": model_id,
             "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
+            **tier,
         }
         if include_usage:
             body["usage"] = None
@@ -151,6 +156,6 @@ async def _stream(choices: Choices, completion_id: str, created: int, model_id: 
     if include_usage:
         yield sse.event({
             "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id,
-            "choices": [], "usage": total_usage(finished, len(finished)),
+            "choices": [], "usage": total_usage(finished, len(finished)), **tier,
         })
     yield sse.DONE

@@ -59,6 +59,17 @@ def boolean(name: str, value: Any) -> bool:
     return value
 
 
+def one_of(*values: str) -> Kind:
+    def read(name: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise invalid_type(name, "a string", value)
+        if value not in values:
+            raise invalid_value(name, f"'{value[:40]}' is not one of {list(values)}.")
+        return value
+
+    return read
+
+
 def number(low: float, high: float) -> Kind:
     def read(name: str, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
@@ -189,10 +200,12 @@ FIELDS = [
     # Not OpenAI's: vLLM's, for benchmarks: stop tokens are generated (adding no text) up to max_tokens.
     *_fields(BOTH, boolean, "ignore_eos", default=False),
     *_fields(BOTH, integer(1, 128), "n", default=1),  # choices per prompt
+    # One tier here: a request that names one is told it got "default", as OpenAI answers.
+    *_fields({CHAT}, one_of("auto", "default", "flex", "scale", "priority", "fast"), "service_tier"),
     *_ignored(BOTH, "user"),
     *_ignored({CHAT}, "audio", "function_call", "functions", "metadata", "modalities", "moderation", "parallel_tool_calls",
               "prediction", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention", "reasoning_effort",
-              "response_format", "safety_identifier", "service_tier", "store", "tool_choice", "tools",
+              "response_format", "safety_identifier", "store", "tool_choice", "tools",
               "verbosity", "web_search_options"),
     *_fields({COMPLETIONS}, boolean, "echo", default=False),
     *_ignored({COMPLETIONS}, "best_of", "suffix"),
