@@ -64,6 +64,8 @@ async def create(registry: Registry, request: Request) -> Response:
     opts = generation.sampling_options(served, max_tokens, requested, defaults)
     opts.top_logprobs = fields.get("logprobs")  # None: no log-probabilities
     opts.n = fields.get("n")
+    if fields.get("suffix"):
+        raise invalid_value("suffix", "this model has no fill-in-the-middle tokens, so a suffix cannot be used.")
     echo = fields.get("echo")
     if echo and opts.top_logprobs is not None:
         # Scoring a prompt needs its own tokens' log-probabilities, which the engine does not compute yet.

@@ -208,7 +208,8 @@ FIELDS = [
               "response_format", "safety_identifier", "store", "tool_choice", "tools",
               "verbosity", "web_search_options"),
     *_fields({COMPLETIONS}, boolean, "echo", default=False),
-    *_ignored({COMPLETIONS}, "best_of", "suffix"),
+    *_fields({COMPLETIONS}, string, "suffix"),  # fill-in-the-middle: refused until a model with FIM tokens is served
+    *_ignored({COMPLETIONS}, "best_of"),
 ]
 
 
