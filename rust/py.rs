@@ -246,6 +246,22 @@ impl KernelModel {
         self.inner.cfg.max_seq_len
     }
 
+    /// The width of the model's hidden states (and of its embeddings).
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.cfg.dim
+    }
+
+    /// Sentence embeddings of `batch` (lists of token ids): each input's final
+    /// hidden states averaged and scaled to unit length, as llama.cpp's server
+    /// gives for a decoder; len(batch) × dim f32 as bytes, row-major. Runs in a
+    /// cache of its own, between the engine's steps.
+    fn embed<'py>(&self, py: Python<'py>, batch: Vec<Vec<u32>>) -> PyResult<Bound<'py, PyBytes>> {
+        let mut out = vec![0f32; batch.len() * self.inner.cfg.dim];
+        py.detach(|| contain_panic(|| self.inner.embed(&batch, &mut out)))?;
+        Ok(f32_bytes(py, &out))
+    }
+
     /// A paged cache of `n_blocks` blocks of `block_size` positions. Its memory
     /// is reserved, and becomes resident as blocks are first written.
     #[pyo3(signature = (n_blocks, block_size=16))]
@@ -349,6 +365,7 @@ impl KernelModel {
                         Want::Nothing => None,
                         Want::Last => Some(rows[span.end - vocab..span.end].to_vec()),
                         Want::All => Some(rows[span].to_vec()),
+                        Want::Hidden => unreachable!("the binding never asks a step for hidden states"),
                     })
                     .collect();
                 Ok((chosen, logits, scored))

@@ -67,6 +67,11 @@ def tensors(w: dict, layer: int):
 
 def llama(cfg: dict, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
     """Logits (tokens, vocab) of a Llama model for every position of ``tokens``."""
+    return logits(cfg, w, llama_hidden(cfg, w, tokens))
+
+
+def llama_hidden(cfg: dict, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
+    """A Llama model's hidden states (tokens, dim) after the last layer, before the output norm."""
     x, eps = embed(w, tokens), cfg["norm_eps"]
     for layer in range(cfg["n_layers"]):
         p = tensors(w, layer)
@@ -75,7 +80,15 @@ def llama(cfg: dict, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
         x = x + attention(cfg, q, k, v) @ p("attn_output.weight").T
         h = rms_norm(x, p("ffn_norm.weight"), eps)
         x = x + swiglu_mlp(h, p("ffn_gate.weight"), p("ffn_up.weight"), p("ffn_down.weight"))
-    return logits(cfg, w, x)
+    return x
+
+
+def decoder_embedding(cfg: dict, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
+    """A sentence embedding from a Llama model, as llama.cpp's server makes one:
+    the output-normed hidden states averaged over the tokens, at unit length."""
+    h = rms_norm(llama_hidden(cfg, w, tokens), w["output_norm.weight"].astype(np.float64), cfg["norm_eps"])
+    mean = h.mean(0)
+    return mean / np.linalg.norm(mean)
 
 
 def qwen2(cfg: dict, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:

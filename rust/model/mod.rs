@@ -176,6 +176,9 @@ fn add_to_rows(rows: &mut [f32], bias: &[f32]) {
 /// Most tokens of one sequence that go through the layers together.
 const PREFILL_CHUNK: usize = 512;
 
+/// Positions per block of the cache an `embed` call makes for itself.
+const EMBED_BLOCK: usize = 16;
+
 /// From this many new tokens on, attention widens an f16 cache to f32 first.
 const WIDEN_FROM: usize = 16;
 
@@ -195,6 +198,9 @@ pub enum Want {
     Last,
     /// Every new token's (teacher forcing, scoring a text).
     All,
+    /// No logits: every new token's final hidden state (after the output
+    /// norm, `dim` values each), for embeddings.
+    Hidden,
 }
 
 /// One sequence of a batch: its block table (which cache blocks hold its
@@ -325,6 +331,49 @@ impl Model {
         Ok(())
     }
 
+    /// Sentence embeddings from a decoder, as llama.cpp's server makes them: each
+    /// input's final hidden states (after the output norm) averaged over its
+    /// tokens, then scaled to unit length; `dim` values per input into `out`.
+    /// The inputs go through the layers together, in a cache of their own made
+    /// for the call (the server's cache and sequences are untouched).
+    pub fn embed(&self, inputs: &[Vec<u32>], out: &mut [f32]) -> Result<(), KernelError> {
+        let (dim, bs) = (self.cfg.dim, EMBED_BLOCK);
+        if out.len() != inputs.len() * dim {
+            return err(format!("{} inputs need {} output values, not {}", inputs.len(), inputs.len() * dim, out.len()));
+        }
+        let tables: Vec<Vec<u32>> = {
+            let mut next = 0u32;
+            inputs
+                .iter()
+                .map(|t| {
+                    let n = t.len().div_ceil(bs) as u32;
+                    next += n;
+                    (next - n..next).collect()
+                })
+                .collect()
+        };
+        let n_blocks = tables.iter().map(Vec::len).sum::<usize>().max(1);
+        let mut kv = self.new_store(bs, n_blocks);
+        let batch: Vec<Entry> = inputs
+            .iter()
+            .zip(&tables)
+            .map(|(tokens, blocks)| Entry { blocks, start: 0, tokens, want: Want::Hidden })
+            .collect();
+        let mut sums = vec![0f64; inputs.len() * dim];
+        self.forward(&mut kv, &batch, |i, rows| {
+            let sum = &mut sums[i * dim..][..dim];
+            for row in rows.chunks_exact(dim) {
+                sum.iter_mut().zip(row).for_each(|(s, &v)| *s += v as f64);
+            }
+        })?;
+        for (sum, o) in sums.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+            let norm = sum.iter().map(|v| v * v).sum::<f64>().sqrt();
+            let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+            sum.iter().zip(o).for_each(|(s, o)| *o = (s * scale) as f32);
+        }
+        Ok(())
+    }
+
     /// One pass: the segments' tokens (at most `PREFILL_CHUNK`) through every
     /// layer. A pass's activations stay in the L2 cache, and its buffers have a
     /// bounded size however long the prompts are (llama.cpp's micro-batch is the same).
@@ -444,6 +493,15 @@ impl Model {
             swiglu(gate, up);
             matmul_many(gate, n, q8, &mut [(&layer.w_down, &mut *proj)], true);
             x.iter_mut().zip(&*proj).for_each(|(a, b)| *a += b);
+        }
+
+        // Hidden states, for embeddings: the output norm of each row, no LM head.
+        for s in segments.iter().filter(|s| batch[s.entry].want == Want::Hidden) {
+            let rows = s.row * dim..(s.row + s.len) * dim;
+            for (x_row, out) in x[rows.clone()].chunks_exact(dim).zip(xn[rows.clone()].chunks_exact_mut(dim)) {
+                rms_norm(x_row, &self.out_norm, c.norm_eps, out);
+            }
+            take(s.entry, &xn[rows]);
         }
 
         // Logits only for the rows that want them: the LM head is the largest matrix.
