@@ -14,6 +14,7 @@
 //! each weight matrix together.
 
 mod llama;
+mod tensors;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
