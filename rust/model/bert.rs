@@ -15,6 +15,11 @@
 //! (sequence, head). No position of one sequence meets another's, and the
 //! matrix products never mix rows, so a sequence's embedding is the same
 //! whatever else is in the batch.
+//!
+//! Performance notes (all-MiniLM-L6-v2, f32, 64 sentences of 13 tokens, 2
+//! cores): the matrix products take ~70% of the time, erfcf in GELU ~9%
+//! (already spread over the pool; a SIMD erf would win that back at most),
+//! the pool's waits ~7%; embeddings, LayerNorm, attention and pooling under 2%.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
