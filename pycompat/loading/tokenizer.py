@@ -104,6 +104,10 @@ class Tokenizer:
             ids.insert(0, self.bos_id)
         return ids
 
+    def wrap(self, ids: list[int]) -> list[int]:
+        """Token ids a client gave as a text's, with what ``encode`` adds to a text (a BOS)."""
+        return [self.bos_id, *ids] if self.add_bos and (not ids or ids[0] != self.bos_id) else list(ids)
+
     @functools.cached_property
     def max_bytes_per_token(self) -> float:
         """The most bytes of text one token can stand for, so that a text of B

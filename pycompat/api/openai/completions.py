@@ -59,7 +59,7 @@ async def create(registry: Registry, request: Request) -> Response:
     stream = fields.get("stream")
     include_usage = fields.get("stream_options", stream=stream)
     max_tokens = fields.get("max_tokens")
-    served = registry.get(model_id)
+    served = registry.generator(model_id)
     requested, defaults = fields.sampling(served.vocab_size)
     opts = generation.sampling_options(served, max_tokens, requested, defaults)
     opts.top_logprobs = fields.get("logprobs")  # None: no log-probabilities
