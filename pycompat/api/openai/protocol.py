@@ -210,7 +210,7 @@ FIELDS = [
               "response_format", "safety_identifier", "store", "tool_choice", "tools",
               "verbosity", "web_search_options"),
     *_fields({COMPLETIONS}, boolean, "echo", default=False),
-    *_fields({COMPLETIONS}, string, "suffix"),  # fill-in-the-middle: refused until a model with FIM tokens is served
+    *_fields({COMPLETIONS}, string, "suffix"),  # fill-in-the-middle: a 400 for a model without FIM tokens
     *_ignored({COMPLETIONS}, "best_of"),
     *_fields({EMBEDDINGS}, any_json, "input", required=True),  # embeddings.parse_inputs
     *_fields({EMBEDDINGS}, one_of("float", "base64"), "encoding_format", default="float"),
