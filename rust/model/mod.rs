@@ -184,6 +184,12 @@ const PREFILL_CHUNK: usize = 512;
 /// Positions per block of the cache an `embed` call makes for itself.
 const EMBED_BLOCK: usize = 16;
 
+/// Most rows whose logits one LM-head product computes. Every row's logits of a
+/// whole pass (a prompt scored token by token) would take PREFILL_CHUNK × vocab
+/// floats (~100 MB for a 49k vocabulary), kept between steps; in parts of this
+/// many rows the buffer stays ~12 MB, and the LM head is read a few times more.
+const LOGIT_ROWS: usize = 64;
+
 /// From this many new tokens on, attention widens an f16 cache to f32 first.
 const WIDEN_FROM: usize = 16;
 
@@ -303,7 +309,8 @@ impl Model {
     /// of at most `PREFILL_CHUNK` tokens), their keys and values are written to
     /// their blocks, and `take(index, logits)` receives the logits each entry
     /// wants, from the kernel's own buffer: once for `Want::Last` (vocab values),
-    /// one or more times, in order, for `Want::All` (rows × vocab each time).
+    /// one or more times, in order, for `Want::All` (rows × vocab each time, at
+    /// most `LOGIT_ROWS` rows).
     /// The batch is checked before any cache block changes.
     ///
     /// Each entry's results are the same whatever else is in the batch: rows
@@ -520,10 +527,6 @@ impl Model {
                 _ => {}
             }
         }
-        if logit_rows.is_empty() {
-            return;
-        }
-        let m = logit_rows.len();
         for (j, &(row, _)) in logit_rows.iter().enumerate() {
             rms_norm(
                 &x[row * dim..][..dim],
@@ -532,25 +535,29 @@ impl Model {
                 &mut xn[j * dim..][..dim],
             );
         }
-        let logits = sized(logits, m * c.vocab_size);
-        matmul_many(
-            &xn[..m * dim],
-            m,
-            q8,
-            &mut [(self.lm_head.as_ref().unwrap_or(&self.embed), &mut *logits)],
-            true,
-        );
-        // Consecutive rows of one segment go out together.
-        let mut j = 0;
-        while j < m {
-            let si = logit_rows[j].1;
-            let mut end = j + 1;
-            while end < m && logit_rows[end].1 == si {
-                end += 1;
+        let vs = c.vocab_size;
+        for part in (0..logit_rows.len()).step_by(LOGIT_ROWS) {
+            let m = LOGIT_ROWS.min(logit_rows.len() - part);
+            let logits = sized(logits, m * vs);
+            matmul_many(
+                &xn[part * dim..(part + m) * dim],
+                m,
+                q8,
+                &mut [(self.lm_head.as_ref().unwrap_or(&self.embed), &mut *logits)],
+                true,
+            );
+            // Consecutive rows of one segment go out together.
+            let rows = &logit_rows[part..part + m];
+            let mut j = 0;
+            while j < m {
+                let si = rows[j].1;
+                let mut end = j + 1;
+                while end < m && rows[end].1 == si {
+                    end += 1;
+                }
+                take(segments[si].entry, &logits[j * vs..end * vs]);
+                j = end;
             }
-            let vs = c.vocab_size;
-            take(segments[si].entry, &logits[j * vs..end * vs]);
-            j = end;
         }
     }
 
