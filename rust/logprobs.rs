@@ -5,6 +5,9 @@
 /// A token and its log-probability.
 pub type Scored = (u32, f32);
 
+/// A token's log-probability, and the likeliest tokens at its position.
+pub type Scores = (f32, Vec<Scored>);
+
 /// `log Σ exp(logits)`, summed in f64 from the largest logit, so the result is
 /// exact to f32 whatever the vocabulary size.
 pub fn log_sum_exp(logits: &[f32]) -> f64 {
@@ -41,6 +44,25 @@ pub fn logprobs(logits: &[f32], token: u32, k: usize, top: &mut Vec<Scored>) -> 
     (logits[token as usize] as f64 - lse) as f32
 }
 
+/// Scores consecutive rows of `vocab` logits each against their targets: row
+/// `j` gives `targets[j]`'s log-probability and the `k` likeliest tokens (rows
+/// past the targets are left out). Appended to `out`; one row per unit of work.
+pub fn score_rows(rows: &[f32], vocab: usize, targets: &[u32], k: usize, out: &mut Vec<Scores>) {
+    assert!(targets.len() * vocab <= rows.len(), "score_rows: more targets than rows");
+    if targets.is_empty() {
+        return;
+    }
+    let first = out.len();
+    out.resize_with(first + targets.len(), || (0.0, Vec::new()));
+    let slots = crate::pool::SendPtr(out[first..].as_mut_ptr());
+    crate::pool::global().for_each_unit(targets.len(), |j| {
+        let mut top = Vec::with_capacity(k);
+        let lp = logprobs(&rows[j * vocab..(j + 1) * vocab], targets[j], k, &mut top);
+        // SAFETY: unit j writes slot j alone, and there are targets.len() slots.
+        unsafe { *slots.get().add(j) = (lp, top) };
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +92,20 @@ mod tests {
         assert!(top.is_empty() && lp < 0.0);
         logprobs(&logits, 3, 10, &mut top);
         assert_eq!(top.len(), 4);
+    }
+
+    #[test]
+    fn scored_rows_are_each_rows_own_logprobs() {
+        let vocab = 300;
+        let rows: Vec<f32> = (0..5 * vocab).map(|i| ((i * 7919 % 641) as f32 - 320.0) / 41.0).collect();
+        let targets = [3, 299, 0, 150];
+        let mut out = vec![(1.0, Vec::new())]; // kept: results are appended
+        score_rows(&rows, vocab, &targets, 2, &mut out);
+        assert_eq!(out.len(), 5);
+        let mut top = Vec::new();
+        for (j, &t) in targets.iter().enumerate() {
+            let lp = logprobs(&rows[j * vocab..(j + 1) * vocab], t, 2, &mut top);
+            assert_eq!(out[j + 1], (lp, top.clone()));
+        }
     }
 }

@@ -13,6 +13,7 @@ use pyo3::types::PyBytes;
 use std::sync::Mutex;
 
 use crate::kv_cache::KvStore;
+use crate::logprobs::Scores;
 use crate::model::bert::{Bert, Pooling};
 use crate::model::{Arch, Entry, KernelError as CoreError, Model, Want};
 use crate::sampler::{Penalties, Sampler as CoreSampler, SamplingParams};
@@ -191,8 +192,10 @@ struct KernelModel {
 /// positions are cached, its new tokens, a sampler to pick its next token
 /// (None for a prompt chunk before the prompt's end), and which logits to
 /// return: "none", "last" (its last new token's) or "all" (every new token's);
-/// and `top_logprobs`: None, or k to get the chosen token's log-probability
-/// and the k most likely tokens' (see logprobs.rs).
+/// `top_logprobs`: None, or k to get the chosen token's log-probability
+/// and the k most likely tokens' (see logprobs.rs); and `prompt_targets`:
+/// None, or the token each new row is scored against (row j's is the token at
+/// position start + j + 1: a prompt's own next token), with the same k.
 #[derive(FromPyObject)]
 struct StepInput<'py> {
     blocks: Vec<u32>,
@@ -201,18 +204,21 @@ struct StepInput<'py> {
     sampler: Option<PyRefMut<'py, Sampler>>,
     logits: String,
     top_logprobs: Option<usize>,
+    prompt_targets: Option<Vec<u32>>,
 }
 
 /// What a step gives back for one sequence: the token its sampler chose, the
 /// logits it asked for (f32, tokens × vocab, row-major, as bytes), and with
 /// `top_logprobs`, the chosen token's log-probability and the most likely
-/// tokens as (id, log-probability), most likely first.
+/// tokens as (id, log-probability), most likely first; with `prompt_targets`,
+/// the same (log-probability, most likely tokens) for each target, in order.
 #[pyclass(module = "pycompat._kernel", frozen, get_all)]
 struct StepOutput {
     token: Option<u32>,
     logits: Option<Py<PyBytes>>,
     logprob: Option<f32>,
     top_logprobs: Option<Vec<(u32, f32)>>,
+    prompt_logprobs: Option<Vec<Scores>>,
 }
 
 fn f32_bytes<'py>(py: Python<'py>, v: &[f32]) -> Bound<'py, PyBytes> {
@@ -312,21 +318,38 @@ impl KernelModel {
                 other => return Err(kernel_err(format!("logits must be none, last or all, not {other:?}"))),
             });
         }
+        let vocab = self.inner.cfg.vocab_size;
         let top_k: Vec<Option<usize>> = inputs.iter().map(|i| i.top_logprobs).collect();
+        let scores: Vec<bool> = inputs.iter().map(|i| i.prompt_targets.is_some()).collect();
+        let mut targets: Vec<Vec<u32>> = Vec::with_capacity(inputs.len());
+        for input in &mut inputs {
+            let t = input.prompt_targets.take().unwrap_or_default();
+            if t.len() > input.tokens.len() {
+                return Err(kernel_err(format!("{} prompt targets for {} new tokens", t.len(), input.tokens.len())));
+            }
+            if let Some(bad) = t.iter().find(|&&t| t as usize >= vocab) {
+                return Err(kernel_err(format!("target token id {bad} is outside the vocabulary of {vocab}")));
+            }
+            targets.push(t);
+        }
+        // Scored entries' rows come from the model as they are made (in parts),
+        // and only what was asked for, or what sampling needs, is kept.
+        let mut needs_last = Vec::with_capacity(inputs.len());
         let mut entries = Vec::with_capacity(inputs.len());
         let mut samplers: Vec<Option<&mut CoreSampler>> = Vec::with_capacity(inputs.len());
-        for (input, &asked) in inputs.iter_mut().zip(&returned) {
+        for ((input, &asked), t) in inputs.iter_mut().zip(&returned).zip(&targets) {
             // A sampler needs the last token's logits at least.
             let want = match (asked, input.sampler.is_some()) {
+                _ if !t.is_empty() => Want::All,
                 (Want::Nothing, true) => Want::Last,
                 (want, _) => want,
             };
+            needs_last.push(asked == Want::Last || input.sampler.is_some());
             entries.push(Entry { blocks: &input.blocks, start: input.start, tokens: &input.tokens, want });
             samplers.push(input.sampler.as_mut().map(|s| &mut s.inner));
         }
-        let vocab = self.inner.cfg.vocab_size;
         let all_rows = returned.contains(&Want::All);
-        let (chosen, logits, scored) = py.detach(|| {
+        let (chosen, logits, scored, prompt_scored) = py.detach(|| {
             let mut store = cache.store.lock().unwrap_or_else(|e| e.into_inner());
             // Every token's logits of a long prompt take much memory: those go in
             // a buffer of their own, not in the one kept for decoding.
@@ -337,7 +360,22 @@ impl KernelModel {
                 rows.clear();
                 // Each entry's logits arrive in order, entry after entry: one span of `rows` each.
                 let mut spans = vec![0..0; entries.len()];
-                self.inner.forward(&mut store, &entries, |i, logits| {
+                let mut prompt_scored: Vec<Vec<Scores>> = vec![Vec::new(); entries.len()];
+                let mut delivered = vec![0usize; entries.len()]; // rows so far, for scored entries
+                self.inner.forward(&mut store, &entries, |i, mut logits| {
+                    if !targets[i].is_empty() {
+                        let (first, n) = (delivered[i], logits.len() / vocab);
+                        delivered[i] += n;
+                        let t = &targets[i][first.min(targets[i].len())..targets[i].len().min(first + n)];
+                        crate::logprobs::score_rows(logits, vocab, t, top_k[i].unwrap_or(0), &mut prompt_scored[i]);
+                        if returned[i] != Want::All {
+                            let ends = delivered[i] == entries[i].tokens.len();
+                            if !(ends && needs_last[i]) {
+                                return;
+                            }
+                            logits = &logits[(n - 1) * vocab..];
+                        }
+                    }
                     if spans[i].is_empty() {
                         spans[i] = rows.len()..rows.len();
                     }
@@ -362,7 +400,7 @@ impl KernelModel {
                 let asked: Vec<usize> = (0..entries.len())
                     .filter(|&i| top_k[i].is_some() && chosen[i].is_some())
                     .collect();
-                let mut scored: Vec<Option<(f32, Vec<(u32, f32)>)>> = vec![None; entries.len()];
+                let mut scored: Vec<Option<Scores>> = vec![None; entries.len()];
                 let slots = crate::pool::SendPtr(scored.as_mut_ptr());
                 crate::pool::global().for_each_unit(asked.len(), |j| {
                     let i = asked[j];
@@ -383,16 +421,24 @@ impl KernelModel {
                         Want::Hidden => unreachable!("the binding never asks a step for hidden states"),
                     })
                     .collect();
-                Ok((chosen, logits, scored))
+                Ok((chosen, logits, scored, prompt_scored))
             })
         })?;
         Ok(chosen
             .into_iter()
             .zip(logits)
             .zip(scored)
-            .map(|((token, logits), scored)| {
+            .zip(prompt_scored.into_iter().zip(scores))
+            .map(|(((token, logits), scored), (prompt, scores))| {
                 let (logprob, top_logprobs) = scored.map_or((None, None), |(lp, top)| (Some(lp), Some(top)));
-                StepOutput { token, logits: logits.map(|l| f32_bytes(py, &l).unbind()), logprob, top_logprobs }
+                let prompt_logprobs = scores.then_some(prompt);
+                StepOutput {
+                    token,
+                    logits: logits.map(|l| f32_bytes(py, &l).unbind()),
+                    logprob,
+                    top_logprobs,
+                    prompt_logprobs,
+                }
             })
             .collect())
     }

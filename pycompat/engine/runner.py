@@ -31,6 +31,9 @@ class StepInput:
     sampler: _kernel.Sampler | None = None  # picks the next token; None for a prompt chunk before its end
     logits: str = NO_LOGITS  # which logits to return (tests and scoring; the engine asks for none)
     top_logprobs: int | None = None  # k: the chosen token's log-probability and the k likeliest tokens'
+    # A prompt chunk's own next tokens (row j's is the token at start + j + 1): each
+    # new row scored against its target, with the k likeliest tokens (k = top_logprobs or 0).
+    prompt_targets: list[int] | None = None
 
 
 # The kernel's result per input: ``token`` (int or None) and ``logits`` (bytes or None).
