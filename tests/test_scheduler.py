@@ -92,6 +92,29 @@ def test_a_shared_prefix_is_found_and_only_the_rest_is_computed():
     assert second.cached_tokens == 12
 
 
+def test_a_prompt_that_is_scored_is_computed_whole_and_still_shared():
+    # Each prompt token's log-probability needs its logits: no block comes from
+    # the cache, but the blocks it fills are found by the prompts after it.
+    prefix = list(range(40, 52))
+
+    def scored(s: Scheduler) -> Sequence:
+        seq = Sequence(prefix + [3, 4, 5], 15, 4, None, scores_prompt=True)
+        s.add(SequenceGroup(9, [seq]))
+        assert shape(step(s)) == [(15, 15, True)] and seq.cached_tokens == 0
+        s.finish(seq)
+        return seq
+
+    s = make()
+    (first,) = request(s, prefix + [1, 2])
+    step(s)
+    s.finish(first)
+    scored(s)  # the first prompt's blocks are cached: not used
+    s = make()
+    scored(s)
+    (after,) = request(s, prefix + [6])
+    assert shape(step(s)) == [(13, 1, True)] and after.cached_tokens == 12
+
+
 def test_the_prompts_last_token_is_always_computed():
     # Its logits give the first new token, so a prompt of whole cached blocks
     # reuses all of them but the last.

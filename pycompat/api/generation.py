@@ -11,7 +11,7 @@ no dialect's words or shapes.
 
 Refusals are ServiceErrors (errors.py) that each dialect words itself. This
 module and registry.py are the only ones in ``pycompat.api`` that import the
-engine; the routes get its event types (TextPiece, Finished) from here.
+engine; the routes get its event types (PromptLogprobs, TextPiece, Finished) from here.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import trio
 from pycompat.api.errors import Busy, ContextExceeded, PromptRejected
 from pycompat.api.registry import ServedModel
 from pycompat.engine.engine import ContextOverflow, QueueFull
-from pycompat.engine.request import (Finished, Generation, SamplingOptions, TextPiece, TokenLogprob, merged_events,
-                                     start as start_engine)
+from pycompat.engine.request import (Event, Finished, Generation, PromptLogprobs, SamplingOptions, TextPiece, TokenLogprob,
+                                     merged_events, start as start_engine)
 from pycompat.loading.chat_template import TemplateError
 
-__all__ = ["Choices", "Finished", "Generation", "Result", "SamplingOptions", "TextPiece", "TokenLogprob", "chat_prompt", "check_prompt_bytes",
+__all__ = ["Choices", "Event", "Finished", "Generation", "PromptLogprobs", "Result", "SamplingOptions", "TextPiece", "TokenLogprob", "chat_prompt", "check_prompt_bytes",
            "sampling_options", "start", "tokenize"]
 
 # What a client is told to wait before retrying when the queue is full.
@@ -106,6 +106,7 @@ class Result:
     text: str
     finished: Finished
     logprobs: list[TokenLogprob] | None = None  # each generated token's, when asked for
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # each prompt token's, when asked for
 
 
 class Choices:
@@ -122,7 +123,7 @@ class Choices:
     def __getitem__(self, index: int) -> Generation | _NothingToGenerate:
         return self.generations[index]
 
-    async def stream(self) -> AsyncIterator[tuple[int, TextPiece | Finished]]:
+    async def stream(self) -> AsyncIterator[tuple[int, Event]]:
         """Every generation's events as (index, event), interleaved as the engine
         makes them (each generation's in order). Cancels them all on the way out."""
         if all(isinstance(g, Generation) for g in self.generations):
@@ -166,11 +167,12 @@ def start(served: ServedModel, prompts: list[list[int]], opts: SamplingOptions, 
     """Queues the prompts as one request, or refuses them: ContextExceeded when
     a prompt (and completion) cannot fit, Busy when the queue is full. Nothing
     waits, so a dialect can still answer with an error status before its
-    response begins. For ``max_tokens`` 0 (scoring a prompt) nothing is queued:
-    each prompt must still fit, and each finishes at once with "length"."""
+    response begins. For ``max_tokens`` 0 nothing is queued unless the prompt is
+    scored (``prompt_logprobs``): each prompt must still fit, and each finishes
+    at once with "length"."""
     engine = served.engine
     try:
-        if opts.max_tokens == 0:
+        if opts.max_tokens == 0 and not opts.prompt_logprobs:
             for ids in prompts:
                 engine.check_fits(len(ids), 0)
             return Choices([_NothingToGenerate(Finished("length", len(ids), 0)) for ids in prompts for _ in range(opts.n)])
@@ -190,18 +192,20 @@ class _NothingToGenerate:
     def cancel(self) -> None:
         pass
 
-    async def events(self) -> AsyncIterator[TextPiece | Finished]:
+    async def events(self) -> AsyncIterator[Event]:
         yield self.finished
 
 
 async def _run_to_end(generation: Generation | _NothingToGenerate) -> Result:
-    pieces, logprobs = [], None
+    pieces, logprobs, prompt_logprobs = [], None, None
     async with aclosing(generation.events()) as events:
         async for ev in events:
-            if isinstance(ev, TextPiece):
+            if isinstance(ev, PromptLogprobs):
+                prompt_logprobs = ev.tokens
+            elif isinstance(ev, TextPiece):
                 pieces.append(ev.text)
                 if ev.logprobs is not None:
                     logprobs = (logprobs or []) + ev.logprobs
             else:
-                return Result("".join(pieces), ev, logprobs)
+                return Result("".join(pieces), ev, logprobs, prompt_logprobs)
     raise RuntimeError("generation ended without finishing")

@@ -19,7 +19,7 @@ import trio
 from pycompat.engine.blocks import BlockManager
 from pycompat.engine.config import EngineConfig
 from pycompat.engine.outbox import Handoff, Outbox
-from pycompat.engine.request import Failed, Finished, Generation, TextPiece, TokenLogprob
+from pycompat.engine.request import Failed, Finished, Generation, PromptLogprobs, TextPiece, TokenLogprob
 from pycompat.engine.runner import Runner, StepInput, StepOutput
 from pycompat.engine.scheduler import Chunk, Scheduler
 from pycompat.engine.sequence import Sequence, SequenceGroup
@@ -50,12 +50,14 @@ class CacheTooSmall(ValueError):
 class Output:
     """A sequence's output side: its text so far and where its events go."""
 
-    __slots__ = ("decoder", "stops", "outbox", "top_logprobs", "logprobs")
+    __slots__ = ("decoder", "stops", "outbox", "top_logprobs", "logprobs", "prompt_logprobs")
 
     def __init__(self, decoder, stops: StopMatcher, outbox: Outbox, top_logprobs: int | None):
         self.decoder, self.stops, self.outbox = decoder, stops, outbox
         self.top_logprobs = top_logprobs  # None: no log-probabilities wanted
         self.logprobs: list[TokenLogprob] = []  # tokens whose text is not out yet
+        # A sequence that scores its prompt: the scores so far (the first token has none).
+        self.prompt_logprobs: list[TokenLogprob | None] = [None]
 
     def emit(self, text: str) -> None:
         """Sends ``text`` (with the log-probabilities of the tokens it completes)."""
@@ -102,10 +104,13 @@ class Engine:
             raise QueueFull()
 
     def submit(self, prompts: list[list[int]], max_tokens: int | None, samplers: list, stop: list[str],
-               top_logprobs: int | None = None, n: int = 1) -> list[Generation]:
+               top_logprobs: int | None = None, n: int = 1, prompt_logprobs: bool = False) -> list[Generation]:
         """Queues one request's prompts, ``n`` choices each (``samplers`` prompt by
         prompt, choice by choice), as one group: all, or none (QueueFull,
-        ContextOverflow). Each sequence's events arrive through its Generation."""
+        ContextOverflow). Each sequence's events arrive through its Generation.
+        With ``prompt_logprobs``, each prompt is scored once (by its first choice)
+        and every choice gets the scores; ``max_tokens`` 0 then computes the prompt
+        and generates nothing."""
         self.check_queue()
         for prompt in prompts:
             self.check_fits(len(prompt), max_tokens)
@@ -118,7 +123,8 @@ class Engine:
                 budget = min(budget, max_tokens)
             # The other choices of a prompt fork from its first: computed once.
             source = group.sequences[i - choice] if choice else None
-            seq = Sequence(list(prompt), len(prompt), budget, sampler, fork_of=source)
+            seq = Sequence(list(prompt), len(prompt), budget, sampler, fork_of=source,
+                           scores_prompt=prompt_logprobs and source is None)
             outbox = Outbox(self._handoff)
             seq.output = Output(self.model.tokenizer.decoder(), StopMatcher(stop), outbox, top_logprobs)
             group.sequences.append(seq)
@@ -168,11 +174,7 @@ class Engine:
             self._work = trio.Event()
             await self._work.wait()
             return
-        inputs = [
-            StepInput(c.seq.blocks, c.seq.computed, c.seq.tokens[c.seq.computed : c.seq.computed + c.n_tokens],
-                      c.seq.sampler if c.samples else None, top_logprobs=c.seq.output.top_logprobs if c.samples else None)
-            for c in plan
-        ]
+        inputs = [self._input(c) for c in plan]
         try:
             outputs = await self.runner.step(inputs)
         except Exception as e:  # the kernel refused the batch (a bug): fail its requests, keep serving
@@ -184,12 +186,36 @@ class Engine:
             self._take(chunk, out)
         await self._handoff.wait()
 
+    @staticmethod
+    def _input(chunk: Chunk) -> StepInput:
+        seq, start = chunk.seq, chunk.seq.computed
+        end = start + chunk.n_tokens
+        # Nothing to generate (max_tokens 0): the prompt is all there is to compute.
+        sampler = seq.sampler if chunk.samples and seq.budget > 0 else None
+        # Row j is scored against the token after it, up to the prompt's last (the
+        # last prompt row's next token is the first generated one).
+        targets = seq.tokens[start + 1 : min(end + 1, seq.prompt_len)] if seq.scores_prompt and start < seq.prompt_len else None
+        top = seq.output.top_logprobs if sampler is not None or targets is not None else None
+        return StepInput(seq.blocks, start, seq.tokens[start:end], sampler, top_logprobs=top, prompt_targets=targets)
+
     def _take(self, chunk: Chunk, result: StepOutput) -> None:
-        """A step's result for one sequence: its cache advanced and, if it sampled,
-        its new token turned into events."""
+        """A step's result for one sequence: its cache advanced, its prompt's
+        scores kept (and sent with the prompt's end) and, if it sampled, its new
+        token turned into events."""
         seq, token = chunk.seq, result.token
+        if result.prompt_logprobs is not None:
+            targets = seq.tokens[seq.computed + 1 :]
+            seq.output.prompt_logprobs += [TokenLogprob(t, lp, top) for t, (lp, top) in zip(targets, result.prompt_logprobs)]
         self.scheduler.computed(chunk)
-        if token is None or seq.cancelled:
+        if seq.cancelled:
+            return
+        if seq.scores_prompt and seq.computed == seq.prompt_len:
+            self._send_prompt_logprobs(seq)
+        if token is None:
+            if chunk.samples and seq.budget == 0:  # the prompt was all: its choices end together
+                for s in [seq, *self._forks(seq)]:
+                    if not s.finished:
+                        self._finish(s, "length")
             return
         if token in self.model.tokenizer.stop_ids and not seq.sampler.ignore_eos:
             return self._finish(seq, "stop")
@@ -204,6 +230,16 @@ class Engine:
             self._finish(seq, "length")
         else:
             seq.tokens.append(token)
+
+    @staticmethod
+    def _forks(seq: Sequence) -> list[Sequence]:
+        return [s for s in seq.group.sequences if s.fork_of is seq] if seq.group is not None else []
+
+    def _send_prompt_logprobs(self, seq: Sequence) -> None:
+        """The prompt's scores, to the sequence and to its forks (computed once for all)."""
+        scores = seq.output.prompt_logprobs
+        for s in [seq, *self._forks(seq)]:
+            s.output.outbox.put(PromptLogprobs(list(scores)))
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         out = seq.output

@@ -4,8 +4,9 @@ the handle through which it reads and cancels.
 ``start`` queues one request's prompts; each becomes a ``Generation`` whose
 ``events`` are the text pieces the engine produced (already detokenized and
 cut at the request's stop strings, so every piece is final), then one
-``Finished``. Leaving early (a client that went away) cancels the sequence,
-which frees its cache blocks at the next step.
+``Finished``; a request that scores its prompt gets a ``PromptLogprobs``
+first. Leaving early (a client that went away) cancels the sequence, which
+frees its cache blocks at the next step.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class SamplingOptions:
     stop: list[str] = field(default_factory=list)
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
     top_logprobs: int | None = None  # None: no log-probabilities; k: each token's, and the k likeliest tokens'
+    prompt_logprobs: bool = False  # also each prompt token's (k from top_logprobs), as one PromptLogprobs event
     n: int = 1  # choices per prompt, each its own sample
     # Penalties on tokens already seen (rust/sampler.rs says which tokens each looks at); neutral: 0, 0, 1.
     presence_penalty: float = 0.0
@@ -66,6 +68,15 @@ class TextPiece:
 
 
 @dataclass
+class PromptLogprobs:
+    """With SamplingOptions.prompt_logprobs: each prompt token's log-probability
+    given the tokens before it, and the likeliest tokens at its position; None
+    for the first token, which has nothing before it. It comes before any TextPiece."""
+
+    tokens: list[TokenLogprob | None]
+
+
+@dataclass
 class Finished:
     reason: str  # "stop" or "length"
     prompt_tokens: int
@@ -80,11 +91,15 @@ class Failed:
     message: str
 
 
+# What a generation yields.
+Event = PromptLogprobs | TextPiece | Finished
+
+
 class GenerationFailed(Exception):
     """The engine could not compute this request (a kernel error)."""
 
 
-async def merged_events(generations: list[Generation]) -> AsyncIterator[tuple[int, TextPiece | Finished]]:
+async def merged_events(generations: list[Generation]) -> AsyncIterator[tuple[int, Event]]:
     """Every generation's events as they come, as (index, event): the choices of
     one request streamed together. Raises GenerationFailed as ``events`` does;
     gives every generation up on the way out."""
@@ -142,8 +157,9 @@ class Generation:
         self.outbox.leave()
         self.engine.cancel(self.seq)  # no-op for a sequence that has ended
 
-    async def events(self) -> AsyncIterator[TextPiece | Finished]:
-        """Yields text pieces as the engine makes them, then one Finished;
+    async def events(self) -> AsyncIterator[Event]:
+        """Yields text pieces as the engine makes them (after the prompt's
+        PromptLogprobs when asked for), then one Finished;
         raises GenerationFailed if the engine could not compute it."""
         try:
             while True:
@@ -163,10 +179,10 @@ def start(engine: Engine, prompts: list[list[int]], opts: SamplingOptions) -> li
     caller can still answer with an error status before its response begins.
     Returns the generations prompt by prompt, choice by choice."""
     samplers = [make_sampler(opts, prompt, choice) for prompt in prompts for choice in range(opts.n)]
-    return engine.submit(prompts, opts.max_tokens, samplers, opts.stop, opts.top_logprobs, opts.n)
+    return engine.submit(prompts, opts.max_tokens, samplers, opts.stop, opts.top_logprobs, opts.n, opts.prompt_logprobs)
 
 
-async def generate(engine: Engine, prompt: list[int], opts: SamplingOptions) -> AsyncIterator[TextPiece | Finished]:
+async def generate(engine: Engine, prompt: list[int], opts: SamplingOptions) -> AsyncIterator[Event]:
     """One prompt's generation from start to end (raises as ``start`` does)."""
     (generation,) = start(engine, [prompt], opts)
     async with aclosing(generation.events()) as events:

@@ -12,8 +12,9 @@ The rules:
 - A sequence is admitted only when the cache can hold everything it may need
   (its prompt plus its most new tokens), counting blocks promised to running
   sequences, so a running sequence never runs out of blocks. The prefix cache
-  gives it the full blocks it shares with earlier prompts. First come, first
-  served: the queue's head blocks those behind it.
+  gives it the full blocks it shares with earlier prompts, unless it scores its
+  prompt (every prompt token's logits are needed). First come, first served:
+  the queue's head blocks those behind it.
 - A request's sequences are queued together, and the queue's limit counts
   requests (groups).
 - The choices of one prompt (``n``) fork: the first computes the prompt, the
@@ -145,6 +146,8 @@ class Scheduler:
             # The prompt's full blocks, as the other choice holds them (at least the
             # last prompt token is computed again: its logits give the first new token).
             found = source.blocks[: (seq.prompt_len - 1) // bs]
+        elif seq.scores_prompt:
+            found = []  # every prompt token's logits are needed: all of it is computed
         else:
             found = self.blocks.match(seq.tokens, seq.prompt_len - 1)
         need = math.ceil((seq.prompt_len + seq.budget) / bs) - len(found)

@@ -44,6 +44,10 @@ class Sequence:
     # Another choice of the same prompt (``n``): this one waits until that one's
     # prompt is in the cache, then shares its full blocks instead of computing them.
     fork_of: Sequence | None = None
+    # Each prompt token is scored (its log-probability given those before it): the
+    # whole prompt is computed, none of it taken from the prefix cache. Its forks
+    # are not: they get its scores.
+    scores_prompt: bool = False
     status: Status = Status.WAITING
     # The cache, as the scheduler keeps it.
     blocks: list[int] = field(default_factory=list)  # block table
