@@ -125,11 +125,6 @@ def test_echo_returns_the_prompt_before_the_completion(server_url):
     assert nothing.choices[0].text == "The sky is" and nothing.usage.completion_tokens == 0
 
 
-def test_echo_with_logprobs_is_refused_until_prompt_logprobs_exist(server_url):
-    r = httpx.post(server_url + "/completions", json={"model": MODEL, "prompt": "Hi", "echo": True, "logprobs": 1, "max_tokens": 0}, timeout=30)
-    assert r.status_code == 400 and r.json()["error"]["param"] == "echo"
-
-
 def test_a_suffix_is_refused_by_a_model_without_fill_in_the_middle_tokens(server_url):
     body = {"model": MODEL, "prompt": "def add(a, b):", "max_tokens": 4}
     r = httpx.post(server_url + "/completions", json={**body, "suffix": "    return c"}, timeout=30)

@@ -152,6 +152,10 @@ class Tokenizer:
                 pass
         return self._tk.decode([token_id], skip_special_tokens=False).encode("utf-8", "surrogatepass")
 
+    def is_special(self, token_id: int) -> bool:
+        """Whether ``decode`` leaves the token out (a control token: BOS, end of turn, ...)."""
+        return token_id in self._special_ids
+
     @functools.cached_property
     def fim_ids(self) -> tuple[int, int, int] | None:
         """The model's fill-in-the-middle tokens (prefix, suffix, middle), if its vocabulary has them."""

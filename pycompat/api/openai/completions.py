@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import dataclass, field
 
 from pycompat.api import generation, json_body
-from pycompat.api.generation import Choices, Finished
+from pycompat.api.generation import Choices, Finished, PromptLogprobs, Result
 from pycompat.api.openai import logprobs as logprob_shapes
 from pycompat.api.openai import sse
 from pycompat.api.openai.bodies import new_id, now, total_usage
@@ -77,9 +78,8 @@ async def create(registry: Registry, request: Request) -> Response:
     if suffix and served.engine.model.tokenizer.fim_ids is None:
         raise invalid_value("suffix", "this model has no fill-in-the-middle tokens, so a suffix cannot be used.")
     echo = fields.get("echo")
-    if echo and opts.top_logprobs is not None:
-        # Scoring a prompt needs its own tokens' log-probabilities, which the engine does not compute yet.
-        raise invalid_value("echo", "echo together with logprobs (the prompt's log-probabilities) is not supported yet.")
+    # echo with logprobs scores the prompt: each of its tokens' log-probability comes first.
+    opts.prompt_logprobs = echo and opts.top_logprobs is not None
     # Strings are checked against the context before any is tokenized.
     for prompt in prompts:
         if isinstance(prompt, str):
@@ -93,12 +93,14 @@ async def create(registry: Registry, request: Request) -> Response:
     # max_tokens 0 (the scoring idiom, with echo and logprobs) generates nothing: each prompt must still fit.
     choices = generation.start(served, encoded, opts, "prompt")
     completion_id, created = new_id("cmpl-"), now()
+    tokenizer = served.engine.model.tokenizer
     # echo: each choice's text starts with its prompt (token ids as their text). Choices
     # come prompt by prompt, n each, as OpenAI orders them.
-    echoed = [(p if isinstance(p, str) else served.engine.model.tokenizer.decode(p)) if echo else "" for p in prompts for _ in range(opts.n)]
+    echoes = [_Echo(p if isinstance(p, str) else tokenizer.decode(p), ids, _unechoed(tokenizer, p, ids)) if echo else _Echo()
+              for p, ids in zip(prompts, encoded) for _ in range(opts.n)]
     if stream:
-        tokenizer = served.engine.model.tokenizer if opts.top_logprobs is not None else None
-        return sse.sse_response(_stream(choices, completion_id, created, model_id, include_usage, tokenizer, echoed, opts.n),
+        return sse.sse_response(_stream(choices, completion_id, created, model_id, include_usage,
+                                        tokenizer if opts.top_logprobs is not None else None, echoes, opts.n),
                                 on_close=choices.cancel)
     results = await choices.run_to_end()
     return json_response({
@@ -106,37 +108,67 @@ async def create(registry: Registry, request: Request) -> Response:
         "object": "text_completion",
         "created": created,
         "model": model_id,
-        "choices": [{"text": echoed[i] + r.text, "index": i, "logprobs": _legacy(served, opts, r.logprobs), "finish_reason": r.finished.reason}
+        "choices": [{"text": echoes[i].text + r.text, "index": i, "logprobs": _legacy(tokenizer, opts, r, echoes[i]),
+                     "finish_reason": r.finished.reason}
                     for i, r in enumerate(results)],
         "usage": total_usage([r.finished for r in results], opts.n),
     })
 
 
-def _legacy(served: ServedModel, opts, tokens) -> dict | None:
+@dataclass(frozen=True)
+class _Echo:
+    """A choice's echoed prompt: its text, its tokens, and which of them the text leaves out."""
+
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    unechoed: frozenset[int] = frozenset()
+
+    def logprobs(self, tokenizer, scores) -> dict:
+        return logprob_shapes.prompt_object(tokenizer, self.tokens, scores, self.unechoed)
+
+
+def _unechoed(tokenizer, prompt: str | list[int], ids: list[int]) -> frozenset[int]:
+    """Positions of prompt tokens whose text the echoed prompt does not hold: a BOS
+    the tokenizer put before a text prompt; special tokens in a token-id prompt,
+    whose echo is its decoded text (without them)."""
+    if isinstance(prompt, str):
+        added_bos = bool(ids) and ids[0] == tokenizer.bos_id and not prompt.startswith(tokenizer.bos_text)
+        return frozenset({0} if added_bos else ())
+    return frozenset(i for i, t in enumerate(ids) if tokenizer.is_special(t))
+
+
+def _legacy(tokenizer, opts, result: Result, echo: _Echo) -> dict | None:
     if opts.top_logprobs is None:
         return None
-    return logprob_shapes.completion_object(served.engine.model.tokenizer, tokens or [])
+    generated = logprob_shapes.completion_object(tokenizer, result.logprobs or [], len(echo.text))
+    if result.prompt_logprobs is None:
+        return generated
+    return logprob_shapes.joined(echo.logprobs(tokenizer, result.prompt_logprobs), generated)
 
 
 async def _stream(choices: Choices, completion_id: str, created: int, model_id: str, include_usage: bool,
-                  tokenizer, echoed: list[str], n: int) -> AsyncIterator[bytes]:
+                  tokenizer, echoes: list[_Echo], n: int) -> AsyncIterator[bytes]:
     """The choices' chunks interleaved as the engine makes them. ``tokenizer`` is
-    given when the request asked for log-probabilities; ``echoed`` is each
-    choice's prompt text to send first (empty without echo)."""
+    given when the request asked for log-probabilities; ``echoes`` hold each
+    choice's prompt text to send first (empty without echo): at once, or with
+    the prompt's log-probabilities when they were asked for."""
     def chunk(entries: list[dict], usage_value: dict | None = None) -> bytes:
         body = {"id": completion_id, "object": "text_completion", "created": created, "model": model_id, "choices": entries}
         if include_usage:
             body["usage"] = usage_value
         return sse.event(body)
 
-    for index, text in enumerate(echoed):
-        if text:
-            yield chunk([{"text": text, "index": index, "logprobs": None, "finish_reason": None}])
+    for index, echo in enumerate(echoes):
+        if echo.text and tokenizer is None:  # else it comes with its log-probabilities
+            yield chunk([{"text": echo.text, "index": index, "logprobs": None, "finish_reason": None}])
     finished: list[Finished | None] = [None] * len(choices)
-    offsets = [0] * len(choices)  # where each choice's next piece starts in its text
+    offsets = [len(e.text) for e in echoes]  # where each choice's next piece starts in its text
     async with aclosing(choices.stream()) as events:
         async for index, ev in events:
-            if isinstance(ev, Finished):
+            if isinstance(ev, PromptLogprobs):
+                echo = echoes[index]
+                yield chunk([{"text": echo.text, "index": index, "logprobs": echo.logprobs(tokenizer, ev.tokens), "finish_reason": None}])
+            elif isinstance(ev, Finished):
                 finished[index] = ev
                 done = None if tokenizer is None else logprob_shapes.completion_object(tokenizer, [])
                 yield chunk([{"text": "", "index": index, "logprobs": done, "finish_reason": ev.reason}])

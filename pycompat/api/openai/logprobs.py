@@ -1,6 +1,7 @@
 """Log-probabilities in OpenAI's two shapes: chat's ``logprobs.content`` entries
 (token, logprob, bytes, top_logprobs) and the legacy completions object
-(tokens, token_logprobs, top_logprobs as dicts, text_offset).
+(tokens, token_logprobs, top_logprobs as dicts, text_offset), for generated
+tokens and for an echoed prompt's.
 
 A token's ``bytes`` are its own UTF-8 bytes, so a client can join tokens that
 split a character; its ``token`` is those bytes as text, with U+FFFD for a
@@ -37,6 +38,16 @@ def chat_object(tokenizer: Tokenizer, tokens: list[TokenLogprob] | None) -> dict
     return {"content": chat_entries(tokenizer, tokens), "refusal": None}
 
 
+def _legacy_entry(out: dict, tokenizer: Tokenizer, token: int, scored: TokenLogprob | None, offset: int) -> str:
+    """Appends one token to a legacy object (an unscored one has null log-probabilities); returns its text."""
+    text, _ = _text(tokenizer, token)
+    out["tokens"].append(text)
+    out["token_logprobs"].append(None if scored is None else scored.logprob)
+    out["top_logprobs"].append(None if scored is None else {_text(tokenizer, t)[0]: lp for t, lp in scored.top})
+    out["text_offset"].append(offset)
+    return text
+
+
 def completion_object(tokenizer: Tokenizer, tokens: list[TokenLogprob] | None, offset: int = 0) -> dict | None:
     """A completion choice's legacy ``logprobs``; ``offset`` is the position in the
     choice's text where these tokens' text begins (``text_offset`` counts from it)."""
@@ -44,10 +55,25 @@ def completion_object(tokenizer: Tokenizer, tokens: list[TokenLogprob] | None, o
         return None
     out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
     for t in tokens:
-        text, _ = _text(tokenizer, t.token)
-        out["tokens"].append(text)
-        out["token_logprobs"].append(t.logprob)
-        out["top_logprobs"].append({_text(tokenizer, token)[0]: logprob for token, logprob in t.top})
-        out["text_offset"].append(offset)
-        offset += len(text)
+        offset += len(_legacy_entry(out, tokenizer, t.token, t, offset))
     return out
+
+
+def prompt_object(tokenizer: Tokenizer, prompt: list[int], scores: list[TokenLogprob | None],
+                  unechoed: frozenset[int] = frozenset()) -> dict:
+    """An echoed prompt's legacy ``logprobs``: each of its tokens with its score
+    (None for the first, shown as null as OpenAI did), ``text_offset`` from the
+    start of the echoed text. Tokens at the positions in ``unechoed`` are not in
+    that text (a BOS the tokenizer added) and take no room in it."""
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    offset = 0
+    for i, (token, scored) in enumerate(zip(prompt, scores, strict=True)):
+        text = _legacy_entry(out, tokenizer, token, scored, offset)
+        if i not in unechoed:
+            offset += len(text)
+    return out
+
+
+def joined(first: dict, then: dict) -> dict:
+    """Two legacy objects as one (an echoed prompt's, then its completion's)."""
+    return {key: first[key] + then[key] for key in first}
