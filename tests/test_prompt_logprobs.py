@@ -137,6 +137,10 @@ def test_echo_with_logprobs_and_no_tokens_scores_the_prompt(client, default_mode
 def test_a_prompt_of_token_ids_scores_as_its_text_does(client, default_model):
     ids = default_model.tokenizer.encode(TEXT)
     assert score(client, ids)["choices"][0]["logprobs"] == score(client, TEXT)["choices"][0]["logprobs"]
+    one = score(client, ids[:1], max_tokens=1, temperature=0)["choices"][0]  # nothing to score but the generated token
+    assert one["logprobs"]["token_logprobs"][0] is None and len(one["logprobs"]["tokens"]) == 2
+    assert score(client, ids[:1])["choices"][0]["logprobs"] == {"tokens": ["The"], "token_logprobs": [None], "top_logprobs": [None],
+                                                                "text_offset": [0]}
 
 
 def test_a_prompt_computed_in_chunks_scores_as_in_one(client, chunked):
