@@ -45,6 +45,9 @@ def test_a_suffix_fills_in_the_middle(fim_model, tmp_path):
         body = httpx.post(url + "/completions", timeout=60, json={
             "model": "fim-model", "prompt": prefix, "suffix": suffix, "max_tokens": 6, "temperature": 0, "ignore_eos": True,
         }).json()
+        scored = httpx.post(url + "/completions", timeout=60, json={
+            "model": "fim-model", "prompt": prefix, "suffix": suffix, "max_tokens": 0, "echo": True, "logprobs": 1})
+        assert scored.status_code == 400 and scored.json()["error"]["param"] == "echo"
     assert body["usage"]["prompt_tokens"] == len(expected_prompt)
     assert body["choices"][0]["text"] == expected
 

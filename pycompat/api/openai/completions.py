@@ -80,6 +80,9 @@ async def create(registry: Registry, request: Request) -> Response:
     echo = fields.get("echo")
     # echo with logprobs scores the prompt: each of its tokens' log-probability comes first.
     opts.prompt_logprobs = echo and opts.top_logprobs is not None
+    if suffix and opts.prompt_logprobs:
+        # The tokens computed are prefix, suffix and FIM tokens around them: not the echoed text.
+        raise invalid_value("echo", "echo with logprobs scores a prompt, which a fill-in-the-middle request (with a suffix) does not send as it is.")
     # Strings are checked against the context before any is tokenized.
     for prompt in prompts:
         if isinstance(prompt, str):
