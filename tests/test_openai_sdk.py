@@ -68,8 +68,9 @@ def test_models_list_and_retrieve(client):
     raw = client.models.with_raw_response.list()
     body = body_of(raw)
     openapi.validate("ListModelsResponse", body)
-    assert [m["id"] for m in body["data"]] == [MODEL, "gpt-3.5-turbo"]
-    for model_id in (MODEL, "gpt-3.5-turbo"):
+    # The chat model and its alias, then the bundled embedding model.
+    assert [m["id"] for m in body["data"]] == [MODEL, "gpt-3.5-turbo", "all-minilm-l6-v2"]
+    for model_id in (MODEL, "gpt-3.5-turbo", "all-minilm-l6-v2"):
         one = body_of(client.models.with_raw_response.retrieve(model_id))
         openapi.validate("Model", one)
         assert one["id"] == model_id
