@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 from pycompat.api import generation, json_body
 from pycompat.api.generation import Choices, Finished, PromptLogprobs, Result
@@ -73,7 +74,8 @@ async def create(registry: Registry, request: Request) -> Response:
     requested, defaults = fields.sampling(served.vocab_size)
     opts = generation.sampling_options(served, max_tokens, requested, defaults)
     opts.top_logprobs = fields.get("logprobs")  # None: no log-probabilities
-    opts.n = fields.get("n")
+    opts.n = n = fields.get("n")
+    best_of = _best_of(fields, n, stream)
     suffix = fields.get("suffix")
     if suffix and served.engine.model.tokenizer.fim_ids is None:
         raise invalid_value("suffix", "this model has no fill-in-the-middle tokens, so a suffix cannot be used.")
@@ -93,6 +95,9 @@ async def create(registry: Registry, request: Request) -> Response:
     else:
         encoded = [_check_token_ids(served, prompt) if isinstance(prompt, list) else await _encode(served, prompt, i)
                    for i, prompt in enumerate(prompts)]
+    asked_logprobs = opts.top_logprobs is not None
+    if best_of > opts.n:  # candidates are ranked by their tokens' log-probabilities
+        opts = replace(opts, n=best_of, top_logprobs=opts.top_logprobs if asked_logprobs else 0)
     # max_tokens 0 (the scoring idiom, with echo and logprobs) generates nothing: each prompt must still fit.
     choices = generation.start(served, encoded, opts, "prompt")
     completion_id, created = new_id("cmpl-"), now()
@@ -106,6 +111,12 @@ async def create(registry: Registry, request: Request) -> Response:
                                         tokenizer if opts.top_logprobs is not None else None, echoes, opts.n),
                                 on_close=choices.cancel)
     results = await choices.run_to_end()
+    usage = total_usage([r.finished for r in results], opts.n)  # every candidate's tokens count
+    if opts.n > n:  # best_of: each prompt's n likeliest candidates
+        results = _best(results, opts.n, n)
+        echoes = [echoes[p * opts.n] for p in range(len(prompts)) for _ in range(n)]
+        if not asked_logprobs:
+            results, opts = [replace(r, logprobs=None) for r in results], replace(opts, top_logprobs=None)
     return json_response({
         "id": completion_id,
         "object": "text_completion",
@@ -114,8 +125,33 @@ async def create(registry: Registry, request: Request) -> Response:
         "choices": [{"text": echoes[i].text + r.text, "index": i, "logprobs": _legacy(tokenizer, opts, r, echoes[i]),
                      "finish_reason": r.finished.reason}
                     for i, r in enumerate(results)],
-        "usage": total_usage([r.finished for r in results], opts.n),
+        "usage": usage,
     })
+
+
+def _best_of(fields: Fields, n: int, stream: bool) -> int:
+    """``best_of``: how many candidates each prompt gets, of which the ``n`` likeliest are returned."""
+    best_of = fields.requested("best_of")
+    if best_of is None:
+        return n
+    if best_of < n:
+        raise invalid_value("best_of", f"best_of must be at least n ({n}), but got {best_of}.")
+    if best_of > n and stream:
+        raise invalid_value("best_of", "best_of cannot be used with stream: the best candidates are known only once all have finished.")
+    return best_of
+
+
+def _best(results: list[Result], best_of: int, n: int) -> list[Result]:
+    """Per prompt (``best_of`` candidates each, in order), the ``n`` candidates with the highest
+    mean log-probability per token, best first, as OpenAI's best_of ranks them."""
+    def score(r: Result) -> float:
+        tokens = r.logprobs or []
+        return sum(t.logprob for t in tokens) / len(tokens) if tokens else -math.inf
+
+    out = []
+    for start in range(0, len(results), best_of):
+        out += sorted(results[start:start + best_of], key=score, reverse=True)[:n]
+    return out
 
 
 @dataclass(frozen=True)

@@ -211,7 +211,7 @@ FIELDS = [
               "verbosity", "web_search_options"),
     *_fields({COMPLETIONS}, boolean, "echo", default=False),
     *_fields({COMPLETIONS}, string, "suffix"),  # fill-in-the-middle: a 400 for a model without FIM tokens
-    *_ignored({COMPLETIONS}, "best_of"),
+    *_fields({COMPLETIONS}, integer(1, 20), "best_of"),  # candidates per prompt (default n); the n likeliest are returned
     *_fields({EMBEDDINGS}, any_json, "input", required=True),  # embeddings.parse_inputs
     *_fields({EMBEDDINGS}, one_of("float", "base64"), "encoding_format", default="float"),
     *_fields({EMBEDDINGS}, integer(1, INT32_MAX), "dimensions"),  # at most the model's: checked by the route
