@@ -244,9 +244,29 @@ def test_bad_fields_are_400_naming_the_param(client, extra, param):
     assert error_of(e.value)["param"] == param
 
 
-def test_fields_openai_defines_but_we_do_not_implement_are_accepted(client):
-    reply = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2, user="u1", store=False)
-    assert reply.choices[0].finish_reason == "length"
+def test_fields_without_effect_on_the_answer_are_accepted_and_change_nothing(client):
+    plain = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=6, temperature=0)
+    hinted = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=6, temperature=0, user="u1", store=False, safety_identifier="hash-1",
+        prompt_cache_key="k", prompt_cache_retention="24h", modalities=["text"], reasoning_effort="none", verbosity="medium",
+        prediction={"type": "content", "content": "Paris"}, metadata={"a": "b"})
+    assert hinted.choices[0].message.content == plain.choices[0].message.content
+
+
+@pytest.mark.parametrize("field, value", [
+    ("modalities", ["text", "audio"]),
+    ("audio", {"voice": "alloy", "format": "wav"}),
+    ("reasoning_effort", "high"),
+    ("verbosity", "low"),
+    ("web_search_options", {}),
+    ("user", 5),
+    ("safety_identifier", ["x"]),
+    ("prompt_cache_retention", "forever"),
+])
+def test_fields_asking_for_what_a_text_model_cannot_do_are_400s_naming_them(client, field, value):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2, extra_body={field: value})
+    assert error_of(e.value)["param"] == field
 
 
 def test_prompt_longer_than_the_context_is_400_with_both_numbers(client):

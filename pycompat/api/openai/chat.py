@@ -68,6 +68,8 @@ async def create(registry: Registry, request: Request) -> Response:
     fields = Fields(await json_body.parse_object(request.body), CHAT)
     model_id = fields.get("model")
     messages = parse_messages(fields.get("messages"))
+    fields.check("modalities", "audio", "reasoning_effort", "verbosity", "web_search_options", "moderation", "user",
+                 "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options")
     stream = fields.get("stream")
     include_usage = fields.get("stream_options", stream=stream)
     max_tokens = fields.get("max_completion_tokens")

@@ -67,6 +67,7 @@ async def create(registry: Registry, request: Request) -> Response:
     fields = Fields(await json_body.parse_object(request.body), COMPLETIONS)
     model_id = fields.get("model")
     prompts = parse_prompts(fields.get("prompt"))
+    fields.check("user")
     stream = fields.get("stream")
     include_usage = fields.get("stream_options", stream=stream)
     max_tokens = fields.get("max_tokens")

@@ -62,6 +62,7 @@ async def create(registry: Registry, request: Request) -> Response:
     fields = Fields(await json_body.parse_object(request.body), EMBEDDINGS)
     model_id = fields.get("model")
     inputs, single = parse_inputs(fields.get("input"))
+    fields.check("user")
     encoding_format = fields.get("encoding_format")
     dimensions = fields.get("dimensions")
     served = registry.embedder(model_id)

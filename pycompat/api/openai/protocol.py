@@ -113,6 +113,22 @@ def integer(low: int, high: int) -> Kind:
     return read
 
 
+def json_object(name: str, value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise invalid_type(name, "an object", value)
+    return value
+
+
+def only(values: list, why: str) -> Kind:
+    """A field accepted only at ``values`` (what this server does anyway); any other value is a 400 saying ``why``."""
+    def read(name: str, value: Any) -> Any:
+        if value not in values:
+            raise invalid_value(name, why)
+        return value
+
+    return read
+
+
 def stop_strings(name: str, value: Any) -> list[str]:
     """A string or up to MAX_STOP_STRINGS strings."""
     if isinstance(value, str):
@@ -204,11 +220,24 @@ FIELDS = [
     *_fields(BOTH, integer(1, 128), "n", default=1),  # choices per prompt
     # One tier here: a request that names one is told it got "default", as OpenAI answers.
     *_fields({CHAT}, one_of("auto", "default", "flex", "scale", "priority", "fast"), "service_tier"),
-    *_ignored(BOTH | {EMBEDDINGS}, "user"),
-    *_ignored({CHAT}, "audio", "function_call", "functions", "metadata", "modalities", "moderation", "parallel_tool_calls",
-              "prediction", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention", "reasoning_effort",
-              "response_format", "safety_identifier", "store", "tool_choice", "tools",
-              "verbosity", "web_search_options"),
+    # Who is asking and cache hints: checked, then without effect on the answer (the prefix cache is automatic).
+    *_fields(BOTH | {EMBEDDINGS}, string, "user"),
+    *_fields({CHAT}, string, "safety_identifier", "prompt_cache_key"),
+    *_fields({CHAT}, one_of("in_memory", "24h"), "prompt_cache_retention"),
+    *_fields({CHAT}, json_object, "prompt_cache_options"),
+    # What a text model cannot do: a 400 unless the value asks for what it does anyway (OpenAI
+    # answers a model without the feature the same way).
+    *_fields({CHAT}, only([["text"]], "this model answers in text only: the only modalities it supports are [\"text\"]."), "modalities"),
+    *_fields({CHAT}, only([], "this model answers in text only: audio output is not supported."), "audio"),
+    *_fields({CHAT}, only(["none"], "this model does not reason: reasoning_effort is not supported (only 'none')."), "reasoning_effort"),
+    *_fields({CHAT}, only(["medium"], "this model does not adjust its verbosity: only 'medium' (the default) is supported."), "verbosity"),
+    *_fields({CHAT}, only([], "this server does not search the web."), "web_search_options"),
+    *_fields({CHAT}, only([], "this server does not run moderation."), "moderation"),
+    # Predicted outputs change only how fast an answer comes, never the answer.
+    *_ignored({CHAT}, "prediction"),
+    # Structured outputs and tools (the next issue), stored completions (the one after).
+    *_ignored({CHAT}, "function_call", "functions", "metadata", "parallel_tool_calls", "response_format", "store",
+              "tool_choice", "tools"),
     *_fields({COMPLETIONS}, boolean, "echo", default=False),
     *_fields({COMPLETIONS}, string, "suffix"),  # fill-in-the-middle: a 400 for a model without FIM tokens
     *_fields({COMPLETIONS}, integer(1, 20), "best_of"),  # candidates per prompt (default n); the n likeliest are returned
@@ -268,6 +297,11 @@ class Fields:
                 raise missing(name)
             return None
         return field.kind(name, value, **context)
+
+    def check(self, *names: str) -> None:
+        """Checks fields the route does not otherwise read (they change nothing once valid)."""
+        for name in names:
+            self.requested(name)
 
     def sampling(self, vocab_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """The sampling fields as requested (None where left out), and their defaults."""
