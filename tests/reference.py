@@ -1,6 +1,6 @@
 """An independent numpy implementation of each architecture's forward pass,
 written from its definition, to check the Rust kernel against: one function
-per architecture, over shared pieces.
+per architecture, over shared pieces (and ``bert``, the sentence encoder).
 
 It recomputes the whole sequence at every call (no cache), in float64.
 ``cfg`` uses the kernel's config keys (a dict); ``w`` maps GGUF tensor names
@@ -8,6 +8,8 @@ to float arrays.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -108,3 +110,48 @@ def qwen2(cfg: dict, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
 
 
 FORWARD = {"llama": llama, "qwen2": qwen2}  # by ModelConfig.arch
+
+
+# --- BERT (encoder) -------------------------------------------------------------------
+
+
+def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * w + b
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """The exact GELU, x·Φ(x), with Φ from math.erf."""
+    return x * 0.5 * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+def bert(cfg: dict, w: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
+    """The sentence embedding (dim,) of ``tokens`` (special tokens included) by a
+    post-norm BERT encoder: bidirectional attention, every token of type 0,
+    pooled by ``cfg["pooling"]`` ("mean" or "cls"), L2-normalized if ``cfg["normalize"]``.
+    Tensors under the kernel's names (rust/model/bert.rs)."""
+    n, eps, nh = len(tokens), cfg["norm_eps"], cfg["n_heads"]
+
+    def t(name: str) -> np.ndarray:
+        return w[name].astype(np.float64)
+
+    def dense(h: np.ndarray, name: str) -> np.ndarray:
+        return h @ t(f"{name}.weight").T + t(f"{name}.bias")
+
+    def norm(h: np.ndarray, name: str) -> np.ndarray:
+        return layer_norm(h, t(f"{name}.weight"), t(f"{name}.bias"), eps)
+
+    embedded = w["token_embd.weight"][tokens].astype(np.float64) + t("position_embd.weight")[:n] + t("token_types.weight")[0]
+    x = norm(embedded, "token_embd_norm")
+    for layer in range(cfg["n_layers"]):
+        b = f"blk.{layer}."
+        q, k, v = (dense(x, b + name).reshape(n, nh, -1) for name in ("attn_q", "attn_k", "attn_v"))
+        scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(q.shape[-1])  # no mask: every token sees every token
+        scores = np.exp(scores - scores.max(-1, keepdims=True))
+        scores /= scores.sum(-1, keepdims=True)
+        attn = np.einsum("hqk,khd->qhd", scores, v).reshape(n, -1)
+        x = norm(x + dense(attn, b + "attn_output"), b + "attn_output_norm")
+        x = norm(x + dense(gelu(dense(x, b + "ffn_up")), b + "ffn_down"), b + "layer_output_norm")
+    out = x.mean(0) if cfg["pooling"] == "mean" else x[0]
+    return out / np.linalg.norm(out) if cfg["normalize"] else out

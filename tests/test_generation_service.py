@@ -27,7 +27,7 @@ class StubEngine:
 
 
 def served(recommended: dict | None = None) -> ServedModel:
-    return ServedModel(["m"], StubEngine(recommended or {}), 0)
+    return ServedModel(["m"], created=0, engine=StubEngine(recommended or {}))
 
 
 @pytest.mark.parametrize("requested, recommended, expected", [

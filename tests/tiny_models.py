@@ -43,14 +43,15 @@ class TinyConfig:
         return self.dim // self.n_heads
 
 
-def byte_vocab() -> tuple[list[str], list[str], list[int]]:
-    """A byte-level BPE vocabulary: the special tokens, the 256 byte symbols, a few merges."""
+def byte_vocab(extra_specials: tuple[str, ...] = ()) -> tuple[list[str], list[str], list[int]]:
+    """A byte-level BPE vocabulary: the special tokens (then ``extra_specials``), the 256 byte symbols, a few merges."""
     from tokenizers.pre_tokenizers import ByteLevel
 
     symbols = sorted(ByteLevel.alphabet(), key=lambda s: ord(s))
     merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "o n", "Ġ s"]
-    tokens = SPECIALS + symbols + [m.replace(" ", "") for m in merges]
-    types = [3] * len(SPECIALS) + [1] * (len(tokens) - len(SPECIALS))
+    specials = SPECIALS + list(extra_specials)
+    tokens = specials + symbols + [m.replace(" ", "") for m in merges]
+    types = [3] * len(specials) + [1] * (len(tokens) - len(specials))
     return tokens, merges, types
 
 
@@ -231,12 +232,14 @@ def pre_tokenizer(cfg: TinyConfig) -> str:
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 
-def write_hf_model(directory: Path, cfg: TinyConfig, weights: dict[str, np.ndarray], dtype: str = "F32", shards: int = 1) -> dict[str, np.ndarray]:
-    """Writes a Hugging Face directory; returns the weights as stored (float32)."""
+def write_hf_model(directory: Path, cfg: TinyConfig, weights: dict[str, np.ndarray], dtype: str = "F32", shards: int = 1,
+                   extra_specials: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Writes a Hugging Face directory (its vocabulary: ``byte_vocab(extra_specials)``);
+    returns the weights as stored (float32)."""
     from pycompat.loading.tokenizer import Tokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
-    tokens, merges, types = byte_vocab()
+    tokens, merges, types = byte_vocab(extra_specials)
     config = {
         "model_type": cfg.arch,
         "architectures": [HF_ARCHITECTURES[cfg.arch]],

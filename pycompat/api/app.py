@@ -69,13 +69,14 @@ class App:
         return Response(200, b"pycompat is running\n", content_type="text/plain; charset=utf-8")
 
     async def _health(self, request: Request) -> Response:
-        # One model per server for now: its engine's figures are the server's.
-        engine = self.registry.models[0].engine
-        stats = engine.stats()
-        return json_response({
+        engines = [m.engine for m in self.registry.models if m.engine is not None]
+        stats = [e.stats() for e in engines]
+        body = {
             "status": "ok",
             "models": [m.ids[0] for m in self.registry.models],
-            "generating": stats["running"],
-            "queued": stats["waiting"],
-            "kv_cache": stats["kv_cache"],
-        })
+            "generating": sum(s["running"] for s in stats),
+            "queued": sum(s["waiting"] for s in stats),
+        }
+        if stats:  # the first text model's cache (most servers serve one)
+            body["kv_cache"] = stats[0]["kv_cache"]
+        return json_response(body)

@@ -42,6 +42,27 @@ class UnknownModel(ServiceError):
         self.model = model
 
 
+class WrongModelKind(ServiceError):
+    """The model served as ``model`` cannot do ``wanted`` ("generate": chat
+    and completions; "embed": embeddings)."""
+
+    def __init__(self, model: str, wanted: str):
+        super().__init__(model, wanted)
+        self.model = model
+        self.wanted = wanted
+
+
+class InputTooLong(ServiceError):
+    """Input ``index`` of ``field`` holds ``tokens`` tokens, more than the model's ``context_length``."""
+
+    def __init__(self, field: str, index: int | None, tokens: int, context_length: int):
+        super().__init__(field, index, tokens, context_length)
+        self.field = field
+        self.index = index  # None: the field holds one input
+        self.tokens = tokens
+        self.context_length = context_length
+
+
 class Busy(ServiceError):
     """The queue is full; the client may retry after ``retry_after`` seconds."""
 

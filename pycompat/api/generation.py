@@ -85,10 +85,11 @@ def check_prompt_bytes(served: ServedModel, n_bytes: int, max_tokens: int | None
         raise ContextExceeded(model.context_length, at_least, max_tokens, field, prompt_bytes=n_bytes)
 
 
-async def tokenize(served: ServedModel, text: str) -> list[int]:
-    """``text``'s token ids, off the event loop. Callers bound the text first
-    (``check_prompt_bytes``); the exact count is checked when it is queued."""
-    return await trio.to_thread.run_sync(served.engine.model.tokenizer.encode, text)
+async def tokenize(served: ServedModel, text: str, add_bos: bool | None = None) -> list[int]:
+    """``text``'s token ids, off the event loop (``add_bos``: as the model does
+    when None). Callers bound the text first (``check_prompt_bytes``); the exact
+    count is checked when it is queued."""
+    return await trio.to_thread.run_sync(served.engine.model.tokenizer.encode, text, add_bos)
 
 
 def chat_prompt(served: ServedModel, messages: list[dict], field: str) -> str:

@@ -1,18 +1,50 @@
-"""The models a server answers for: one loaded model under its id and aliases."""
+"""The models a server answers for, each under its id and aliases, and what
+each can do: generate text (chat, completions) through an Engine, embed
+text through an Embedder, or both."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
-from pycompat.api.errors import UnknownModel
+from pycompat.api.errors import UnknownModel, WrongModelKind
+from pycompat.engine.embedder import Embedder
 from pycompat.engine.engine import Engine
+
+GENERATE, EMBED = "generate", "embed"
+
+
+class EmbeddingTokenizer(Protocol):
+    """Turns an embeddings request's inputs into the token ids the model embeds."""
+
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]:
+        """A text's ids with the special tokens the model embeds it with."""
+
+    def wrap(self, ids: list[int]) -> list[int]:
+        """Token ids given by the client, with the same special tokens around them."""
+
+
+@dataclass
+class Embedding:
+    """A model's embedding side."""
+
+    embedder: Embedder
+    tokenizer: EmbeddingTokenizer
+    context_length: int  # the most tokens one input may hold, special tokens included
 
 
 @dataclass
 class ServedModel:
     ids: list[str]  # the primary id first, then aliases
-    engine: Engine
     created: int  # unix time of the model file
+    engine: Engine | None = None  # generates text
+    embedding: Embedding | None = None  # embeds text
+
+    @property
+    def kinds(self) -> set[str]:
+        return {kind for kind, has in ((GENERATE, self.engine), (EMBED, self.embedding)) if has is not None}
 
     @property
     def vocab_size(self) -> int:
@@ -26,7 +58,12 @@ class ServedModel:
 class Registry:
     def __init__(self, models: list[ServedModel]):
         self.models = models
-        self._by_id = {i: m for m in models for i in m.ids}
+        self._by_id: dict[str, ServedModel] = {}
+        for m in models:
+            for i in m.ids:
+                if i in self._by_id:
+                    raise ValueError(f"two models are served as {i!r}")
+                self._by_id[i] = m
 
     def get(self, model_id: str) -> ServedModel:
         """The model served as ``model_id``; raises UnknownModel."""
@@ -34,6 +71,22 @@ class Registry:
             return self._by_id[model_id]
         except KeyError:
             raise UnknownModel(model_id) from None
+
+    def generator(self, model_id: str) -> ServedModel:
+        """The model served as ``model_id``, which must generate text; raises
+        UnknownModel or WrongModelKind."""
+        return self._able(model_id, GENERATE)
+
+    def embedder(self, model_id: str) -> ServedModel:
+        """The model served as ``model_id``, which must embed text; raises
+        UnknownModel or WrongModelKind."""
+        return self._able(model_id, EMBED)
+
+    def _able(self, model_id: str, kind: str) -> ServedModel:
+        served = self.get(model_id)
+        if kind not in served.kinds:
+            raise WrongModelKind(model_id, kind)
+        return served
 
     def all_ids(self) -> list[str]:
         """Every id served, each model's primary id first, then its aliases."""

@@ -13,7 +13,7 @@ from pycompat.loading.tokenizer import Tokenizer, read_json
 from pycompat.models.registry import family_for_hf
 
 
-def _safetensors_files(directory: Path) -> list[Path]:
+def safetensors_files(directory: Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
     if index.exists():
         weight_map = read_json(index, required=True).get("weight_map")
@@ -33,7 +33,7 @@ def load_hf_dir(directory: Path) -> ModelSpec:
     config = family.config_from_hf(hf, config_path)
 
     tensors = []
-    for file in _safetensors_files(directory):
+    for file in safetensors_files(directory):
         for name, t in read_safetensors(file).items():
             kname = family.kernel_name_from_hf(name, hf)
             if kname is not None:

@@ -39,6 +39,13 @@ def default_model_path() -> Path:
     raise ModelFileError(DEFAULT_MODEL_FILE, f"not found in the installed {DEFAULT_MODEL_PACKAGE} package")
 
 
+def _is_bundled(path: Path) -> bool:
+    try:
+        return path.resolve() == default_model_path().resolve()
+    except ModelFileError:
+        return False
+
+
 def read_model_files(path: str | Path) -> ModelSpec:
     """Parses a GGUF file or a Hugging Face directory. Raises ModelFileError."""
     path = Path(path)
@@ -73,8 +80,9 @@ def load_model(path: str | Path | None = None, context_length: int | None = None
     weights already in a block format stay as they are. Raises ModelFileError.
     """
     start = time.perf_counter()
+    bundled = path is None or _is_bundled(Path(path))
     spec = read_model_files(path if path is not None else default_model_path())
-    defaults = spec.sampling_defaults or (DEFAULT_MODEL_SAMPLING if path is None else {})
+    defaults = spec.sampling_defaults or (DEFAULT_MODEL_SAMPLING if bundled else {})
     try:
         n_ctx = min(context_length or spec.context_length, spec.context_length)
         # An f16 cache, as llama.cpp keeps, unless every weight is f32 (then attention is exact too).

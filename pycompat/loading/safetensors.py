@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +33,13 @@ class SafeTensor:
     offset: int  # of data's first byte in the file
 
 
-def read_safetensors(path: str | Path) -> dict[str, SafeTensor]:
-    """Maps a .safetensors file; returns its tensors as views of the mapping."""
+def read_safetensors(path: str | Path, wanted: Callable[[str], bool] | None = None) -> dict[str, SafeTensor]:
+    """Maps a .safetensors file; returns its tensors as views of the mapping.
+
+    ``wanted``: if given, only the tensors it accepts by name are read (and
+    checked); the others may be in any dtype (a BERT checkpoint's int64
+    ``position_ids``).
+    """
     path = Path(path)
     mm, size = map_file(path, 8, "safetensors")
     buf = memoryview(mm)
@@ -49,7 +55,7 @@ def read_safetensors(path: str | Path) -> dict[str, SafeTensor]:
     base = 8 + header_len
     tensors = {}
     for name, info in header.items():
-        if name == "__metadata__":
+        if name == "__metadata__" or (wanted is not None and not wanted(name)):
             continue
         try:
             dtype, shape, (start, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]

@@ -52,6 +52,14 @@ PRE_TOKENIZER_RULES = {
 # these when the vocabulary marks them as control tokens.
 _END_OF_TURN_TEXTS = {"<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|end|>", "<end_of_turn>", "</s>", "<|eom_id|>"}
 
+# Fill-in-the-middle tokens (prefix, suffix, middle) as the model families that
+# have them spell them: StarCoder, SmolLM and Granite; Qwen2.5-Coder; DeepSeek-Coder.
+_FIM_SPELLINGS = [
+    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+    ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),
+]
+
 # GGUF token types.
 _CONTROL, _USER_DEFINED = 3, 4
 
@@ -104,6 +112,10 @@ class Tokenizer:
             ids.insert(0, self.bos_id)
         return ids
 
+    def wrap(self, ids: list[int]) -> list[int]:
+        """Token ids a client gave as a text's, with what ``encode`` adds to a text (a BOS)."""
+        return [self.bos_id, *ids] if self.add_bos and (not ids or ids[0] != self.bos_id) else list(ids)
+
     @functools.cached_property
     def max_bytes_per_token(self) -> float:
         """The most bytes of text one token can stand for, so that a text of B
@@ -139,6 +151,22 @@ class Tokenizer:
             except ValueError:
                 pass
         return self._tk.decode([token_id], skip_special_tokens=False).encode("utf-8", "surrogatepass")
+
+    @functools.cached_property
+    def fim_ids(self) -> tuple[int, int, int] | None:
+        """The model's fill-in-the-middle tokens (prefix, suffix, middle), if its vocabulary has them."""
+        for spelling in _FIM_SPELLINGS:
+            ids = [self._tk.token_to_id(t) for t in spelling]
+            if all(i is not None for i in ids):
+                return ids[0], ids[1], ids[2]
+        return None
+
+    def fill_in_the_middle(self, prefix: list[int], suffix: list[int]) -> list[int]:
+        """The prompt that asks a model with FIM tokens for what goes between
+        ``prefix`` and ``suffix`` (token ids, without BOS): prefix-suffix-middle
+        order, as the models were trained and llama.cpp's infill builds it."""
+        pre, suf, mid = self.fim_ids
+        return self.wrap([pre, *prefix, suf, *suffix, mid])
 
     @functools.cached_property
     def _special_ids(self) -> frozenset[int]:

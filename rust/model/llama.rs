@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use super::tensors::Tensors;
 use super::{Arch, Config, KernelError};
 use crate::tensor::Tensor;
 
@@ -45,40 +46,6 @@ fn extras(arch: Arch) -> Extras {
     match arch {
         Arch::Llama => Extras { qkv_bias: false },
         Arch::Qwen2 => Extras { qkv_bias: true },
-    }
-}
-
-/// The model's tensors by name, taken one by one with their shapes checked.
-struct Tensors(HashMap<String, Tensor>);
-
-impl Tensors {
-    fn take(&mut self, name: &str, rows: usize, cols: usize) -> Result<Tensor, KernelError> {
-        let t = self
-            .0
-            .remove(name)
-            .ok_or_else(|| KernelError(format!("missing tensor {name}")))?;
-        if (t.rows, t.cols) != (rows, cols) {
-            return Err(KernelError(format!(
-                "tensor {name} is [{}, {}], expected [{rows}, {cols}]",
-                t.rows, t.cols
-            )));
-        }
-        Ok(t)
-    }
-
-    /// A vector (a norm's weights, a bias) as f32.
-    fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, KernelError> {
-        Ok(self.take(name, 1, len)?.to_f32())
-    }
-
-    /// A vector the architecture has when `has` (then it is required), or None.
-    fn optional_vector(
-        &mut self,
-        has: bool,
-        name: &str,
-        len: usize,
-    ) -> Result<Option<Vec<f32>>, KernelError> {
-        has.then(|| self.vector(name, len)).transpose()
     }
 }
 

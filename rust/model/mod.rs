@@ -12,8 +12,13 @@
 //! with its block table in a shared paged KV cache and its new tokens (a
 //! prompt or a chunk of one, or one decoded token). All of them go through
 //! each weight matrix together.
+//!
+//! `bert.rs` is the encoder (sentence embeddings), a model of its own that
+//! shares the ops and the tensor naming.
 
+pub mod bert;
 mod llama;
+mod tensors;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

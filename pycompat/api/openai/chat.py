@@ -73,7 +73,7 @@ async def create(registry: Registry, request: Request) -> Response:
     max_tokens = fields.get("max_completion_tokens")
     if max_tokens is None:
         max_tokens = fields.get("max_tokens")
-    served = registry.get(model_id)
+    served = registry.generator(model_id)
     requested, defaults = fields.sampling(served.vocab_size)
     opts = generation.sampling_options(served, max_tokens, requested, defaults)
     opts.top_logprobs = _top_logprobs(fields)

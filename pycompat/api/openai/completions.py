@@ -52,6 +52,15 @@ async def _encode(served: ServedModel, prompt: str, index: int) -> list[int]:
     return ids
 
 
+async def _fill_in_the_middle(served: ServedModel, prompts: list[str | list[int]], suffix: str) -> list[list[int]]:
+    """Each prompt as the prefix of a fill-in-the-middle prompt before ``suffix``."""
+    tokenizer = served.engine.model.tokenizer
+    after = await generation.tokenize(served, suffix, add_bos=False)
+    return [tokenizer.fill_in_the_middle(_check_token_ids(served, p) if isinstance(p, list)
+                                         else await generation.tokenize(served, p, add_bos=False), after)
+            for p in prompts]
+
+
 async def create(registry: Registry, request: Request) -> Response:
     fields = Fields(await json_body.parse_object(request.body), COMPLETIONS)
     model_id = fields.get("model")
@@ -59,12 +68,13 @@ async def create(registry: Registry, request: Request) -> Response:
     stream = fields.get("stream")
     include_usage = fields.get("stream_options", stream=stream)
     max_tokens = fields.get("max_tokens")
-    served = registry.get(model_id)
+    served = registry.generator(model_id)
     requested, defaults = fields.sampling(served.vocab_size)
     opts = generation.sampling_options(served, max_tokens, requested, defaults)
     opts.top_logprobs = fields.get("logprobs")  # None: no log-probabilities
     opts.n = fields.get("n")
-    if fields.get("suffix"):
+    suffix = fields.get("suffix")
+    if suffix and served.engine.model.tokenizer.fim_ids is None:
         raise invalid_value("suffix", "this model has no fill-in-the-middle tokens, so a suffix cannot be used.")
     echo = fields.get("echo")
     if echo and opts.top_logprobs is not None:
@@ -74,8 +84,12 @@ async def create(registry: Registry, request: Request) -> Response:
     for prompt in prompts:
         if isinstance(prompt, str):
             generation.check_prompt_bytes(served, len(prompt.encode("utf-8")), max_tokens, "prompt")
-    encoded = [_check_token_ids(served, prompt) if isinstance(prompt, list) else await _encode(served, prompt, i)
-               for i, prompt in enumerate(prompts)]
+    if suffix:
+        generation.check_prompt_bytes(served, len(suffix.encode("utf-8")), max_tokens, "suffix")
+        encoded = await _fill_in_the_middle(served, prompts, suffix)
+    else:
+        encoded = [_check_token_ids(served, prompt) if isinstance(prompt, list) else await _encode(served, prompt, i)
+                   for i, prompt in enumerate(prompts)]
     # max_tokens 0 (the scoring idiom, with echo and logprobs) generates nothing: each prompt must still fit.
     choices = generation.start(served, encoded, opts, "prompt")
     completion_id, created = new_id("cmpl-"), now()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 
-from pycompat.api.errors import APIError, Busy, ContextExceeded, PromptRejected, ServiceError, UnknownModel
+from pycompat.api.errors import (APIError, Busy, ContextExceeded, InputTooLong, PromptRejected, ServiceError, UnknownModel,
+                                  WrongModelKind)
 from pycompat.http.messages import Response
 
 _TYPE_FOR_STATUS = {
@@ -32,6 +33,18 @@ def as_api_error(e: APIError | ServiceError) -> APIError:
                         code="rate_limit_exceeded", headers=[("retry-after", str(e.retry_after))])
     if isinstance(e, ContextExceeded):
         return _context_exceeded(e)
+    if isinstance(e, WrongModelKind):
+        if e.wanted == "embed":
+            message = f"The model `{e.model}` generates text and cannot make embeddings; use an embedding model with /v1/embeddings."
+        else:
+            message = (f"The model `{e.model}` is an embedding model: it cannot generate text. "
+                       "Use it with /v1/embeddings, or a chat model here.")
+        return APIError(400, message, param="model", code="model_not_supported")
+    if isinstance(e, InputTooLong):
+        where = e.field if e.index is None else f"{e.field}[{e.index}]"
+        return APIError(400, f"Invalid '{where}': this model's maximum context length is {e.context_length} tokens, "
+                        f"however {where} has {e.tokens} tokens. Please reduce its length.",
+                        param=where, code="context_length_exceeded")
     if isinstance(e, PromptRejected):
         return APIError(400, e.reason, param=e.field)
     raise TypeError(f"no OpenAI wording for {type(e).__name__}")

@@ -22,7 +22,9 @@ from pycompat.api.openai.errors import invalid_type, invalid_value, missing
 
 CHAT = "chat.completions"
 COMPLETIONS = "completions"
-BOTH = frozenset({CHAT, COMPLETIONS})
+EMBEDDINGS = "embeddings"
+BOTH = frozenset({CHAT, COMPLETIONS})  # the generating routes
+ROUTES = (CHAT, COMPLETIONS, EMBEDDINGS)
 
 INT32_MAX = (1 << 31) - 1  # the bound of integer fields that have no natural one
 INT64 = (-(1 << 63), (1 << 63) - 1)
@@ -171,7 +173,7 @@ def _ignored(routes, *names: str) -> list[Field]:
 
 
 FIELDS = [
-    *_fields(BOTH, string, "model", required=True),
+    *_fields(BOTH | {EMBEDDINGS}, string, "model", required=True),
     *_fields({CHAT}, any_json, "messages", required=True),  # chat.parse_messages
     *_fields({COMPLETIONS}, any_json, "prompt", required=True),  # completions.parse_prompts
     *_fields({CHAT}, integer(1, INT32_MAX), "max_completion_tokens", "max_tokens"),  # none: until the context is full
@@ -202,19 +204,22 @@ FIELDS = [
     *_fields(BOTH, integer(1, 128), "n", default=1),  # choices per prompt
     # One tier here: a request that names one is told it got "default", as OpenAI answers.
     *_fields({CHAT}, one_of("auto", "default", "flex", "scale", "priority", "fast"), "service_tier"),
-    *_ignored(BOTH, "user"),
+    *_ignored(BOTH | {EMBEDDINGS}, "user"),
     *_ignored({CHAT}, "audio", "function_call", "functions", "metadata", "modalities", "moderation", "parallel_tool_calls",
               "prediction", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention", "reasoning_effort",
               "response_format", "safety_identifier", "store", "tool_choice", "tools",
               "verbosity", "web_search_options"),
     *_fields({COMPLETIONS}, boolean, "echo", default=False),
-    *_fields({COMPLETIONS}, string, "suffix"),  # fill-in-the-middle: refused until a model with FIM tokens is served
+    *_fields({COMPLETIONS}, string, "suffix"),  # fill-in-the-middle: a 400 for a model without FIM tokens
     *_ignored({COMPLETIONS}, "best_of"),
+    *_fields({EMBEDDINGS}, any_json, "input", required=True),  # embeddings.parse_inputs
+    *_fields({EMBEDDINGS}, one_of("float", "base64"), "encoding_format", default="float"),
+    *_fields({EMBEDDINGS}, integer(1, INT32_MAX), "dimensions"),  # at most the model's: checked by the route
 ]
 
 
 def _by_route(fields: list[Field]) -> dict[str, dict[str, Field]]:
-    out: dict[str, dict[str, Field]] = {route: {} for route in BOTH}
+    out: dict[str, dict[str, Field]] = {route: {} for route in ROUTES}
     for f in fields:
         for route in f.routes:
             if f.name in out[route]:

@@ -1,0 +1,52 @@
+"""The embedding service: what every dialect's embeddings route shares, in no
+dialect's words or shapes: inputs to token ids, each within the model's
+context, embedded through the model's Embedder (which batches them with
+other requests' inputs), optionally cut to fewer dimensions.
+
+Refusals are ServiceErrors (errors.py) that each dialect words itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import trio
+
+from pycompat.api.errors import Busy, InputTooLong
+from pycompat.api.registry import ServedModel
+from pycompat.engine.embedder import EmbedderQueueFull
+
+# What a client is told to wait before retrying when the queue is full.
+RETRY_AFTER_SECONDS = 1
+
+
+async def token_ids(served: ServedModel, inputs: list[str | list[int]], field: str, single: bool) -> list[list[int]]:
+    """Each input's token ids as the model embeds them (special tokens
+    included); raises InputTooLong naming the first that does not fit. Texts are
+    tokenized off the event loop, all in one go. ``single``: the field held one
+    input (an error then names the field, not an index)."""
+    embedding = served.embedding
+    tokenizer = embedding.tokenizer
+
+    def encode_all() -> list[list[int]]:
+        return [tokenizer.encode(x) if isinstance(x, str) else tokenizer.wrap(list(x)) for x in inputs]
+
+    ids = await trio.to_thread.run_sync(encode_all) if any(isinstance(x, str) for x in inputs) else encode_all()
+    for index, one in enumerate(ids):
+        if len(one) > embedding.context_length:
+            raise InputTooLong(field, None if single else index, len(one), embedding.context_length)
+    return ids
+
+
+async def embed(served: ServedModel, ids: list[list[int]], dimensions: int | None = None) -> np.ndarray:
+    """One float32 row per input. With ``dimensions``, each row is cut to its
+    first ``dimensions`` values and scaled back to unit length (the caller
+    checks it is at most the model's). Raises Busy when the queue is full."""
+    try:
+        rows = await served.embedding.embedder.embed(ids)
+    except EmbedderQueueFull:
+        raise Busy(RETRY_AFTER_SECONDS) from None
+    if dimensions is not None and dimensions < rows.shape[1]:
+        rows = rows[:, :dimensions]
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        rows = rows / np.where(norms > 0, norms, 1)
+    return rows.astype(np.float32, copy=False)
