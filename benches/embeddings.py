@@ -19,11 +19,14 @@ HTTP round trips against it. Both get the same number of threads: --threads
 for the compute (pycompat's --threads, torch.set_num_threads) and for the
 tokenizers (both use Hugging Face `tokenizers`; RAYON_NUM_THREADS).
 
+A third column, pycompat's kernel called in this process (tokenizer and
+encoder, no server), shows how much of the server's time is the kernel's.
+
 Before any timing, every sentence's two vectors are compared: the comparison
 is void unless the engines compute the same embedding (cosine > 0.999).
-Engines alternate within each repetition, a second apart, so drift in the
-machine's load hits both. Printed: medians of embeddings/s, pycompat ÷ peer,
-peak RSS.
+Engines take turns on slices of 256 sentences, a second apart, so drift in
+the machine's load hits them all. Printed: medians of embeddings/s, pycompat ÷
+peer, peak RSS.
 
 Usage: ./scripts/dev bench-embeddings [--reps N] [--threads N] [--peer-python PATH]
 """
@@ -50,6 +53,10 @@ DEFAULT_PEER_PYTHON = HERE / ".peer" / "embeddings-venv" / "bin" / "python"
 MODEL_ID = "all-minilm-l6-v2"
 N_SENTENCES = 1000
 BATCHES = (1, 64)
+# Engines take turns on slices of this many sentences (a multiple of 64, so the
+# batches are the same as in one pass): load from other work on the machine
+# then falls on both engines alike, not on whichever ran a whole pass during it.
+SLICE = 256
 MIN_COSINE = 0.999
 
 # ---------------------------------------------------------------- sentences
@@ -101,7 +108,8 @@ def chunks(texts: list[str], size: int) -> list[list[str]]:
 def worker_main(model_dir: str, threads: int) -> None:
     """sentence-transformers on the CPU: answers JSON lines from stdin on stdout.
 
-    {"op": "run", "batch": B} -> {"seconds": S}, every sentence embedded, B per encode call;
+    {"op": "run", "batch": B, "start": I, "stop": J} -> {"seconds": S}, sentences I to J
+    embedded, B per encode call;
     {"op": "vectors"} -> {"vectors": base64 float32, (n, dim)} of every sentence.
     """
     # benches/profile.py would shadow the standard library's profile, which torch imports.
@@ -125,7 +133,7 @@ def worker_main(model_dir: str, threads: int) -> None:
         req = json.loads(line)
         if req["op"] == "run":
             t0 = time.perf_counter()
-            for batch in chunks(texts, req["batch"]):
+            for batch in chunks(texts[req["start"] : req["stop"]], req["batch"]):
                 encode(batch)
             print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
         else:
@@ -151,8 +159,8 @@ class Peer:
             raise SystemExit("the sentence-transformers worker exited (its error is above)")
         return json.loads(line)
 
-    def run(self, batch: int) -> float:
-        return self.ask({"op": "run", "batch": batch})["seconds"]
+    def run(self, batch: int, start: int = 0, stop: int = N_SENTENCES) -> float:
+        return self.ask({"op": "run", "batch": batch, "start": start, "stop": stop})["seconds"]
 
     def vectors(self) -> np.ndarray:
         r = self.ask({"op": "vectors"})
@@ -185,9 +193,9 @@ class Pycompat:
         r.raise_for_status()
         return np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in r.json()["data"]])
 
-    def run(self, batch: int) -> float:
+    def run(self, batch: int, start: int = 0, stop: int = N_SENTENCES) -> float:
         t0 = time.perf_counter()
-        for b in chunks(self.texts, batch):
+        for b in chunks(self.texts[start:stop], batch):
             self.embed(b)
         return time.perf_counter() - t0
 
@@ -202,6 +210,32 @@ class Pycompat:
         self.proc.terminate()
         self.proc.wait(30)
         return rss
+
+
+# ---------------------------------------------------------------- pycompat's kernel in process
+
+
+class PycompatKernel:
+    """The encoder the server runs, called directly: tokenizing and the kernel,
+    no HTTP, no batching across requests. Not a peer: it tells how much of
+    the server's time is the kernel's."""
+
+    def __init__(self, threads: int):
+        from pycompat import _kernel
+        from pycompat.loading.encoder import load_encoder
+
+        _kernel.set_threads(threads)
+        self.encoder = load_encoder()
+        self.texts = sentences()
+
+    def run(self, batch: int, start: int = 0, stop: int = N_SENTENCES) -> float:
+        t0 = time.perf_counter()
+        for b in chunks(self.texts[start:stop], batch):
+            self.encoder.kernel.embed(self.encoder.tokenizer.encode_batch(b))
+        return time.perf_counter() - t0
+
+    def close(self) -> float:
+        return float("nan")  # it shares the benchmark's process
 
 
 # ---------------------------------------------------------------- main
@@ -230,8 +264,10 @@ def main() -> None:
     env = {**os.environ, "RAYON_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "true"}
     load = os.getloadavg()[0]
 
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # for the in-process kernel's tokenizer, before it starts
     ours, peer = Pycompat(args.threads, env), Peer(args.peer_python, default_encoder_path(), args.threads, env)
-    engines = {"pycompat serve (HTTP)": ours, "sentence-transformers (in process)": peer}
+    engines = {"pycompat serve (HTTP)": ours, "sentence-transformers (in process)": peer,
+               "pycompat kernel (in process)": PycompatKernel(args.threads)}
     try:
         # Same model, same numbers: checked on every sentence before anything is timed.
         a, b = ours.vectors(), peer.vectors()
@@ -245,9 +281,13 @@ def main() -> None:
         runs = {(name, batch): [] for name in engines for batch in BATCHES}
         for _ in range(args.reps):
             for batch in BATCHES:
-                for name, engine in engines.items():
-                    settle()
-                    runs[name, batch].append(N_SENTENCES / engine.run(batch))
+                seconds = dict.fromkeys(engines, 0.0)
+                for start in range(0, N_SENTENCES, SLICE):
+                    for name, engine in engines.items():
+                        settle()
+                        seconds[name] += engine.run(batch, start, min(start + SLICE, N_SENTENCES))
+                for name in engines:
+                    runs[name, batch].append(N_SENTENCES / seconds[name])
     finally:
         rss = {name: engine.close() for name, engine in engines.items()}
 
@@ -257,15 +297,15 @@ def main() -> None:
     print(f"command: {' '.join(sys.argv)}; {args.reps} repetitions, medians; {args.threads} threads each "
           f"(compute and tokenizer) for both engines")
     print(f"{N_SENTENCES} sentences of {min(words)}-{max(words)} words (mean {statistics.mean(words):.1f}); "
-          f"cosine of the two engines' vectors over all of them: min {cosines.min():.6f}, mean {cosines.mean():.6f}\n")
+          f"cosine of the two engines' vectors over all of them: min {cosines.min():.7f}, mean {cosines.mean():.7f}\n")
     names = list(engines)
-    print("| batch | " + " | ".join(f"{n} emb/s" for n in names) + " | pycompat ÷ peer |")
-    print("|---|" + "---|" * (len(names) + 1))
+    print("| batch | " + " | ".join(f"{n} emb/s" for n in names) + " | pycompat serve ÷ peer | pycompat kernel ÷ peer |")
+    print("|---|" + "---|" * (len(names) + 2))
     for batch in BATCHES:
         med = [statistics.median(runs[n, batch]) for n in names]
         label = f"{batch} ({-(-N_SENTENCES // batch)} requests)"
-        print(f"| {label} | " + " | ".join(f"{m:.1f}" for m in med) + f" | {med[0] / med[1]:.2f} |")
-    print("\npeak RSS MiB: " + "; ".join(f"{n} {r:.0f}" for n, r in rss.items()))
+        print(f"| {label} | " + " | ".join(f"{m:.1f}" for m in med) + f" | {med[0] / med[1]:.2f} | {med[2] / med[1]:.2f} |")
+    print("\npeak RSS MiB: " + "; ".join(f"{n} {r:.0f}" for n, r in rss.items() if r == r))
     print("each run's emb/s: " + "; ".join(f"{n} batch {b}: {', '.join(f'{v:.0f}' for v in vs)}" for (n, b), vs in runs.items()))
 
 
