@@ -93,9 +93,8 @@ fn float_rows_body(w: &Tensor, x: &[f32], n_tok: usize, rows: Range<usize>, out:
 
 /// `float_rows_body` with AVX2 and FMA, in tiles of rows × tokens
 /// (`simd_avx2/float_matmul.rs`, which states why a result does not depend on
-/// the batch). Tokens go in blocks that stay in L2; within a block, each group
-/// of `ROW_TILE` rows meets every token: f32 rows are read where they lie,
-/// other formats are widened into `ROW` once per group and block.
+/// the batch). Each group of `ROW_TILE` rows meets every token: f32 rows are
+/// read where they lie, other formats are widened into `ROW` once per group.
 ///
 /// Why the loop is not in `ROW.with_borrow_mut`'s closure: a closure is
 /// compiled without the `#[target_feature]`s of the function it is written in
@@ -109,7 +108,7 @@ unsafe fn float_rows_avx2(
     rows: Range<usize>,
     out: SendPtr<f32>,
 ) {
-    use crate::simd_avx2::{float_tiles, ROW_TILE, TOKEN_BLOCK_BYTES};
+    use crate::simd_avx2::{float_tiles, ROW_TILE};
     let k = w.cols;
     let direct = w.dtype == DType::F32 && !w.is_grouped();
     // Taken out of the thread-local (and put back) so the loop is compiled here.
@@ -117,33 +116,29 @@ unsafe fn float_rows_avx2(
     if !direct {
         buf.resize(ROW_TILE * k, 0.0);
     }
-    let block = (TOKEN_BLOCK_BYTES / (4 * k.max(1))).max(1);
-    for t0 in (0..n_tok).step_by(block) {
-        let nt = block.min(n_tok - t0);
-        for r0 in rows.clone().step_by(ROW_TILE) {
-            let nr = ROW_TILE.min(rows.end - r0);
-            let first = if direct {
-                w.row(r0).as_ptr() as *const f32
-            } else {
-                for i in 0..nr {
-                    w.dequantize_row(r0 + i, &mut buf[i * k..(i + 1) * k]);
-                }
-                buf.as_ptr()
-            };
-            // SAFETY: rows r0..r0+nr are `k` apart (stored f32 rows, or widened
-            // into `buf`); tokens t0..t0+nt are rows of `x`; every (t, r) is in
-            // `out`, and rows r0..r0+nr belong to this part alone.
-            float_tiles(
-                first,
-                k,
-                nr,
-                x.as_ptr().add(t0 * k),
-                nt,
-                k,
-                out.get().add(t0 * w.rows + r0),
-                w.rows,
-            );
-        }
+    for r0 in rows.clone().step_by(ROW_TILE) {
+        let nr = ROW_TILE.min(rows.end - r0);
+        let first = if direct {
+            w.row(r0).as_ptr() as *const f32
+        } else {
+            for i in 0..nr {
+                w.dequantize_row(r0 + i, &mut buf[i * k..(i + 1) * k]);
+            }
+            buf.as_ptr()
+        };
+        // SAFETY: rows r0..r0+nr are `k` apart (stored f32 rows, or widened
+        // into `buf`); the tokens are the rows of `x`; every (t, r) is in
+        // `out`, and rows r0..r0+nr belong to this part alone.
+        float_tiles(
+            first,
+            k,
+            nr,
+            x.as_ptr(),
+            n_tok,
+            k,
+            out.get().add(r0),
+            w.rows,
+        );
     }
     ROW.with_borrow_mut(|kept| *kept = buf); // the empty Vec it replaces frees nothing
 }

@@ -9,13 +9,17 @@
 //! falls in. (It is also the sum the attention scores kernel forms, which this
 //! path used before tiles: results for k a multiple of 8 did not change.)
 //!
-//! Performance notes (all-MiniLM-L6-v2 at batch 64, 2 threads):
-//! - 4×3 is the main tile: 12 accumulators, three token vectors and one weight
+//! Performance notes (all-MiniLM-L6-v2, 2 × 1,000 sentences at batch 64, CPU
+//! seconds under `perf stat` on the 2-core VM with other load; the row-at-a-time
+//! kernel before tiles: 47):
+//! - 4×3 is the tile: 12 accumulators, three token vectors and one weight
 //!   operand fill the 16 registers; per step of k it loads 7 vectors for 12
-//!   multiply-adds, where one widened row against 8 tokens loaded 9 for 8.
-//! - Tokens are taken in blocks that stay in L2 while every row group of the
-//!   part meets them (`TOKEN_BLOCK_BYTES`); without blocks the 1536-wide
-//!   activations of the FFN's down projection came from L3 for every row group.
+//!   multiply-adds (one widened row against 8 tokens loaded 9 for 8). 23 s;
+//!   6×2 22-25 s (within noise, and needs row parts in sixes), 4×2 27-28,
+//!   3×4 27, 2×4 31.
+//! - Tokens blocked to stay in L2 (512 KiB or 128 KiB of activations at a
+//!   time) measured within noise of no blocking (23.4-24.1 s each): the 1.4 and
+//!   5.8 MB of activations here stream well enough from L3. Not kept.
 
 use std::arch::x86_64::*;
 
@@ -25,9 +29,6 @@ use super::attention::hsum_ggml;
 pub const ROW_TILE: usize = 4;
 /// Tokens per tile.
 pub const TOKEN_TILE: usize = 3;
-
-/// How many bytes of activations one block of tokens may take.
-pub const TOKEN_BLOCK_BYTES: usize = 512 * 1024;
 
 /// `out[t·ldo + r] = Σ_j w_r[j] · x_t[j]` for rows `r < n_rows` (row r at
 /// `w + r·w_stride`) and tokens `t < n_tok` (token t at `x + t·k`).
@@ -74,6 +75,7 @@ unsafe fn rows_of<const R: usize>(
     }
     let (x, out) = (x.add(t * k), out.add(t * ldo));
     match n_tok - t {
+        3 => tile::<R, 3>(rows, x, k, out, ldo),
         2 => tile::<R, 2>(rows, x, k, out, ldo),
         1 => tile::<R, 1>(rows, x, k, out, ldo),
         _ => debug_assert_eq!(n_tok, t),

@@ -22,7 +22,7 @@ mod matmul;
 mod vector;
 
 pub use attention::{scores, scores_shared, weighted_sum, weighted_sum_shared, CacheLanes};
-pub use float_matmul::{float_tiles, ROW_TILE, TOKEN_BLOCK_BYTES};
+pub use float_matmul::{float_tiles, ROW_TILE};
 pub use matmul::{matmul_groups, matmul_rows, Q4_0, Q4_1, Q8_0};
 pub use vector::{quantize_q8, softmax, swiglu};
 
