@@ -129,16 +129,7 @@ unsafe fn float_rows_avx2(
         // SAFETY: rows r0..r0+nr are `k` apart (stored f32 rows, or widened
         // into `buf`); the tokens are the rows of `x`; every (t, r) is in
         // `out`, and rows r0..r0+nr belong to this part alone.
-        float_tiles(
-            first,
-            k,
-            nr,
-            x.as_ptr(),
-            n_tok,
-            k,
-            out.get().add(r0),
-            w.rows,
-        );
+        float_tiles(first, nr, x.as_ptr(), n_tok, k, out.get().add(r0), w.rows);
     }
     ROW.with_borrow_mut(|kept| *kept = buf); // the empty Vec it replaces frees nothing
 }

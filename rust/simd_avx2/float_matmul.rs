@@ -31,7 +31,7 @@ pub const ROW_TILE: usize = 4;
 pub const TOKEN_TILE: usize = 3;
 
 /// `out[t·ldo + r] = Σ_j w_r[j] · x_t[j]` for rows `r < n_rows` (row r at
-/// `w + r·w_stride`) and tokens `t < n_tok` (token t at `x + t·k`).
+/// `w + r·k`) and tokens `t < n_tok` (token t at `x + t·k`).
 ///
 /// # Safety
 /// AVX2 and FMA; `n_rows` ≤ `ROW_TILE`; rows and tokens readable for `k` values;
@@ -39,7 +39,6 @@ pub const TOKEN_TILE: usize = 3;
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn float_tiles(
     w: *const f32,
-    w_stride: usize,
     n_rows: usize,
     x: *const f32,
     n_tok: usize,
@@ -48,10 +47,10 @@ pub unsafe fn float_tiles(
     ldo: usize,
 ) {
     match n_rows {
-        4 => rows_of::<4>(w, w_stride, x, n_tok, k, out, ldo),
-        3 => rows_of::<3>(w, w_stride, x, n_tok, k, out, ldo),
-        2 => rows_of::<2>(w, w_stride, x, n_tok, k, out, ldo),
-        1 => rows_of::<1>(w, w_stride, x, n_tok, k, out, ldo),
+        4 => rows_of::<4>(w, x, n_tok, k, out, ldo),
+        3 => rows_of::<3>(w, x, n_tok, k, out, ldo),
+        2 => rows_of::<2>(w, x, n_tok, k, out, ldo),
+        1 => rows_of::<1>(w, x, n_tok, k, out, ldo),
         _ => debug_assert_eq!(n_rows, 0),
     }
 }
@@ -60,14 +59,13 @@ pub unsafe fn float_tiles(
 #[inline(always)]
 unsafe fn rows_of<const R: usize>(
     w: *const f32,
-    w_stride: usize,
     x: *const f32,
     n_tok: usize,
     k: usize,
     out: *mut f32,
     ldo: usize,
 ) {
-    let rows: [*const f32; R] = std::array::from_fn(|r| w.add(r * w_stride));
+    let rows: [*const f32; R] = std::array::from_fn(|r| w.add(r * k));
     let mut t = 0;
     while t + TOKEN_TILE <= n_tok {
         tile::<R, TOKEN_TILE>(rows, x.add(t * k), k, out.add(t * ldo), ldo);
@@ -122,9 +120,9 @@ unsafe fn tile<const R: usize, const T: usize>(
             }
         }
     }
-    for r in 0..R {
-        for t in 0..T {
-            *out.add(t * ldo + r) = hsum_ggml(acc[r][t]);
+    for (r, row) in acc.iter().enumerate() {
+        for (t, &a) in row.iter().enumerate() {
+            *out.add(t * ldo + r) = hsum_ggml(a);
         }
     }
 }
