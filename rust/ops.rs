@@ -4,8 +4,9 @@
 //!
 //! Performance notes:
 //! - Block-quantized weights meet activations quantized to 8 bits (as in ggml),
-//!   in tiles of several rows × tokens (`simd_avx2/matmul.rs`); float weights are
-//!   widened one row at a time into an L1-sized buffer and met with every token.
+//!   in tiles of several rows × tokens (`simd_avx2/matmul.rs`); float weights
+//!   too (`simd_avx2/float_matmul.rs`), f16/bf16 rows widened to f32 once per
+//!   tile into an L1-sized buffer.
 //! - Each kernel has an AVX2 version and a portable one; the choice is made per
 //!   call from the CPU's features (`cpu.rs`; `PYCOMPAT_KERNEL=portable` forces
 //!   the portable one), and the tests hold the two to the same results.
@@ -68,7 +69,7 @@ fn pick_isa(allow_simd: bool) -> Isa {
 }
 
 thread_local! {
-    /// One dequantized weight row, for float weights (each pool thread keeps its own).
+    /// Dequantized weight rows, for float weights (each pool thread keeps its own).
     static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// One gathered row of a grouped matrix, for the portable path.
     static GATHER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -90,15 +91,14 @@ fn float_rows_body(w: &Tensor, x: &[f32], n_tok: usize, rows: Range<usize>, out:
     })
 }
 
-/// `float_rows_body` with AVX2 and FMA: a widened row meets eight tokens at a
-/// time through the attention scores kernel (a weight row against tokens is a
-/// query against keys), whose sum for a token is the same whichever group of
-/// eight it falls in, so a token's result does not depend on the batch.
+/// `float_rows_body` with AVX2 and FMA, in tiles of rows × tokens
+/// (`simd_avx2/float_matmul.rs`, which states why a result does not depend on
+/// the batch). Each group of `ROW_TILE` rows meets every token: f32 rows are
+/// read where they lie, other formats are widened into `ROW` once per group.
 ///
-/// Why not `float_rows_body` compiled with these features: its loop runs in a
-/// thread-local's closure, and a closure is compiled without the
-/// `#[target_feature]`s of the function it is written in. It ran as SSE2, two
-/// floats per load.
+/// Why the loop is not in `ROW.with_borrow_mut`'s closure: a closure is
+/// compiled without the `#[target_feature]`s of the function it is written in
+/// (the row loop once ran as SSE2, two floats per load).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn float_rows_avx2(
@@ -108,24 +108,28 @@ unsafe fn float_rows_avx2(
     rows: Range<usize>,
     out: SendPtr<f32>,
 ) {
-    if !w.cols.is_multiple_of(8) {
-        return float_rows_body(w, x, n_tok, rows, out);
-    }
+    use crate::simd_avx2::{float_tiles, ROW_TILE};
+    let k = w.cols;
+    let direct = w.dtype == DType::F32 && !w.is_grouped();
     // Taken out of the thread-local (and put back) so the loop is compiled here.
     let mut buf = ROW.with_borrow_mut(std::mem::take);
-    buf.resize(w.cols, 0.0);
-    let mut dots = [0f32; 8];
-    for r in rows {
-        w.dequantize_row(r, &mut buf);
-        for t0 in (0..n_tok).step_by(8) {
-            let m = 8.min(n_tok - t0);
-            // SAFETY: tokens t0..t0+m are rows of `x`, `w.cols` (a multiple of 8) values each.
-            crate::simd_avx2::scores(&buf, x[t0 * w.cols..].as_ptr(), w.cols, 1.0, &mut dots[..m]);
-            for (i, &d) in dots[..m].iter().enumerate() {
-                // SAFETY: as in float_rows_body.
-                *out.get().add((t0 + i) * w.rows + r) = d;
+    if !direct {
+        buf.resize(ROW_TILE * k, 0.0);
+    }
+    for r0 in rows.clone().step_by(ROW_TILE) {
+        let nr = ROW_TILE.min(rows.end - r0);
+        let first = if direct {
+            w.row(r0).as_ptr() as *const f32
+        } else {
+            for i in 0..nr {
+                w.dequantize_row(r0 + i, &mut buf[i * k..(i + 1) * k]);
             }
-        }
+            buf.as_ptr()
+        };
+        // SAFETY: rows r0..r0+nr are `k` apart (stored f32 rows, or widened
+        // into `buf`); the tokens are the rows of `x`; every (t, r) is in
+        // `out`, and rows r0..r0+nr belong to this part alone.
+        float_tiles(first, nr, x.as_ptr(), n_tok, k, out.get().add(r0), w.rows);
     }
     ROW.with_borrow_mut(|kept| *kept = buf); // the empty Vec it replaces frees nothing
 }
@@ -332,13 +336,18 @@ pub fn matmul_many(
     });
 }
 
-/// The longest row, in f32 values, any product widens into `ROW`, and in
+/// Float rows `ROW` holds at once: a tile's rows on the AVX2 path.
+const FLOAT_ROWS_WIDENED: usize = 4;
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(crate::simd_avx2::ROW_TILE <= FLOAT_ROWS_WIDENED);
+
+/// The longest rows, in f32 values, any product widens into `ROW`, and in
 /// bytes, any product gathers into `GATHER` (0: that buffer is not used).
 fn row_buffer_sizes(isa: Isa, products: &[(&Tensor, &mut [f32])]) -> (usize, usize) {
     let (mut float_cols, mut gathered_bytes) = (0, 0);
     for (w, _) in products {
         if !w.dtype.is_quantized() {
-            float_cols = float_cols.max(w.cols);
+            float_cols = float_cols.max(w.cols * FLOAT_ROWS_WIDENED);
         } else if w.is_grouped() && isa == Isa::Portable {
             gathered_bytes = gathered_bytes.max(w.row_bytes());
         }
@@ -617,6 +626,62 @@ mod tests {
                     (s - p).abs() < 1e-4 * scale,
                     "{at}: simd {s} vs portable {p}"
                 );
+            }
+        }
+    }
+
+    /// Float weights on both paths: each value within rounding of an f64 dot
+    /// product, and bit-identical whether its token came in a batch or alone,
+    /// on sizes that leave edge tiles in rows and tokens, k not a multiple of 8,
+    /// and (k = 4100) tokens in more than one L2 block.
+    #[test]
+    fn float_matmul_is_accurate_and_independent_of_the_batch() {
+        for (rows, cols, n_tok) in [
+            (11, 13, 23),
+            (7, 40, 10),
+            (5, 1, 4),
+            (9, 389, 17),
+            (6, 4100, 70),
+        ] {
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                let w = Tensor::new(
+                    dtype,
+                    rows,
+                    cols,
+                    quantize(dtype, &pseudo_random(rows * cols, 5)),
+                )
+                .unwrap();
+                let wf = w.to_f32();
+                let x = pseudo_random(n_tok * cols, 6);
+                for simd in [true, false] {
+                    let mut batch = vec![0.0; n_tok * rows];
+                    matmul_with(&w, &x, n_tok, &mut batch, simd);
+                    for t in 0..n_tok {
+                        let xt = &x[t * cols..(t + 1) * cols];
+                        let mut alone = vec![0.0; rows];
+                        matmul_with(&w, xt, 1, &mut alone, simd);
+                        let at =
+                            format!("{dtype:?} [{rows}, {cols}] × {n_tok}, simd {simd}, token {t}");
+                        assert_eq!(
+                            alone,
+                            batch[t * rows..(t + 1) * rows],
+                            "{at}: batch vs alone"
+                        );
+                        for r in 0..rows {
+                            let terms = wf[r * cols..(r + 1) * cols]
+                                .iter()
+                                .zip(xt)
+                                .map(|(a, b)| *a as f64 * *b as f64);
+                            let exact: f64 = terms.clone().sum();
+                            let size: f64 = terms.map(f64::abs).sum();
+                            let got = batch[t * rows + r] as f64;
+                            assert!(
+                                (got - exact).abs() <= 2e-6 * size,
+                                "{at}, row {r}: {got} vs {exact}"
+                            );
+                        }
+                    }
+                }
             }
         }
     }

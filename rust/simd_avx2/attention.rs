@@ -201,7 +201,7 @@ unsafe fn sum_lanes_of_4_ps(a: [__m256; 4]) -> __m128 {
 /// The sum of the eight lanes of `v` in ggml's order (halves, then pairs): the
 /// attention kernels reduce every score this way, however keys are grouped.
 #[inline(always)]
-unsafe fn hsum_ggml(v: __m256) -> f32 {
+pub(super) unsafe fn hsum_ggml(v: __m256) -> f32 {
     let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let p = _mm_hadd_ps(h, h);
     _mm_cvtss_f32(_mm_hadd_ps(p, p))

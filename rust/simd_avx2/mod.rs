@@ -1,6 +1,8 @@
 //! AVX2 kernels, for x86-64 CPUs with AVX2, FMA and F16C (the callers check at
 //! run time and otherwise take the portable code, which the tests hold these to):
 //!
+//! - `float_matmul`: float matrix products, R weight rows × T tokens, each
+//!   output one accumulator, the same sum whatever tile it falls in.
 //! - `matmul`: quantized matrix products. Weights in the grouped layout
 //!   (`row_groups.rs`) put eight rows' block sums in one register's lanes (8×1
 //!   tiles for decode, 8×4 for prompts); rows in GGUF order take R×T tiles with
@@ -15,10 +17,12 @@
 use std::arch::x86_64::*;
 
 mod attention;
+mod float_matmul;
 mod matmul;
 mod vector;
 
 pub use attention::{scores, scores_shared, weighted_sum, weighted_sum_shared, CacheLanes};
+pub use float_matmul::{float_tiles, ROW_TILE};
 pub use matmul::{matmul_groups, matmul_rows, Q4_0, Q4_1, Q8_0};
 pub use vector::{quantize_q8, softmax, swiglu};
 
