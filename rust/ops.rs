@@ -421,6 +421,25 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * phi2
 }
 
+/// `x[i] = gelu(x[i] + bias[i])` over a row.
+pub fn bias_gelu(x: &mut [f32], bias: &[f32]) {
+    bias_gelu_with(x, bias, true)
+}
+
+/// `bias_gelu`, optionally forcing the portable code (tests compare the two).
+pub fn bias_gelu_with(x: &mut [f32], bias: &[f32], allow_simd: bool) {
+    assert!(bias.len() >= x.len(), "bias_gelu: bias is shorter than x");
+    #[cfg(target_arch = "x86_64")]
+    if pick_isa(allow_simd) == Isa::Avx2 {
+        // SAFETY: pick_isa checked the CPU's features; lengths checked above.
+        return unsafe { crate::simd_avx2::bias_gelu(x, bias) };
+    }
+    let _ = allow_simd;
+    for (a, b) in x.iter_mut().zip(bias) {
+        *a = gelu(*a + b);
+    }
+}
+
 /// Cosines and sines of the rotary angles for one position: `pos · inv_freq[i]`.
 /// Angles are formed in f64 so long contexts keep full f32 accuracy.
 pub fn rope_angles(pos: usize, inv_freq: &[f32], cos: &mut [f32], sin: &mut [f32]) {
@@ -712,6 +731,25 @@ mod tests {
             let mut alone = vec![0.0; n_tok * w.rows];
             matmul(w, &x, n_tok, &mut alone);
             assert_eq!(got, &alone, "{:?}", w.dtype);
+        }
+    }
+
+    #[test]
+    fn bias_gelu_paths_agree_with_the_exact_form() {
+        // Both sides of 0, the far negative tail (where 1 + erf would cancel), large positives.
+        for n in [3, 8, 29, 1536] {
+            let x: Vec<f32> = pseudo_random(n, 41).iter().map(|v| v * 12.0).collect();
+            let bias = pseudo_random(n, 42);
+            let (mut simd, mut portable) = (x.clone(), x.clone());
+            bias_gelu_with(&mut simd, &bias, true);
+            bias_gelu_with(&mut portable, &bias, false);
+            for (i, (a, b)) in simd.iter().zip(&portable).enumerate() {
+                let v = x[i] + bias[i];
+                assert!(
+                    (a - b).abs() <= 1e-6 * v.abs().max(1e-3),
+                    "n {n}: gelu({v}) = {a} vs {b}"
+                );
+            }
         }
     }
 

@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use super::tensors::Tensors;
 use super::{add_to_rows, err, sized, KernelError};
 use crate::attention;
-use crate::ops::{gelu, layer_norm, matmul_many, softmax};
+use crate::ops::{self, layer_norm, matmul_many, softmax};
 use crate::pool::{self, SendPtr};
 use crate::q8_activations::Q8Activations;
 use crate::tensor::Tensor;
@@ -436,9 +436,7 @@ fn bias_gelu(x: &mut [f32], bias: &[f32]) {
     pool::global().for_each_unit(rows, |r| {
         // SAFETY: each unit is one whole row of `x`, of a distinct index below `rows`.
         let row = unsafe { std::slice::from_raw_parts_mut(xs.get().add(r * width), width) };
-        for (a, b) in row.iter_mut().zip(bias) {
-            *a = gelu(*a + b);
-        }
+        ops::bias_gelu(row, bias);
     });
 }
 

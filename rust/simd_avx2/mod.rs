@@ -24,7 +24,7 @@ mod vector;
 pub use attention::{scores, scores_shared, weighted_sum, weighted_sum_shared, CacheLanes};
 pub use float_matmul::{float_tiles, ROW_TILE};
 pub use matmul::{matmul_groups, matmul_rows, Q4_0, Q4_1, Q8_0};
-pub use vector::{quantize_q8, softmax, swiglu};
+pub use vector::{bias_gelu, quantize_q8, softmax, swiglu};
 
 /// 16 bytes of nibbles -> 32 bytes: low nibbles first, then high nibbles (ggml's order).
 #[inline(always)]

@@ -1,4 +1,4 @@
-//! Element-wise kernels: softmax, SwiGLU, and the 8-bit quantization of
+//! Element-wise kernels: softmax, SwiGLU, GELU, and the 8-bit quantization of
 //! activations before a quantized matrix product.
 
 use std::arch::x86_64::*;
@@ -168,5 +168,50 @@ pub unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
     for i in body..gate.len() {
         gate[i] = gate[i] / (1.0 + (-gate[i]).exp()) * up[i];
+    }
+}
+
+/// `x[i] = gelu(x[i] + bias[i])`, eight at a time. Φ comes from erfc by the
+/// Chebyshev-fitted form in Numerical Recipes (`erfcc`: fractional error below
+/// 1.2e-7 for every argument), taken at |x|/√2 so that negative x loses no
+/// digits: Φ(x) = erfc(|x|/√2)/2 for x < 0, 1 − that for x ≥ 0.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `bias` at least as long as `x`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn bias_gelu(x: &mut [f32], bias: &[f32]) {
+    const C: [f32; 10] = [
+        0.170_872_77,
+        -0.822_152_23,
+        1.488_515_87,
+        -1.135_203_98,
+        0.278_868_07,
+        -0.186_288_06,
+        0.096_784_18,
+        0.374_091_96,
+        1.000_023_68,
+        -1.265_512_23,
+    ];
+    let body = x.len() / 8 * 8;
+    let (p, b) = (x.as_mut_ptr(), bias.as_ptr());
+    let (one, half) = (_mm256_set1_ps(1.0), _mm256_set1_ps(0.5));
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    for i in (0..body).step_by(8) {
+        let v = _mm256_add_ps(_mm256_loadu_ps(p.add(i)), _mm256_loadu_ps(b.add(i)));
+        let t = _mm256_mul_ps(_mm256_and_ps(v, abs_mask), _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+        let u = _mm256_div_ps(one, _mm256_fmadd_ps(half, t, one));
+        let mut poly = _mm256_set1_ps(C[0]);
+        for &c in &C[1..] {
+            poly = _mm256_fmadd_ps(poly, u, _mm256_set1_ps(c));
+        }
+        // erfc(t) = u · e^(−t² + poly(u))
+        let erfc = _mm256_mul_ps(u, exp8(_mm256_fnmadd_ps(t, t, poly)));
+        let tail = _mm256_mul_ps(half, erfc); // Φ(−|v|)
+        let negative = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ);
+        let phi = _mm256_blendv_ps(_mm256_sub_ps(one, tail), tail, negative);
+        _mm256_storeu_ps(p.add(i), _mm256_mul_ps(v, phi));
+    }
+    for i in body..x.len() {
+        x[i] = crate::ops::gelu(x[i] + bias[i]);
     }
 }
