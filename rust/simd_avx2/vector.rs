@@ -171,15 +171,35 @@ pub unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// `x[i] = gelu(x[i] + bias[i])`, eight at a time. Φ comes from erfc by the
-/// Chebyshev-fitted form in Numerical Recipes (`erfcc`: fractional error below
-/// 1.2e-7 for every argument), taken at |x|/√2 so that negative x loses no
-/// digits: Φ(x) = erfc(|x|/√2)/2 for x < 0, 1 − that for x ≥ 0.
+/// `x[i] = gelu(x[i] + bias[i])`, eight at a time (the last few padded to eight).
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `bias` at least as long as `x`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn bias_gelu(x: &mut [f32], bias: &[f32]) {
+    let body = x.len() / 8 * 8;
+    let (p, b) = (x.as_mut_ptr(), bias.as_ptr());
+    for i in (0..body).step_by(8) {
+        let v = _mm256_add_ps(_mm256_loadu_ps(p.add(i)), _mm256_loadu_ps(b.add(i)));
+        _mm256_storeu_ps(p.add(i), gelu8(v));
+    }
+    if body < x.len() {
+        let mut rest = [0f32; 8];
+        for (r, i) in rest.iter_mut().zip(body..x.len()) {
+            *r = x[i] + bias[i];
+        }
+        _mm256_storeu_ps(rest.as_mut_ptr(), gelu8(_mm256_loadu_ps(rest.as_ptr())));
+        let n = x.len() - body;
+        x[body..].copy_from_slice(&rest[..n]);
+    }
+}
+
+/// GELU in eight lanes, `v · Φ(v)`. Φ comes from erfc by the Chebyshev-fitted
+/// form in Numerical Recipes (`erfcc`: fractional error below 1.2e-7 for every
+/// argument), taken at |v|/√2 so that negative v loses no digits:
+/// Φ(v) = erfc(|v|/√2)/2 for v < 0, 1 − that for v ≥ 0.
+#[inline(always)]
+unsafe fn gelu8(v: __m256) -> __m256 {
     const C: [f32; 10] = [
         0.170_872_77,
         -0.822_152_23,
@@ -192,26 +212,17 @@ pub unsafe fn bias_gelu(x: &mut [f32], bias: &[f32]) {
         1.000_023_68,
         -1.265_512_23,
     ];
-    let body = x.len() / 8 * 8;
-    let (p, b) = (x.as_mut_ptr(), bias.as_ptr());
     let (one, half) = (_mm256_set1_ps(1.0), _mm256_set1_ps(0.5));
-    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
-    for i in (0..body).step_by(8) {
-        let v = _mm256_add_ps(_mm256_loadu_ps(p.add(i)), _mm256_loadu_ps(b.add(i)));
-        let t = _mm256_mul_ps(_mm256_and_ps(v, abs_mask), _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
-        let u = _mm256_div_ps(one, _mm256_fmadd_ps(half, t, one));
-        let mut poly = _mm256_set1_ps(C[0]);
-        for &c in &C[1..] {
-            poly = _mm256_fmadd_ps(poly, u, _mm256_set1_ps(c));
-        }
-        // erfc(t) = u · e^(−t² + poly(u))
-        let erfc = _mm256_mul_ps(u, exp8(_mm256_fnmadd_ps(t, t, poly)));
-        let tail = _mm256_mul_ps(half, erfc); // Φ(−|v|)
-        let negative = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ);
-        let phi = _mm256_blendv_ps(_mm256_sub_ps(one, tail), tail, negative);
-        _mm256_storeu_ps(p.add(i), _mm256_mul_ps(v, phi));
+    let abs = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff)));
+    let t = _mm256_mul_ps(abs, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+    let u = _mm256_div_ps(one, _mm256_fmadd_ps(half, t, one));
+    let mut poly = _mm256_set1_ps(C[0]);
+    for &c in &C[1..] {
+        poly = _mm256_fmadd_ps(poly, u, _mm256_set1_ps(c));
     }
-    for i in body..x.len() {
-        x[i] = crate::ops::gelu(x[i] + bias[i]);
-    }
+    // erfc(t) = u · e^(−t² + poly(u))
+    let erfc = _mm256_mul_ps(u, exp8(_mm256_fnmadd_ps(t, t, poly)));
+    let tail = _mm256_mul_ps(half, erfc); // Φ(−|v|)
+    let negative = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ);
+    _mm256_mul_ps(v, _mm256_blendv_ps(_mm256_sub_ps(one, tail), tail, negative))
 }
