@@ -10,6 +10,7 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::kv_cache::KvStore;
@@ -18,6 +19,7 @@ use crate::model::bert::{Bert, Pooling};
 use crate::model::{Arch, Entry, KernelError as CoreError, Model, Want};
 use crate::sampler::{Penalties, Sampler as CoreSampler, SamplingParams};
 use crate::dtype::DType;
+use crate::tensor::Tensor;
 use crate::weights::{self, Quantize, TensorSource};
 
 create_exception!(
@@ -106,6 +108,21 @@ fn tensor_sources(tensors: Vec<TensorTuple>) -> PyResult<Vec<TensorSource>> {
         sources.push(TensorSource { name, dtype, rows, cols, path, offset, nbytes });
     }
     Ok(sources)
+}
+
+/// Reads the weights (each from its file, once, converted by `quantize`) and
+/// builds a model of them with `make`, the GIL released throughout.
+fn build<M: Send>(
+    py: Python<'_>,
+    tensors: Vec<TensorTuple>,
+    quantize: Option<&str>,
+    make: impl FnOnce(HashMap<String, Tensor>) -> Result<M, CoreError> + Send,
+) -> PyResult<M> {
+    let quantize = parse_quantize(quantize)?;
+    let sources = tensor_sources(tensors)?;
+    Ok(py.detach(|| {
+        contain_panic(|| make(weights::load(&sources, quantize).map_err(CoreError)?))
+    })?)
 }
 
 /// A paged KV cache shared by the sequences of a server: `n_blocks` blocks of
@@ -243,14 +260,7 @@ impl KernelModel {
         quantize: Option<&str>,
     ) -> PyResult<Self> {
         let cfg = extract_config(config)?;
-        let quantize = parse_quantize(quantize)?;
-        let sources = tensor_sources(tensors)?;
-        let inner = py.detach(|| {
-            contain_panic(|| {
-                let map = weights::load(&sources, quantize).map_err(CoreError)?;
-                Model::new(cfg, map)
-            })
-        })?;
+        let inner = build(py, tensors, quantize, |map| Model::new(cfg, map))?;
         Ok(KernelModel {
             inner,
             logits: Mutex::default(),
@@ -466,14 +476,7 @@ impl EncoderModel {
         quantize: Option<&str>,
     ) -> PyResult<Self> {
         let cfg = extract_config(config)?;
-        let quantize = parse_quantize(quantize)?;
-        let sources = tensor_sources(tensors)?;
-        let inner = py.detach(|| {
-            contain_panic(|| {
-                let map = weights::load(&sources, quantize).map_err(CoreError)?;
-                Bert::new(cfg, map)
-            })
-        })?;
+        let inner = build(py, tensors, quantize, |map| Bert::new(cfg, map))?;
         Ok(EncoderModel { inner })
     }
 
