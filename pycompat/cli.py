@@ -180,14 +180,16 @@ def _load_served(name: str, args: argparse.Namespace, log: logging.Logger):
     from pycompat.loading.load import default_model_path
 
     bundled = {DEFAULT_CHAT_ID: default_model_path, DEFAULT_EMBEDDING_ID: default_encoder_path}
-    if name in bundled and not Path(name).exists():
+    is_bundled = name in bundled and not Path(name).exists()
+    if is_bundled:
         path, model_id = bundled[name](), name
     else:
         path = Path(name)
         model_id = path.name if path.is_dir() else path.stem
     created = int(path.stat().st_mtime)
     if is_encoder(path):
-        encoder = load_encoder(path, quantize=args.quantize)
+        # The bundled one by its own name (its path is a cache directory's).
+        encoder = load_encoder(None if is_bundled else path, quantize=args.quantize)
         log.info("loaded %s from %s in %.1f s (embedding model: %d dimensions, inputs up to %d tokens)",
                  encoder.name, path, encoder.load_seconds, encoder.dim, encoder.context_length)
         embedding = Embedding(Embedder(encoder.kernel), encoder.tokenizer, encoder.context_length)
