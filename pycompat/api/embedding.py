@@ -18,8 +18,6 @@ from pycompat.engine.embedder import EmbedderQueueFull
 # Texts up to this many characters in all are tokenized on the event loop: for a
 # sentence or two that takes tens of microseconds, less than a hop to a worker thread.
 INLINE_TOKENIZE_CHARS = 2000
-# What a client is told to wait before retrying when the queue is full.
-RETRY_AFTER_SECONDS = 1
 
 
 async def token_ids(served: ServedModel, inputs: list[str | list[int]], field: str, single: bool) -> list[list[int]]:
@@ -33,8 +31,8 @@ async def token_ids(served: ServedModel, inputs: list[str | list[int]], field: s
     def encode_all() -> list[list[int]]:
         return [tokenizer.encode(x) if isinstance(x, str) else tokenizer.wrap(list(x)) for x in inputs]
 
-    text_bytes = sum(len(x) for x in inputs if isinstance(x, str))  # characters: a cheap stand-in
-    ids = await trio.to_thread.run_sync(encode_all) if text_bytes > INLINE_TOKENIZE_CHARS else encode_all()
+    text_chars = sum(len(x) for x in inputs if isinstance(x, str))
+    ids = await trio.to_thread.run_sync(encode_all) if text_chars > INLINE_TOKENIZE_CHARS else encode_all()
     for index, one in enumerate(ids):
         if len(one) > embedding.context_length:
             raise InputTooLong(field, None if single else index, len(one), embedding.context_length)
@@ -48,7 +46,7 @@ async def embed(served: ServedModel, ids: list[list[int]], dimensions: int | Non
     try:
         rows = await served.embedding.embedder.embed(ids)
     except EmbedderQueueFull:
-        raise Busy(RETRY_AFTER_SECONDS) from None
+        raise Busy() from None
     if dimensions is not None and dimensions < rows.shape[1]:
         rows = rows[:, :dimensions]
         norms = np.linalg.norm(rows, axis=1, keepdims=True)

@@ -64,9 +64,9 @@ class InputTooLong(ServiceError):
 
 
 class Busy(ServiceError):
-    """The queue is full; the client may retry after ``retry_after`` seconds."""
+    """The queue is full; the client may retry after ``retry_after`` seconds (one, for every queue so far)."""
 
-    def __init__(self, retry_after: int):
+    def __init__(self, retry_after: int = 1):
         super().__init__(retry_after)
         self.retry_after = retry_after
 

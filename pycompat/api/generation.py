@@ -34,8 +34,6 @@ from pycompat.loading.chat_template import TemplateError
 __all__ = ["Choices", "Event", "Finished", "Generation", "PromptLogprobs", "Result", "SamplingOptions", "TextPiece", "TokenLogprob", "chat_prompt", "check_prompt_bytes",
            "sampling_options", "start", "tokenize"]
 
-# What a client is told to wait before retrying when the queue is full.
-RETRY_AFTER_SECONDS = 1
 # The sampling fields a model may recommend values for (generation_config.json, GGUF general.sampling.*).
 RECOMMENDABLE = ("temperature", "top_p", "top_k", "min_p")
 
@@ -178,7 +176,7 @@ def start(served: ServedModel, prompts: list[list[int]], opts: SamplingOptions, 
             return Choices([_NothingToGenerate(Finished("length", len(ids), 0)) for ids in prompts for _ in range(opts.n)])
         return Choices(start_engine(engine, prompts, opts))
     except QueueFull:
-        raise Busy(RETRY_AFTER_SECONDS) from None
+        raise Busy() from None
     except ContextOverflow as e:
         raise ContextExceeded(e.context_length, e.prompt_tokens, e.max_tokens, field) from None
 

@@ -12,7 +12,7 @@ from pycompat.api.generation import Choices, Finished, PromptLogprobs, Result
 from pycompat.api.openai import logprobs as logprob_shapes
 from pycompat.api.openai import sse
 from pycompat.api.openai.bodies import new_id, now, total_usage
-from pycompat.api.openai.errors import invalid_type, invalid_value
+from pycompat.api.openai.errors import check_token_ids, invalid_type, invalid_value
 from pycompat.api.openai.protocol import COMPLETIONS, Fields
 from pycompat.api.registry import Registry, ServedModel
 from pycompat.api.render import json_response
@@ -37,11 +37,7 @@ def parse_prompts(value) -> list[str | list[int]]:
 
 
 def _check_token_ids(served: ServedModel, ids: list[int]) -> list[int]:
-    vocab = served.vocab_size
-    bad = next((t for t in ids if not 0 <= t < vocab), None)
-    if bad is not None:
-        shown = bad if abs(bad) < 10**12 else f"{str(bad)[:12]}..."
-        raise invalid_value("prompt", f"token id {shown} is outside the vocabulary (0..{vocab - 1}).")
+    check_token_ids("prompt", ids, served.vocab_size)
     return list(ids)
 
 

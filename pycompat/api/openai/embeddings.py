@@ -7,7 +7,7 @@ import base64
 import numpy as np
 
 from pycompat.api import embedding, json_body
-from pycompat.api.openai.errors import invalid_type, invalid_value
+from pycompat.api.openai.errors import check_token_ids, invalid_type, invalid_value
 from pycompat.api.openai.protocol import EMBEDDINGS, Fields
 from pycompat.api.registry import Registry
 from pycompat.api.render import json_response
@@ -45,11 +45,7 @@ def parse_inputs(value) -> tuple[list[str | list[int]], bool]:
 def _check_token_ids(inputs: list[str | list[int]], single: bool, vocab_size: int) -> None:
     for index, one in enumerate(inputs):
         if isinstance(one, list):
-            bad = next((t for t in one if not 0 <= t < vocab_size), None)
-            if bad is not None:
-                shown = bad if abs(bad) < 10**12 else f"{str(bad)[:12]}..."
-                where = "input" if single else f"input[{index}]"
-                raise invalid_value(where, f"token id {shown} is outside the vocabulary (0..{vocab_size - 1}).")
+            check_token_ids("input" if single else f"input[{index}]", one, vocab_size)
 
 
 def _encoded(rows: np.ndarray, encoding_format: str) -> list:

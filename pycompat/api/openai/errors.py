@@ -99,5 +99,13 @@ def invalid_value(param: str, message: str) -> APIError:
     return APIError(400, f"Invalid '{param}': {message}", param=param, code="invalid_value")
 
 
+def check_token_ids(param: str, ids: list[int], vocab_size: int) -> None:
+    """Raises a 400 naming ``param`` for the first id outside the vocabulary."""
+    bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        shown = bad if abs(bad) < 10**12 else f"{str(bad)[:12]}..."
+        raise invalid_value(param, f"token id {shown} is outside the vocabulary (0..{vocab_size - 1}).")
+
+
 def missing(param: str) -> APIError:
     return APIError(400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
