@@ -1,5 +1,5 @@
 //! pycompat's compute kernel: a Llama-family forward pass over weights kept in
-//! their file formats, and token sampling.
+//! their file formats, token sampling, and the grammars that constrain it.
 //!
 //! The core (everything but `py`) is plain Rust and tests with `cargo test`.
 //! `py` holds every PyO3 item; it is built only with the `python` feature.
@@ -8,6 +8,7 @@ pub mod arena;
 pub mod attention;
 pub mod cpu;
 pub mod dtype;
+pub mod grammar;
 pub mod kv_cache;
 pub mod logprobs;
 pub mod model;
