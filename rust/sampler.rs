@@ -144,6 +144,21 @@ pub struct Sampler {
     adjusted: Vec<f32>,
 }
 
+/// Sets the logit of every token not in `allowed` (a bitset, as `sample_masked` takes) to minus infinity.
+fn mask_logits(logits: &mut [f32], allowed: &[u32]) {
+    for (w, chunk) in logits.chunks_mut(32).enumerate() {
+        let bits = allowed.get(w).copied().unwrap_or(0);
+        if bits == u32::MAX {
+            continue; // a whole word allowed: common in free text, rare in JSON
+        }
+        for (b, l) in chunk.iter_mut().enumerate() {
+            if bits & (1 << b) == 0 {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
 /// Index of the largest value; the lowest index wins ties, as a stable argmax should.
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -202,7 +217,15 @@ impl Sampler {
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.bias.is_empty() && self.penalties.is_none() {
+        self.sample_masked(logits, None)
+    }
+
+    /// Picks a token among those `allowed` (a bitset: bit `t % 32` of word
+    /// `t / 32` for token t; tokens past its end are not allowed), or among all
+    /// when None. The mask comes last, after the bias and penalties, so a
+    /// grammar's choice is never undone by them. At least one token must be allowed.
+    pub fn sample_masked(&mut self, logits: &[f32], allowed: Option<&[u32]>) -> u32 {
+        if self.bias.is_empty() && self.penalties.is_none() && allowed.is_none() {
             return self.sample_adjusted(logits);
         }
         let mut adjusted = std::mem::take(&mut self.adjusted);
@@ -215,6 +238,9 @@ impl Sampler {
         }
         if let Some(penalties) = &self.penalties {
             penalties.apply(&self.seen, &mut adjusted);
+        }
+        if let Some(allowed) = allowed {
+            mask_logits(&mut adjusted, allowed);
         }
         let chosen = self.sample_adjusted(&adjusted);
         self.adjusted = adjusted;
@@ -366,7 +392,8 @@ impl Sampler {
 
 /// Each sampler picks a token from its logits; the samplers run in parallel
 /// on the kernel's threads (one after another, the other threads would idle).
-pub fn sample_all(jobs: &mut [(&mut Sampler, &[f32])], chosen: &mut [u32]) {
+/// `jobs`: each sampler, its logits, and the tokens allowed (None: all).
+pub fn sample_all(jobs: &mut [(&mut Sampler, &[f32], Option<&[u32]>)], chosen: &mut [u32]) {
     assert_eq!(jobs.len(), chosen.len());
     let (jobs_at, chosen_at) = (
         crate::pool::SendPtr(jobs.as_mut_ptr()),
@@ -375,8 +402,8 @@ pub fn sample_all(jobs: &mut [(&mut Sampler, &[f32])], chosen: &mut [u32]) {
     crate::pool::global().for_each_unit(jobs.len(), |i| {
         // SAFETY: i < jobs.len(), and each i is claimed by one thread only.
         unsafe {
-            let (sampler, logits) = &mut *jobs_at.get().add(i);
-            *chosen_at.get().add(i) = sampler.sample(logits);
+            let (sampler, logits, allowed) = &mut *jobs_at.get().add(i);
+            *chosen_at.get().add(i) = sampler.sample_masked(logits, *allowed);
         }
     });
 }
@@ -571,5 +598,52 @@ mod tests {
         let mut s = Sampler::new(params(1.0, 1.0, 0, 0.0), 3);
         let ones = (0..20000).filter(|_| s.sample(&logits) == 1).count();
         assert!((ones as f64 / 20000.0 - 0.75).abs() < 0.02, "{ones}");
+    }
+
+    fn bits(allowed: &[u32], n: usize) -> Vec<u32> {
+        let mut words = vec![0u32; n.div_ceil(32)];
+        for &t in allowed {
+            words[t as usize / 32] |= 1 << (t % 32);
+        }
+        words
+    }
+
+    #[test]
+    fn a_mask_leaves_only_its_tokens() {
+        let logits: Vec<f32> = (0..100).map(|i| (i % 17) as f32 / 4.0).collect();
+        let allowed = [3u32, 40, 64, 99];
+        let mask = bits(&allowed, 100);
+        // Greedy: the likeliest allowed token (99 % 17 = 14 is the highest of them).
+        let mut greedy = Sampler::new(params(0.0, 1.0, 0, 0.0), 1);
+        assert_eq!(greedy.sample_masked(&logits, Some(&mask)), 99);
+        for (top_p, top_k, min_p) in [(1.0, 0, 0.0), (0.9, 0, 0.0), (1.0, 2, 0.0), (1.0, 0, 0.3)] {
+            let mut s = Sampler::new(params(1.5, top_p, top_k, min_p), 9);
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..2000 {
+                seen.insert(s.sample_masked(&logits, Some(&mask)));
+            }
+            assert!(seen.iter().all(|t| allowed.contains(t)), "{seen:?}");
+        }
+        // Every allowed token comes up under plain temperature sampling.
+        let mut s = Sampler::new(params(5.0, 1.0, 0, 0.0), 3);
+        let seen: std::collections::BTreeSet<u32> = (0..2000).map(|_| s.sample_masked(&logits, Some(&mask))).collect();
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), allowed);
+    }
+
+    #[test]
+    fn bias_and_penalties_cannot_undo_a_mask() {
+        let logits = vec![0.0f32; 40];
+        let mask = bits(&[5], 40);
+        let mut s = Sampler::new(params(1.0, 1.0, 0, 0.0), 4)
+            .with_bias(vec![(7, 100.0)])
+            .with_penalties(Penalties { presence: 2.0, frequency: 2.0, repetition: 1.5 }, &[5]);
+        for _ in 0..20 {
+            assert_eq!(s.sample_masked(&logits, Some(&mask)), 5);
+        }
+        // A mask shorter than the vocabulary allows nothing past its end.
+        let short = bits(&[1], 32);
+        let mut g = Sampler::new(params(0.0, 1.0, 0, 0.0), 1);
+        assert_eq!(g.sample_masked(&[0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+                                     0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 9.0], Some(&short)), 1);
     }
 }
