@@ -19,6 +19,7 @@ use crate::model::bert::{Bert, Pooling};
 use crate::model::{Arch, Entry, KernelError as CoreError, Model, Want};
 use crate::sampler::{Penalties, Sampler as CoreSampler, SamplingParams};
 use crate::dtype::DType;
+use crate::grammar::{Constraint, Kind as GrammarKind, Vocabulary};
 use crate::tensor::Tensor;
 use crate::weights::{self, Quantize, TensorSource};
 
@@ -27,6 +28,13 @@ create_exception!(
     KernelError,
     PyException,
     "An invalid model or request reached the kernel."
+);
+
+create_exception!(
+    _kernel,
+    GrammarError,
+    PyException,
+    "A grammar (a JSON schema, a regular expression, a Lark grammar) could not be compiled; the message says why."
 );
 
 /// Runs a compute call so that a bug (a panic) becomes a KernelError, which the
@@ -144,9 +152,13 @@ struct KvCache {
 /// tokens (it is not kept when that penalty is 1). `ignore_eos` is not used in
 /// sampling: the engine reads it to generate past the tokenizer's stop tokens
 /// (vLLM keeps it among its sampling parameters too).
+///
+/// `grammar`: a compiled Grammar the sequence's output must follow; the
+/// sampler keeps its own position in it (each choice of a request has its own).
 #[pyclass(module = "pycompat._kernel")]
 struct Sampler {
     inner: CoreSampler,
+    constraint: Option<Constraint>,
     #[pyo3(get)]
     ignore_eos: bool,
 }
@@ -156,7 +168,7 @@ impl Sampler {
     #[new]
     #[pyo3(signature = (temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=0, logit_bias=Vec::new(),
                         presence_penalty=0.0, frequency_penalty=0.0, repetition_penalty=1.0, prompt=Vec::new(),
-                        ignore_eos=false))]
+                        ignore_eos=false, grammar=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         temperature: f32,
@@ -170,6 +182,7 @@ impl Sampler {
         repetition_penalty: f32,
         prompt: Vec<u32>,
         ignore_eos: bool,
+        grammar: Option<PyRef<'_, Grammar>>,
     ) -> PyResult<Self> {
         if !(presence_penalty.is_finite() && frequency_penalty.is_finite()) {
             return Err(kernel_err("presence_penalty and frequency_penalty must be finite"));
@@ -190,9 +203,59 @@ impl Sampler {
         };
         Ok(Sampler {
             inner: CoreSampler::new(params, seed).with_bias(logit_bias).with_penalties(penalties, &prompt),
+            constraint: grammar.map(|g| g.inner.constraint()),
             ignore_eos,
         })
     }
+
+    /// Whether the output has completed its grammar (False without one).
+    #[getter]
+    fn grammar_complete(&self) -> bool {
+        self.constraint.as_ref().is_some_and(|c| c.is_complete())
+    }
+}
+
+/// The grammars of one model's vocabulary: `tokenizer_json` (Hugging Face's
+/// tokenizer.json text, byte-level or byte-fallback BPE) padded to
+/// `vocab_size` ids, and `end_tokens`, the tokens that may end an output
+/// (allowed exactly where a grammar is complete; the first is the main one).
+#[pyclass(module = "pycompat._kernel", frozen)]
+struct Grammars {
+    inner: Vocabulary,
+}
+
+#[pymethods]
+impl Grammars {
+    #[new]
+    fn new(py: Python<'_>, tokenizer_json: &str, vocab_size: usize, end_tokens: Vec<u32>) -> PyResult<Self> {
+        let inner = py
+            .detach(|| contain_panic(|| Vocabulary::from_tokenizer_json(tokenizer_json, vocab_size, &end_tokens).map_err(CoreError)))?;
+        Ok(Grammars { inner })
+    }
+
+    /// The grammar `source` of `kind` ("json_schema", "regex" or "lark"),
+    /// compiled with the GIL released, or the one compiled before from the same
+    /// source. A GrammarError says why one cannot be compiled.
+    fn compile(&self, py: Python<'_>, kind: &str, source: &str) -> PyResult<Grammar> {
+        let kind = GrammarKind::parse(kind).map_err(GrammarError::new_err)?;
+        let compiled = py.detach(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.compile(kind, source)))
+                .unwrap_or_else(|_| Err("the grammar compiler failed (a bug: please report it)".into()))
+        });
+        Ok(Grammar { inner: compiled.map_err(GrammarError::new_err)? })
+    }
+
+    /// How many compiled grammars are kept.
+    #[getter]
+    fn compiled(&self) -> usize {
+        self.inner.compiled_count()
+    }
+}
+
+/// A compiled grammar, for `Sampler(grammar=...)`.
+#[pyclass(module = "pycompat._kernel", frozen)]
+struct Grammar {
+    inner: std::sync::Arc<crate::grammar::Grammar>,
 }
 
 /// Model weights and configuration, shared read-only by all steps.
@@ -229,6 +292,9 @@ struct StepInput<'py> {
 /// `top_logprobs`, the chosen token's log-probability and the most likely
 /// tokens as (id, log-probability), most likely first; with `prompt_targets`,
 /// the same (log-probability, most likely tokens) for each target, in order.
+/// With a grammar: `grammar_complete` once the token completes it (nothing but
+/// an end token may follow), and `grammar_error` if the grammar failed (the
+/// token is then an end token).
 #[pyclass(module = "pycompat._kernel", frozen, get_all)]
 struct StepOutput {
     token: Option<u32>,
@@ -236,6 +302,8 @@ struct StepOutput {
     logprob: Option<f32>,
     top_logprobs: Option<Vec<(u32, f32)>>,
     prompt_logprobs: Option<Vec<Scores>>,
+    grammar_complete: bool,
+    grammar_error: Option<String>,
 }
 
 fn f32_bytes<'py>(py: Python<'py>, v: &[f32]) -> Bound<'py, PyBytes> {
@@ -347,6 +415,7 @@ impl KernelModel {
         let mut needs_last = Vec::with_capacity(inputs.len());
         let mut entries = Vec::with_capacity(inputs.len());
         let mut samplers: Vec<Option<&mut CoreSampler>> = Vec::with_capacity(inputs.len());
+        let mut constraints: Vec<Option<&mut Constraint>> = Vec::with_capacity(inputs.len());
         for ((input, &asked), t) in inputs.iter_mut().zip(&returned).zip(&targets) {
             // A sampler needs the last token's logits at least.
             let want = match (asked, input.sampler.is_some()) {
@@ -356,10 +425,21 @@ impl KernelModel {
             };
             needs_last.push(asked == Want::Last || input.sampler.is_some());
             entries.push(Entry { blocks: &input.blocks, start: input.start, tokens: &input.tokens, want });
-            samplers.push(input.sampler.as_mut().map(|s| &mut s.inner));
+            match input.sampler.as_mut() {
+                Some(s) => {
+                    let s: &mut Sampler = s;
+                    samplers.push(Some(&mut s.inner));
+                    constraints.push(s.constraint.as_mut());
+                }
+                None => {
+                    samplers.push(None);
+                    constraints.push(None);
+                }
+            }
         }
+        let constrained = constraints.iter().any(Option::is_some);
         let all_rows = returned.contains(&Want::All);
-        let (chosen, logits, scored, prompt_scored) = py.detach(|| {
+        let (chosen, logits, scored, prompt_scored, grammar_state) = py.detach(|| {
             let mut store = cache.store.lock().unwrap_or_else(|e| e.into_inner());
             // Every token's logits of a long prompt take much memory: those go in
             // a buffer of their own, not in the one kept for decoding.
@@ -372,7 +452,7 @@ impl KernelModel {
                 let mut spans = vec![0..0; entries.len()];
                 let mut prompt_scored: Vec<Vec<Scores>> = vec![Vec::new(); entries.len()];
                 let mut delivered = vec![0usize; entries.len()]; // rows so far, for scored entries
-                self.inner.forward(&mut store, &entries, |i, mut logits| {
+                let deliver = |i: usize, mut logits: &[f32]| {
                     if !targets[i].is_empty() {
                         let (first, n) = (delivered[i], logits.len() / vocab);
                         delivered[i] += n;
@@ -391,20 +471,47 @@ impl KernelModel {
                     }
                     rows.extend_from_slice(logits);
                     spans[i].end = rows.len();
+                };
+                // The grammar masks do not depend on this step's logits: they are
+                // computed on a thread of their own while the forward pass runs.
+                std::thread::scope(|scope| {
+                    let masking = constrained.then(|| {
+                        scope.spawn(|| constraints.iter_mut().flatten().for_each(|c| c.compute_mask()))
+                    });
+                    let forward = self.inner.forward(&mut store, &entries, deliver);
+                    if let Some(masking) = masking {
+                        if let Err(panic) = masking.join() {
+                            std::panic::resume_unwind(panic);
+                        }
+                    }
+                    forward
                 })?;
-                let mut jobs: Vec<(&mut CoreSampler, &[f32])> = Vec::new();
+                let mut jobs: Vec<(&mut CoreSampler, &[f32], Option<&[u32]>)> = Vec::new();
                 let mut which = Vec::new();
                 for (i, s) in samplers.iter_mut().enumerate() {
                     if let Some(s) = s.as_mut() {
-                        jobs.push((&mut **s, &rows[spans[i].end - vocab..spans[i].end]));
+                        let allowed = constraints[i].as_ref().map(|c| c.allowed());
+                        jobs.push((&mut **s, &rows[spans[i].end - vocab..spans[i].end], allowed));
                         which.push(i);
                     }
                 }
                 let mut picked = vec![0u32; jobs.len()];
                 crate::sampler::sample_all(&mut jobs, &mut picked);
+                drop(jobs);
                 let mut chosen = vec![None; entries.len()];
                 for (i, t) in which.into_iter().zip(picked) {
                     chosen[i] = Some(t);
+                }
+                // Each grammar advances by its sequence's token.
+                let mut grammar_state = vec![(false, None); entries.len()];
+                for (i, c) in constraints.iter_mut().enumerate() {
+                    if let (Some(c), Some(token)) = (c.as_mut(), chosen[i]) {
+                        let failed_before = c.error().is_some();
+                        if !failed_before {
+                            c.commit(token);
+                        }
+                        grammar_state[i] = (c.is_complete(), c.error().map(String::from));
+                    }
                 }
                 // Log-probabilities where asked for, one sequence per unit of work.
                 let asked: Vec<usize> = (0..entries.len())
@@ -431,7 +538,7 @@ impl KernelModel {
                         Want::Hidden => unreachable!("the binding never asks a step for hidden states"),
                     })
                     .collect();
-                Ok((chosen, logits, scored, prompt_scored))
+                Ok((chosen, logits, scored, prompt_scored, grammar_state))
             })
         })?;
         Ok(chosen
@@ -439,7 +546,8 @@ impl KernelModel {
             .zip(logits)
             .zip(scored)
             .zip(prompt_scored.into_iter().zip(scores))
-            .map(|(((token, logits), scored), (prompt, scores))| {
+            .zip(grammar_state)
+            .map(|((((token, logits), scored), (prompt, scores)), (grammar_complete, grammar_error))| {
                 let (logprob, top_logprobs) = scored.map_or((None, None), |(lp, top)| (Some(lp), Some(top)));
                 let prompt_logprobs = scores.then_some(prompt);
                 StepOutput {
@@ -448,6 +556,8 @@ impl KernelModel {
                     logprob,
                     top_logprobs,
                     prompt_logprobs,
+                    grammar_complete,
+                    grammar_error,
                 }
             })
             .collect())
@@ -573,6 +683,9 @@ fn _kernel(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<StepOutput>()?;
     m.add_class::<KvCache>()?;
     m.add_class::<Sampler>()?;
+    m.add_class::<Grammars>()?;
+    m.add_class::<Grammar>()?;
     m.add("KernelError", m.py().get_type::<KernelError>())?;
+    m.add("GrammarError", m.py().get_type::<GrammarError>())?;
     Ok(())
 }
