@@ -217,6 +217,9 @@ class Engine:
                     if not s.finished:
                         self._finish(s, "length")
             return
+        if result.grammar_error is not None:  # a bug in the grammar's engine, not the client's doing
+            log.error("grammar failed for request %d: %s", seq.group.request_id if seq.group else 0, result.grammar_error)
+            return self._fail(seq, f"The output's grammar failed: {result.grammar_error}")
         if token in self.model.tokenizer.stop_ids and not seq.sampler.ignore_eos:
             return self._finish(seq, "stop")
         seq.generated += 1
@@ -224,7 +227,8 @@ class Engine:
         if out.top_logprobs is not None:
             out.logprobs.append(TokenLogprob(token, result.logprob, result.top_logprobs))
         out.emit(out.stops.push(out.decoder.push(token)))
-        if out.stops.stopped:
+        # A complete grammar allows nothing but an end token: no step is spent sampling it.
+        if out.stops.stopped or (result.grammar_complete and not seq.sampler.ignore_eos):
             self._finish(seq, "stop")
         elif seq.generated >= seq.budget:
             self._finish(seq, "length")

@@ -43,6 +43,8 @@ class SamplingOptions:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     ignore_eos: bool = False  # generate past the tokenizer's stop tokens (benchmarks), to max_tokens or a stop string
+    # A compiled grammar (LoadedModel.grammars) every choice's output follows; it ends where the grammar is complete.
+    grammar: _kernel.Grammar | None = None
 
 
 # --- what a generation yields ---
@@ -141,6 +143,7 @@ def make_sampler(opts: SamplingOptions, prompt: list[int], choice: int = 0) -> _
         repetition_penalty=opts.repetition_penalty,
         prompt=prompt if opts.repetition_penalty != 1.0 else [],  # not copied when nothing reads it
         ignore_eos=opts.ignore_eos,
+        grammar=opts.grammar,
     )
 
 

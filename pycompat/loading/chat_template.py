@@ -9,6 +9,7 @@ import json
 from datetime import datetime
 
 import jinja2
+import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 # Used when a model ships no template: ChatML, which llama.cpp also falls back to.
@@ -42,16 +43,20 @@ class ChatTemplate:
         except jinja2.TemplateError as e:
             raise ValueError(f"the model's chat template does not compile: {e}") from None
         self._bos, self._eos = bos_token, eos_token
+        # Whether the template reads `tools` (then it describes them to the model itself).
+        self.renders_tools = "tools" in jinja2.meta.find_undeclared_variables(env.parse(self.source))
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The prompt text for ``messages``. Raises TemplateError if the template refuses them."""
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
+        """The prompt text for ``messages`` (and ``tools``, in Hugging Face's
+        shape, for a template that ``renders_tools``). Raises TemplateError if the
+        template refuses them."""
         try:
             return self._template.render(
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self._bos,
                 eos_token=self._eos,
-                tools=None,
+                tools=tools,
             )
         except TemplateError:
             raise

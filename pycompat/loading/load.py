@@ -12,6 +12,7 @@ from pycompat import _kernel
 from pycompat.loading.chat_template import ChatTemplate
 from pycompat.loading.errors import ModelFileError
 from pycompat.loading.gguf_model import load_gguf
+from pycompat.loading.grammars import GrammarSupport
 from pycompat.loading.hf_model import load_hf_dir
 from pycompat.loading.spec import ModelSpec
 from pycompat.loading.tokenizer import Tokenizer
@@ -67,6 +68,11 @@ class LoadedModel:
     context_length: int  # the most tokens (prompt + completion) a sequence may hold
     load_seconds: float
     sampling_defaults: dict[str, float]  # for sampling fields a request leaves out
+    grammars: GrammarSupport | None = None  # constrained decoding; made from the tokenizer when None
+
+    def __post_init__(self) -> None:
+        if self.grammars is None:
+            self.grammars = GrammarSupport(self.tokenizer, self.kernel.vocab_size)
 
 
 QUANTIZE_CHOICES = ("q8_0", "q4_0")
