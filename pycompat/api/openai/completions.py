@@ -7,10 +7,11 @@ from contextlib import aclosing
 import math
 from dataclasses import dataclass, field, replace
 
-from pycompat.api import generation, json_body
+from pycompat.api import generation, json_body, structured
 from pycompat.api.generation import Choices, Finished, PromptLogprobs, Result
 from pycompat.api.openai import logprobs as logprob_shapes
 from pycompat.api.openai import sse
+from pycompat.api.openai import structured as openai_structured
 from pycompat.api.openai.bodies import new_id, now, total_usage
 from pycompat.api.openai.errors import check_token_ids, invalid_type, invalid_value
 from pycompat.api.openai.protocol import COMPLETIONS, Fields
@@ -92,6 +93,9 @@ async def create(registry: Registry, request: Request) -> Response:
     else:
         encoded = [_check_token_ids(served, prompt) if isinstance(prompt, list) else await _encode(served, prompt, i)
                    for i, prompt in enumerate(prompts)]
+    output = openai_structured.output_grammar(fields)
+    if output is not None:
+        opts.grammar = await structured.compile(served, output)
     asked_logprobs = opts.top_logprobs is not None
     if best_of > opts.n:  # candidates are ranked by their tokens' log-probabilities
         opts = replace(opts, n=best_of, top_logprobs=opts.top_logprobs if asked_logprobs else 0)

@@ -11,6 +11,7 @@ import json
 
 from pycompat.api.errors import (APIError, Busy, ContextExceeded, InputTooLong, PromptRejected, ServiceError, UnknownModel,
                                   WrongModelKind)
+from pycompat.api.structured import GrammarRejected
 from pycompat.http.messages import Response
 
 _TYPE_FOR_STATUS = {
@@ -47,6 +48,10 @@ def as_api_error(e: APIError | ServiceError) -> APIError:
                         param=where, code="context_length_exceeded")
     if isinstance(e, PromptRejected):
         return APIError(400, e.reason, param=e.field)
+    if isinstance(e, GrammarRejected):
+        if e.kind == "json_schema":
+            return APIError(400, f"Invalid schema for {e.label}: {e.reason}", param=e.field, code="invalid_json_schema")
+        return APIError(400, f"Invalid '{e.field}': {e.reason}", param=e.field, code="invalid_grammar")
     raise TypeError(f"no OpenAI wording for {type(e).__name__}")
 
 

@@ -235,9 +235,14 @@ FIELDS = [
     *_fields({CHAT}, only([], "this server does not run moderation."), "moderation"),
     # Predicted outputs change only how fast an answer comes, never the answer.
     *_ignored({CHAT}, "prediction"),
-    # Structured outputs and tools (the next issue), stored completions (the one after).
-    *_ignored({CHAT}, "function_call", "functions", "metadata", "parallel_tool_calls", "response_format", "store",
-              "tool_choice", "tools"),
+    # Structured outputs (openai/structured.py reads them): OpenAI's response_format (vLLM takes it on
+    # completions too), vLLM's guided_* and llama.cpp's grammar (GBNF) and json_schema.
+    *_fields(BOTH, any_json, "response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
+             "grammar", "json_schema"),
+    # Tools (openai/tools.py reads them), and their legacy spelling.
+    *_fields({CHAT}, any_json, "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call"),
+    # Stored completions (the next issue).
+    *_ignored({CHAT}, "metadata", "store"),
     *_fields({COMPLETIONS}, boolean, "echo", default=False),
     *_fields({COMPLETIONS}, string, "suffix"),  # fill-in-the-middle: a 400 for a model without FIM tokens
     *_fields({COMPLETIONS}, integer(1, 20), "best_of"),  # candidates per prompt (default n); the n likeliest are returned
