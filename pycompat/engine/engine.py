@@ -104,13 +104,15 @@ class Engine:
             raise QueueFull()
 
     def submit(self, prompts: list[list[int]], max_tokens: int | None, samplers: list, stop: list[str],
-               top_logprobs: int | None = None, n: int = 1, prompt_logprobs: bool = False) -> list[Generation]:
+               top_logprobs: int | None = None, n: int = 1, prompt_logprobs: bool = False,
+               special_text: bool = False) -> list[Generation]:
         """Queues one request's prompts, ``n`` choices each (``samplers`` prompt by
         prompt, choice by choice), as one group: all, or none (QueueFull,
         ContextOverflow). Each sequence's events arrive through its Generation.
         With ``prompt_logprobs``, each prompt is scored once (by its first choice)
         and every choice gets the scores; ``max_tokens`` 0 then computes the prompt
-        and generates nothing."""
+        and generates nothing. ``special_text``: special tokens the model
+        generates are part of the text (a tool-call marker that is one)."""
         self.check_queue()
         for prompt in prompts:
             self.check_fits(len(prompt), max_tokens)
@@ -126,7 +128,7 @@ class Engine:
             seq = Sequence(list(prompt), len(prompt), budget, sampler, fork_of=source,
                            scores_prompt=prompt_logprobs and source is None)
             outbox = Outbox(self._handoff)
-            seq.output = Output(self.model.tokenizer.decoder(), StopMatcher(stop), outbox, top_logprobs)
+            seq.output = Output(self.model.tokenizer.decoder(special_text), StopMatcher(stop), outbox, top_logprobs)
             group.sequences.append(seq)
             generations.append(Generation(self, seq, outbox))
         self.scheduler.add(group)

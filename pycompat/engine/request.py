@@ -45,6 +45,7 @@ class SamplingOptions:
     ignore_eos: bool = False  # generate past the tokenizer's stop tokens (benchmarks), to max_tokens or a stop string
     # A compiled grammar (LoadedModel.grammars) every choice's output follows; it ends where the grammar is complete.
     grammar: _kernel.Grammar | None = None
+    special_text: bool = False  # special tokens generated are text too (a tool-call marker that is one)
 
 
 # --- what a generation yields ---
@@ -182,7 +183,8 @@ def start(engine: Engine, prompts: list[list[int]], opts: SamplingOptions) -> li
     caller can still answer with an error status before its response begins.
     Returns the generations prompt by prompt, choice by choice."""
     samplers = [make_sampler(opts, prompt, choice) for prompt in prompts for choice in range(opts.n)]
-    return engine.submit(prompts, opts.max_tokens, samplers, opts.stop, opts.top_logprobs, opts.n, opts.prompt_logprobs)
+    return engine.submit(prompts, opts.max_tokens, samplers, opts.stop, opts.top_logprobs, opts.n, opts.prompt_logprobs,
+                         opts.special_text)
 
 
 async def generate(engine: Engine, prompt: list[int], opts: SamplingOptions) -> AsyncIterator[Event]:

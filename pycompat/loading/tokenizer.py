@@ -134,8 +134,9 @@ class Tokenizer:
         """Text of ``ids``, special tokens left out."""
         return self._tk.decode(ids, skip_special_tokens=True)
 
-    def decoder(self) -> IncrementalDecoder:
-        return IncrementalDecoder(self._tk)
+    def decoder(self, special_text: bool = False) -> IncrementalDecoder:
+        """An incremental decoder; ``special_text``: special tokens come out as their text too."""
+        return IncrementalDecoder(self._tk, special_text)
 
     def token_bytes(self, token_id: int) -> bytes:
         """The UTF-8 bytes a token stands for, even when they are part of a
@@ -266,9 +267,9 @@ class IncrementalDecoder:
     """Turns generated ids into text pieces, never splitting a UTF-8 character:
     a token that ends mid-character yields nothing until the character completes."""
 
-    def __init__(self, tk: tokenizers.Tokenizer):
+    def __init__(self, tk: tokenizers.Tokenizer, special_text: bool = False):
         self._tk = tk
-        self._stream = DecodeStream(skip_special_tokens=True)
+        self._stream = DecodeStream(skip_special_tokens=not special_text)
 
     def push(self, token_id: int) -> str:
         return self._stream.step(self._tk, token_id) or ""

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-from pycompat.api import generation, json_body
+from pycompat.api import generation, json_body, structured, tools
 from pycompat.api.generation import Choices, Finished
 from pycompat.api.openai import logprobs as logprob_shapes
 from pycompat.api.openai import sse
+from pycompat.api.openai import structured as openai_structured
+from pycompat.api.openai import tools as openai_tools
 from pycompat.api.openai.bodies import new_id, now, total_usage
 from pycompat.api.openai.errors import invalid_type, invalid_value, missing
 from pycompat.api.openai.protocol import CHAT, Fields
@@ -60,8 +62,37 @@ def parse_messages(value) -> list[dict]:
         entry = {"role": "system" if role == "developer" else role, "content": _content_text(msg.get("content"), where, role)}
         if isinstance(msg.get("name"), str):
             entry["name"] = msg["name"]
+        if role == "assistant" and msg.get("tool_calls") is not None:
+            entry["tool_calls"] = _tool_calls(msg["tool_calls"], f"{where}.tool_calls")
+        if role == "assistant" and msg.get("function_call") is not None:  # the legacy spelling of one call
+            call = msg["function_call"]
+            entry["tool_calls"] = _tool_calls([{"id": f"call_{i}", "type": "function", "function": call}], f"{where}.function_call")
+        if role == "tool":
+            if not isinstance(msg.get("tool_call_id"), str):
+                raise missing(f"{where}.tool_call_id")
+            entry["tool_call_id"] = msg["tool_call_id"]
         out.append(entry)
     return out
+
+
+def _tool_calls(value, where: str) -> list[dict]:
+    """An assistant message's past calls, checked: id, and a function's name and arguments (JSON text)."""
+    if not isinstance(value, list):
+        raise invalid_type(where, "an array", value)
+    calls = []
+    for i, call in enumerate(value):
+        at = f"{where}[{i}]" if not where.endswith("function_call") else where
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            raise invalid_type(f"{at}.function", "an object", function)
+        if not isinstance(function.get("name"), str):
+            raise missing(f"{at}.function.name")
+        arguments = function.get("arguments", "{}")
+        if not isinstance(arguments, str):
+            raise invalid_type(f"{at}.function.arguments", "a string", arguments)
+        calls.append({"id": str(call.get("id") or f"call_{i}"), "type": "function",
+                      "function": {"name": function["name"], "arguments": arguments}})
+    return calls
 
 
 async def create(registry: Registry, request: Request) -> Response:
@@ -80,18 +111,25 @@ async def create(registry: Registry, request: Request) -> Response:
     opts = generation.sampling_options(served, max_tokens, requested, defaults)
     opts.top_logprobs = _top_logprobs(fields)
     opts.n = fields.get("n")
+    output = openai_structured.output_grammar(fields)
+    tool_fields = openai_tools.read(fields)
     # The tier that served it, when the request names one: there is one tier here.
     tier = {"service_tier": "default"} if fields.get("service_tier") is not None else {}
     # Before any work: messages that cannot fit the context whatever their tokens.
     generation.check_prompt_bytes(served, sum(len(m["content"].encode("utf-8")) for m in messages), max_tokens, "messages")
-    prompt_text = generation.chat_prompt(served, messages, "messages")
+    calls = _Calls.plan(served, tool_fields, output)
+    prompt_text = generation.chat_prompt(served, calls.messages(messages), "messages", tools=calls.template_tools())
+    grammar = calls.grammar() or output
+    opts.special_text = calls.needs_special_text
+    if grammar is not None:
+        opts.grammar = await structured.compile(served, grammar)
     prompt = await generation.tokenize(served, prompt_text)
     choices = generation.start(served, [prompt], opts, "messages")
 
     completion_id, created = new_id("chatcmpl-"), now()
     tokenizer = served.engine.model.tokenizer
     if stream:
-        return sse.sse_response(_stream(choices, completion_id, created, model_id, include_usage, tokenizer, tier),
+        return sse.sse_response(_stream(choices, completion_id, created, model_id, include_usage, tokenizer, tier, calls),
                                 on_close=choices.cancel)
     results = await choices.run_to_end()
     body = {
@@ -99,19 +137,74 @@ async def create(registry: Registry, request: Request) -> Response:
         "object": "chat.completion",
         "created": created,
         "model": model_id,
-        "choices": [
-            {
-                "index": index,
-                "message": {"role": "assistant", "content": result.text, "refusal": None, "annotations": []},
-                "logprobs": logprob_shapes.chat_object(tokenizer, _asked(opts, result.logprobs)),
-                "finish_reason": result.finished.reason,
-            }
-            for index, result in enumerate(results)
-        ],
+        "choices": [_choice(index, result, calls, tokenizer, opts) for index, result in enumerate(results)],
         "usage": total_usage([r.finished for r in results], len(results)),
         **tier,
     }
     return json_response(body)
+
+
+class _Calls:
+    """How one request's answer deals with tools: the format the model is told
+    about them in, and the parser that reads calls out of its text (None: the
+    answer is plain text)."""
+
+    def __init__(self, format: tools.JsonFormat | tools.HermesFormat, request: tools.ToolRequest, legacy: bool):
+        self.format, self.request, self.legacy = format, request, legacy
+
+    @classmethod
+    def plan(cls, served, tool_fields: openai_tools.ToolFields | None, output: structured.OutputGrammar | None) -> _Calls:
+        model = served.engine.model
+        template = model.chat_template
+        opener = model.tokenizer.encode(tools.CALL_OPEN, add_bos=False)
+        open_is_special = len(opener) == 1 and model.tokenizer.is_special(opener[0])
+        fmt = tools.format_for(template.renders_tools, template.source, open_is_special)
+        if tool_fields is None:
+            return cls(fmt, tools.ToolRequest([], tools.ToolChoice(tools.NONE)), legacy=False)
+        if output is not None and tool_fields.request.choice.mode == tools.AUTO:
+            raise invalid_value("response_format", "a response format together with tools the model may call ('tool_choice': 'auto') "
+                                "is not supported yet: use one, or force the call with 'tool_choice'.")
+        return cls(fmt, tool_fields.request, tool_fields.legacy)
+
+    @property
+    def parses(self) -> bool:
+        return self.request.choice.mode != tools.NONE
+
+    @property
+    def needs_special_text(self) -> bool:
+        """Whether the call markers are special tokens, which the text must then keep."""
+        return self.parses and getattr(self.format, "open_is_special", False)
+
+    def messages(self, messages: list[dict]) -> list[dict]:
+        return self.format.prompt_messages(messages, self.request)
+
+    def template_tools(self) -> list[dict] | None:
+        return self.format.template_tools(self.request) if isinstance(self.format, tools.HermesFormat) else None
+
+    def grammar(self) -> structured.OutputGrammar | None:
+        field = "functions" if self.legacy else "tools"
+        return self.format.grammar(self.request, field)
+
+    def parser(self) -> tools.CallParser | None:
+        return self.format.parser() if self.parses else None
+
+
+def _choice(index: int, result: generation.Result, calls: _Calls, tokenizer, opts) -> dict:
+    message = {"role": "assistant", "content": result.text, "refusal": None, "annotations": []}
+    reason = result.finished.reason
+    parser = calls.parser()
+    if parser is not None:
+        parser.feed(result.text)
+        parser.finish()
+        message["content"] = parser.content
+        message.update(openai_tools.message_calls(parser.calls, calls.legacy))
+        reason = openai_tools.finish_reason(reason, parser.calls, calls.legacy)
+    return {
+        "index": index,
+        "message": message,
+        "logprobs": logprob_shapes.chat_object(tokenizer, _asked(opts, result.logprobs)),
+        "finish_reason": reason,
+    }
 
 
 def _top_logprobs(fields: Fields) -> int | None:
@@ -129,8 +222,23 @@ def _asked(opts, tokens):
     return None if opts.top_logprobs is None else (tokens or [])
 
 
+def _tool_delta(event: tools.ToolEvent, legacy: bool) -> dict:
+    """A parser's event as a chunk's delta: content, a call's first delta (id,
+    type, name, empty arguments), or more of a call's arguments."""
+    if isinstance(event, tools.ContentDelta):
+        return {"content": event.text}
+    if isinstance(event, tools.CallStarted):
+        if legacy:
+            return {"function_call": {"name": event.name, "arguments": ""}}
+        return {"tool_calls": [{"index": event.index, "id": event.id, "type": "function",
+                                "function": {"name": event.name, "arguments": ""}}]}
+    if legacy:
+        return {"function_call": {"arguments": event.text}}
+    return {"tool_calls": [{"index": event.index, "function": {"arguments": event.text}}]}
+
+
 async def _stream(choices: Choices, completion_id: str, created: int, model_id: str, include_usage: bool,
-                  tokenizer, tier: dict) -> AsyncIterator[bytes]:
+                  tokenizer, tier: dict, calls: _Calls) -> AsyncIterator[bytes]:
     """The choices' chunks interleaved as the engine makes them, each with its index."""
     def chunk(index: int, delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> bytes:
         body = {
@@ -148,13 +256,27 @@ async def _stream(choices: Choices, completion_id: str, created: int, model_id: 
     for index in range(len(choices)):
         yield chunk(index, {"role": "assistant", "content": "", "refusal": None})
     finished: list[Finished | None] = [None] * len(choices)
+    parsers = [calls.parser() for _ in range(len(choices))]
+    held_logprobs: list[list] = [[] for _ in range(len(choices))]  # of text a parser has not released yet
     async with aclosing(choices.stream()) as events:
         async for index, ev in events:
+            parser = parsers[index]
             if isinstance(ev, Finished):
                 finished[index] = ev
-                yield chunk(index, {}, ev.reason)
-            else:
+                reason = ev.reason
+                if parser is not None:
+                    for event in parser.finish():
+                        yield chunk(index, _tool_delta(event, calls.legacy))
+                    reason = openai_tools.finish_reason(reason, parser.calls, calls.legacy)
+                yield chunk(index, {}, reason)
+            elif parser is None:
                 yield chunk(index, {"content": ev.text}, logprobs=logprob_shapes.chat_object(tokenizer, ev.logprobs))
+            else:
+                held_logprobs[index] += ev.logprobs or []
+                for event in parser.feed(ev.text):
+                    logprobs = logprob_shapes.chat_object(tokenizer, held_logprobs[index]) if ev.logprobs is not None else None
+                    held_logprobs[index] = []
+                    yield chunk(index, _tool_delta(event, calls.legacy), logprobs=logprobs)
     if include_usage:
         yield sse.event({
             "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id,
