@@ -33,8 +33,9 @@ Usage: ./scripts/dev bench-constrained [--n 1,16] [--reps N] [--ttft-reps N]
        [--max-tokens N] [--threads N] [--only pycompat,llama-server]
        [--llama-server PATH] [--model PATH] [--json PATH]
 (`benches/build_llama_server.sh` builds llama-server; without it that server is
-left out.) The client runs on the same machine and takes some of its CPU; that
-cost is the same for both servers and both variants.
+left out.) A few minutes on 2 cores by default; --reps and --ttft-reps lengthen
+it. The client runs on the same machine and takes some of its CPU; that cost is
+the same for both servers and both variants.
 """
 
 from __future__ import annotations
@@ -60,11 +61,12 @@ REQUEST_TIMEOUT_S = 600
 ENGINES = ("pycompat", "llama-server")  # load.py's server keys, in the order they run
 VARIANTS = ("free text", "JSON schema")
 TTFT_MAX_TOKENS = 4  # only the first token is timed
-CHECK_MAX_TOKENS = 512  # room for a whole answer to PLAN_SCHEMA (about 200 tokens)
+CHECK_MAX_TOKENS = 512  # room for a whole answer to PLAN_SCHEMA (378 tokens from pycompat, greedy, SmolLM2-135M)
 
-# Exactly 20 steps of at least 8 characters: a complete answer is longer than the default
-# max_tokens (128), so constrained streams do not end early and both variants decode the
-# same number of tokens at the same batch size.
+# Exactly 20 steps of at least 8 characters: a complete answer (about 380 tokens) is longer
+# than the default max_tokens (128), so constrained streams do not end early and both
+# variants decode the same number of tokens at the same batch size. (With a --max-tokens
+# near that length they may: the "finish reasons" column then shows "stop".)
 PLAN_SCHEMA = {
     "type": "object",
     "properties": {
@@ -264,9 +266,12 @@ def load_average() -> str:
 
 
 def versions(llama_server: Path | None) -> str:
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=False,
-                            cwd=Path(__file__).parent).stdout.strip() or "?"
-    parts = [f"pycompat commit {commit}", f"openai {openai.__version__}"]
+    import pycompat
+
+    # The checkout the servers import pycompat from (the venv's), which need not be this script's.
+    source = Path(pycompat.__file__).parent
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=False, cwd=source).stdout.strip()
+    parts = [f"pycompat {commit or '?'} ({source})", f"openai {openai.__version__}"]
     if llama_server is not None:
         out = subprocess.run([str(llama_server), "--version"], capture_output=True, text=True, check=False)
         parts.append("llama-server " + next((line for line in (out.stdout + out.stderr).splitlines() if line.startswith("version")), "?"))
