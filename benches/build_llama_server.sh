@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 VERSION=0.3.36
-PY=../.venv/bin/python
+PY="$(cd .. && pwd)/.venv/bin/python"  # absolute: the script changes directory below
 mkdir -p .peer
 cd .peer
 if [ ! -d "llama_cpp_python-$VERSION" ]; then
