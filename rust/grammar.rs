@@ -142,9 +142,18 @@ impl Vocabulary {
     }
 }
 
-/// llguidance's errors can go on with the parser's state and the grammar; the first line says what went wrong.
+/// llguidance's errors can go on with the parser's state and the grammar; the
+/// first line says what went wrong, unless it ends in ':' (a regex error: the
+/// pattern, a caret under the fault, then the reason), when the lines after it
+/// up to a blank one say it, joined on one line.
 fn first_line(message: &str) -> String {
-    message.lines().next().unwrap_or(message).trim().to_string()
+    let mut lines = message.lines().map(str::trim);
+    let first = lines.next().unwrap_or("").to_string();
+    if !first.ends_with(':') {
+        return first;
+    }
+    let rest: Vec<&str> = lines.take_while(|l| !l.is_empty()).take(4).collect();
+    format!("{first} {}", rest.join(" "))
 }
 
 impl Compiled {
@@ -353,6 +362,8 @@ mod tests {
         let e = v.compile(Kind::JsonSchema, r#"{"type":"array","uniqueItems":true}"#);
         assert!(e.is_err(), "an unknown keyword is refused, not ignored");
         assert!(v.compile(Kind::Lark, "start: undefined_rule").is_err());
+        let e = v.compile(Kind::Regex, "(?<=a)b").err().unwrap();
+        assert!(e.contains("look-around") || e.contains("look-behind"), "the reason, not only 'regex parse error:': {e}");
         assert!(Kind::parse("gbnf").is_err());
     }
 
