@@ -243,6 +243,18 @@ def test_streamed_calls_reassemble_and_every_chunk_is_valid(client):
     assert got == [(c.function.name, c.function.arguments) for c in whole.choices[0].message.tool_calls]
 
 
+@pytest.mark.parametrize("choice", ["required", "auto"])
+def test_streamed_logprobs_cover_every_token_once(client, choice):
+    """Tokens that release no text (the JSON around an answer) bring their log-probabilities with a later chunk."""
+    chunks = [c.to_dict() for c in client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, tool_choice=choice, temperature=0, max_tokens=120, stream=True, logprobs=True,
+        top_logprobs=2, stream_options={"include_usage": True})]
+    for c in chunks:
+        openapi.validate("CreateChatCompletionStreamResponse", c)
+    n = sum(len((c["choices"][0].get("logprobs") or {}).get("content") or []) for c in chunks if c["choices"])
+    assert n == chunks[-1]["usage"]["completion_tokens"]
+
+
 def test_a_full_round_trip(client):
     first = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", temperature=0, max_tokens=120)
     call = first.choices[0].message.tool_calls[0]

@@ -264,11 +264,14 @@ async def _stream(choices: Choices, completion_id: str, created: int, model_id: 
             if isinstance(ev, Finished):
                 finished[index] = ev
                 reason = ev.reason
+                held = None
                 if parser is not None:
                     for event in parser.finish():
                         yield chunk(index, _tool_delta(event, calls.legacy))
                     reason = openai_tools.finish_reason(reason, parser.calls, calls.legacy)
-                yield chunk(index, {}, reason)
+                    # Tokens whose text released nothing (a JSON answer's closing '"}') come with the last chunk.
+                    held = logprob_shapes.chat_object(tokenizer, held_logprobs[index]) if held_logprobs[index] else None
+                yield chunk(index, {}, reason, logprobs=held)
             elif parser is None:
                 yield chunk(index, {"content": ev.text}, logprobs=logprob_shapes.chat_object(tokenizer, ev.logprobs))
             else:
