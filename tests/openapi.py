@@ -76,3 +76,10 @@ def validate_completion_chunk(chunk: dict) -> None:
         if choice.get("finish_reason", "absent") is None:
             choice["finish_reason"] = "stop"  # a valid value, so the rest is still checked
     validate("CreateCompletionResponse", chunk)
+
+
+def error_of(exc) -> dict:
+    """The error object of an SDK's APIStatusError, checked against the spec's ErrorResponse."""
+    body = exc.response.json()
+    validate("ErrorResponse", body)
+    return body["error"]

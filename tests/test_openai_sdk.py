@@ -203,16 +203,10 @@ async def test_async_client_end_to_end(aclient):
 # --- errors, as the SDK sees them -----------------------------------------------------
 
 
-def error_of(exc: openai.APIStatusError) -> dict:
-    body = exc.response.json()
-    openapi.validate("ErrorResponse", body)
-    return body["error"]
-
-
 def test_unknown_model_is_404_model_not_found(client):
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="gpt-9", messages=QUESTION)
-    assert error_of(e.value)["code"] == "model_not_found"
+    assert openapi.error_of(e.value)["code"] == "model_not_found"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-9")
 
@@ -241,7 +235,7 @@ def test_bad_fields_are_400_naming_the_param(client, extra, param):
     kwargs.update({k: v for k, v in extra.items() if k in kwargs})
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(extra_body=body, **kwargs)
-    assert error_of(e.value)["param"] == param
+    assert openapi.error_of(e.value)["param"] == param
 
 
 def test_fields_without_effect_on_the_answer_are_accepted_and_change_nothing(client):
@@ -266,7 +260,7 @@ def test_fields_without_effect_on_the_answer_are_accepted_and_change_nothing(cli
 def test_fields_asking_for_what_a_text_model_cannot_do_are_400s_naming_them(client, field, value):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2, extra_body={field: value})
-    assert error_of(e.value)["param"] == field
+    assert openapi.error_of(e.value)["param"] == field
 
 
 def test_prompt_longer_than_the_context_is_400_with_both_numbers(client):
@@ -275,8 +269,8 @@ def test_prompt_longer_than_the_context_is_400_with_both_numbers(client):
     long = "word " * (SERVER_CONTEXT + 50)
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": long}])
-    error = error_of(e.value)
+    error = openapi.error_of(e.value)
     assert error["code"] == "context_length_exceeded" and str(SERVER_CONTEXT) in error["message"]
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=MODEL, prompt="Hi", max_tokens=SERVER_CONTEXT)
-    assert str(SERVER_CONTEXT) in error_of(e.value)["message"]
+    assert str(SERVER_CONTEXT) in openapi.error_of(e.value)["message"]

@@ -101,12 +101,6 @@ def client(server_url):
     return openai.OpenAI(base_url=server_url, api_key="unused", max_retries=0, timeout=300)
 
 
-def error_of(e: openai.APIStatusError) -> dict:
-    body = e.response.json()
-    openapi.validate("ErrorResponse", body)
-    return body["error"]
-
-
 def _ask(client, name: str, temperature: float, seed: int, strict: bool) -> tuple[str, str]:
     raw = client.chat.completions.with_raw_response.create(
         model=MODEL, messages=[{"role": "user", "content": PROMPTS[name]}], temperature=temperature, seed=seed,
@@ -294,7 +288,7 @@ def test_text_response_format_changes_nothing(client):
 def test_what_cannot_be_enforced_is_a_400_naming_the_field(client, extra, param):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=5, extra_body=extra)
-    error = error_of(e.value)
+    error = openapi.error_of(e.value)
     assert error["param"] == param, error
     if param == "response_format":
         assert "uniqueItems" in error["message"] or "object" in error["message"], error

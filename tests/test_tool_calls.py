@@ -135,12 +135,6 @@ def client(server_url):
     return openai.OpenAI(base_url=server_url, api_key="unused", max_retries=0, timeout=300)
 
 
-def error_of(e: openai.APIStatusError) -> dict:
-    body = e.response.json()
-    openapi.validate("ErrorResponse", body)
-    return body["error"]
-
-
 def _create(client, **kwargs) -> dict:
     raw = client.chat.completions.with_raw_response.create(model=MODEL, **{"max_tokens": 120, **kwargs})
     body = raw.http_response.json()
@@ -298,7 +292,7 @@ def test_legacy_functions_answer_with_function_call(client):
 def test_malformed_tool_requests_are_400s_naming_the_field(client, extra, param):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=5, extra_body=extra)
-    assert error_of(e.value)["param"] == param
+    assert openapi.error_of(e.value)["param"] == param
 
 
 # --- Hermes' format, on a template that renders tools ---
