@@ -368,6 +368,29 @@ mod tests {
     }
 
     #[test]
+    fn a_byte_fallback_vocabulary_reads_pieces_and_bytes() {
+        // SentencePiece-style, as Llama 2's tokenizer.json: '▁' stands for a space, <0xNN> for a byte.
+        let json = r#"{
+            "added_tokens": [{"id": 0, "content": "<s>", "special": true}, {"id": 1, "content": "</s>", "special": true}],
+            "decoder": {"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"}]},
+            "model": {"vocab": {"<s>": 0, "</s>": 1, "<0xC3>": 2, "<0xA9>": 3, "\u2581a": 4, "\u00e9": 5, "a": 6, "b": 7}}
+        }"#;
+        let v = Vocabulary::from_tokenizer_json(json, 10, &[1]).unwrap();
+        assert_eq!(v.vocab_size(), 10, "padded to the model's rows");
+        let mut c = v.compile(Kind::Regex, "( a|a)\u{e9}").unwrap().constraint();
+        c.compute_mask();
+        assert_eq!(allowed(&c, 10), vec![4, 6], "'\u{2581}a' is ' a'");
+        feed(&mut c, &[6]);
+        assert_eq!(allowed(&c, 10), vec![2, 5], "'\u{e9}' whole, or its first byte");
+        feed(&mut c, &[2]);
+        assert_eq!(allowed(&c, 10), vec![3]);
+        feed(&mut c, &[3]);
+        assert_eq!(allowed(&c, 10), vec![1], "then only </s>");
+    }
+
+    #[test]
     fn compiled_grammars_are_kept_by_source() {
         let (v, _) = vocabulary();
         let a = v.compile(Kind::Regex, "a+").unwrap();
