@@ -84,6 +84,9 @@ def test_json_answer_parser_keeps_a_cut_answer():
     p = tools.JsonFormat().parser()
     feed_by_char(p, '{"content": "half an ans')
     assert p.content == "half an ans"
+    for cut in ('{', '{"tool', '{"tool_calls": [{"na', '{"content'):  # the wrapper itself is never an answer
+        p = tools.JsonFormat().parser()
+        assert feed_by_char(p, cut) == [] and p.content is None and p.calls == []
     p = tools.JsonFormat().parser()
     feed_by_char(p, '{"tool_calls": [{"name": "get_weather", "arguments": {"ci')
     assert p.calls[0].name == "get_weather" and p.calls[0].arguments == '{"ci'
@@ -189,6 +192,18 @@ def test_auto_answers_with_text_or_valid_calls(client):
             assert not c["message"]["content"].startswith('{"'), "the JSON shape is unwrapped"
             outcomes.add("text")
     assert outcomes, "every answer was cut"
+
+
+@pytest.mark.parametrize("max_tokens", [1, 3, 5, 8])
+@pytest.mark.parametrize("choice", ["required", "auto"])
+def test_an_answer_cut_inside_our_wrapper_leaks_none_of_it(client, choice, max_tokens):
+    body = _create(client, messages=ASK, tools=TOOLS, tool_choice=choice, temperature=0, max_tokens=max_tokens)
+    message = body["choices"][0]["message"]
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert '{"' not in (message["content"] or "") and message["content"] != "{", message
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, tool_choice=choice, temperature=0, max_tokens=max_tokens, stream=True) if c.choices)
+    assert streamed == (message["content"] or "")
 
 
 def test_none_never_calls(client):

@@ -288,10 +288,8 @@ class _JsonAnswerParser(CallParser):
         return out
 
     def finish(self) -> list[ToolEvent]:
-        out: list[ToolEvent] = []
-        if self._mode is None and self._head:
-            self._content(self._head, out)  # cut short before its kind was known
-        return out
+        # Cut short before its kind was known: the start of our wrapper, which is no answer.
+        return []
 
     def _read_content(self, text: str, out: list[ToolEvent]) -> None:
         plain = []

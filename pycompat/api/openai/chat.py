@@ -196,7 +196,8 @@ def _choice(index: int, result: generation.Result, calls: _Calls, tokenizer, opt
     if parser is not None:
         parser.feed(result.text)
         parser.finish()
-        message["content"] = parser.content
+        # Null beside calls, as OpenAI's; text otherwise, empty when nothing was said before a cut.
+        message["content"] = parser.content if parser.calls else (parser.content or "")
         message.update(openai_tools.message_calls(parser.calls, calls.legacy))
         reason = openai_tools.finish_reason(reason, parser.calls, calls.legacy)
     return {
