@@ -243,6 +243,7 @@ def test_streamed_calls_reassemble_and_every_chunk_is_valid(client):
             assert set(call) == {"index", "function"} and set(call["function"]) == {"arguments"}
     reasons = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
     assert reasons == ["tool_calls"]
+    assert chunks[0]["choices"][0]["delta"]["content"] is None, "a forced call's answer has no content"
     # The SDK's own stream helper puts the same calls back together.
     with client.chat.completions.stream(**kwargs) as stream:
         for _ in stream:

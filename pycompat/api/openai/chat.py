@@ -171,6 +171,11 @@ class _Calls:
         return self.request.choice.mode != tools.NONE
 
     @property
+    def forced(self) -> bool:
+        """Whether the answer must be calls (tool_choice required, or a named function)."""
+        return self.request.choice.mode in (tools.REQUIRED, tools.NAMED)
+
+    @property
     def needs_special_text(self) -> bool:
         """Whether the call markers are special tokens, which the text must then keep."""
         return self.parses and getattr(self.format, "open_is_special", False)
@@ -255,7 +260,8 @@ async def _stream(choices: Choices, completion_id: str, created: int, model_id: 
         return sse.event(body)
 
     for index in range(len(choices)):
-        yield chunk(index, {"role": "assistant", "content": "", "refusal": None})
+        # An answer that must be calls has no content, as OpenAI's first delta then says.
+        yield chunk(index, {"role": "assistant", "content": None if calls.forced else "", "refusal": None})
     finished: list[Finished | None] = [None] * len(choices)
     parsers = [calls.parser() for _ in range(len(choices))]
     held_logprobs: list[list] = [[] for _ in range(len(choices))]  # of text a parser has not released yet
