@@ -13,7 +13,9 @@
 //!   sampler draws from the mask only, and `commit` advances the position by
 //!   the drawn token. Once the grammar is complete only the end tokens remain.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 use llguidance::api::TopLevelGrammar;
@@ -22,6 +24,9 @@ use llguidance::{Matcher, ParserFactory};
 
 /// How many compiled grammars a vocabulary keeps (least recently used go first).
 pub const COMPILED_KEPT: usize = 128;
+/// Sources longer than this are compiled every time rather than kept: a few
+/// huge grammars should not pin memory that many ordinary ones could use.
+pub const KEPT_SOURCE_BYTES: usize = 256 << 10;
 
 /// The kinds of grammar source `Vocabulary::compile` reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,13 +53,19 @@ impl Kind {
 pub struct Vocabulary {
     factory: ParserFactory,
     compiled: Mutex<Compiled>,
+    /// Two independently seeded hashers: a source is kept under its 128-bit
+    /// digest, which no client can steer into another's (the seeds are random).
+    seeds: (RandomState, RandomState),
 }
 
-/// Compiled grammars by (kind, source), least recently used first in `order`.
+/// A kept grammar's key: its kind and its source's digest.
+type Key = (Kind, u64, u64);
+
+/// Compiled grammars by key, least recently used first in `order`.
 #[derive(Default)]
 struct Compiled {
-    by_source: HashMap<(Kind, String), Arc<Grammar>>,
-    order: VecDeque<(Kind, String)>,
+    by_source: HashMap<Key, Arc<Grammar>>,
+    order: VecDeque<Key>,
 }
 
 impl Vocabulary {
@@ -72,7 +83,7 @@ impl Vocabulary {
         let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
         factory.quiet();
-        Ok(Vocabulary { factory, compiled: Mutex::default() })
+        Ok(Vocabulary { factory, compiled: Mutex::default(), seeds: (RandomState::new(), RandomState::new()) })
     }
 
     /// A vocabulary read from a Hugging Face `tokenizer.json` (byte-level or
@@ -96,14 +107,17 @@ impl Vocabulary {
     /// `COMPILED_KEPT` of them). A grammar llguidance cannot compile, or one
     /// that uses something it does not support, is an Err saying why.
     pub fn compile(&self, kind: Kind, source: &str) -> Result<Arc<Grammar>, String> {
-        let key = (kind, source.to_string());
+        let key = (kind, self.seeds.0.hash_one(source), self.seeds.1.hash_one(source));
         if let Some(g) = self.lock().touch(&key) {
             return Ok(g);
         }
         // Compiled outside the lock: another request's grammar need not wait for this one.
         let grammar = Arc::new(self.compile_uncached(kind, source)?);
+        if source.len() > KEPT_SOURCE_BYTES {
+            return Ok(grammar);
+        }
         let mut compiled = self.lock();
-        compiled.by_source.insert(key.clone(), grammar.clone());
+        compiled.by_source.insert(key, grammar.clone());
         compiled.order.retain(|k| k != &key);
         compiled.order.push_back(key);
         while compiled.order.len() > COMPILED_KEPT {
@@ -157,7 +171,7 @@ fn first_line(message: &str) -> String {
 }
 
 impl Compiled {
-    fn touch(&mut self, key: &(Kind, String)) -> Option<Arc<Grammar>> {
+    fn touch(&mut self, key: &Key) -> Option<Arc<Grammar>> {
         let g = self.by_source.get(key)?.clone();
         if let Some(i) = self.order.iter().position(|k| k == key) {
             let k = self.order.remove(i).expect("position is in range");
@@ -402,5 +416,8 @@ mod tests {
         }
         assert_eq!(v.compiled_count(), COMPILED_KEPT);
         assert!(!Arc::ptr_eq(&a, &v.compile(Kind::Regex, "a+").unwrap()), "the oldest went first");
+        let huge = format!("x|{}", "ab".repeat(KEPT_SOURCE_BYTES));
+        let (h1, h2) = (v.compile(Kind::Regex, &huge).unwrap(), v.compile(Kind::Regex, &huge).unwrap());
+        assert!(!Arc::ptr_eq(&h1, &h2), "a huge source is compiled each time, not kept");
     }
 }
