@@ -227,7 +227,12 @@ def test_closing_objects_touches_only_schema_positions():
     assert out["properties"]["properties"]["additionalProperties"] is False
     assert out["properties"]["properties"]["properties"]["x"] == {"const": {"properties": {"y": 1}}}, "values are left alone"
     assert out["properties"]["list"]["items"]["additionalProperties"] is False
-    assert out["$defs"]["D"]["additionalProperties"] is False
+    assert "additionalProperties" not in out["$defs"]["D"], "$defs may be reached from an allOf"
+    inherits = {"allOf": [{"$ref": "#/$defs/B"}], "properties": {"x": {}}, "required": ["x"], "$defs": {"B": {"properties": {"b": {}}}}}
+    assert closed_objects(inherits) == inherits
+    assert "additionalProperties" not in closed_objects({"properties": {"a": {}}, "required": ["a", "b"]})
+    branch = {"if": {"properties": {"a": {"const": 1}}}, "then": {"properties": {"b": {}}}, "properties": {"a": {}}}
+    assert closed_objects(branch) == branch
     # Open objects stay open, and so do those whose properties other keywords extend.
     assert closed_objects({"type": "object"}) == {"type": "object"}
     extended = {"type": "object", "properties": {"a": {}}, "allOf": [{"properties": {"b": {}}, "required": ["b"]}]}
@@ -284,6 +289,9 @@ def test_text_response_format_changes_nothing(client):
     ({"grammar": "root ::= [a-"}, "grammar"),
     ({"guided_json": "{not json"}, "guided_json"),
     ({"guided_regex": "a", "guided_choice": ["b"]}, "guided_choice"),
+    ({"guided_json": "[" * 5000}, "guided_json"),  # nests past Python's recursion limit
+    ({"grammar": 'root ::= "\\U00110000"'}, "grammar"),  # past the last code point
+    ({"grammar": 'root ::= "\\uD800"'}, "grammar"),  # a surrogate is no character
 ])
 def test_what_cannot_be_enforced_is_a_400_naming_the_field(client, extra, param):
     with pytest.raises(openai.BadRequestError) as e:

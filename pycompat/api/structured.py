@@ -45,37 +45,42 @@ class GrammarRejected(ServiceError):
         self.reason, self.field, self.label, self.kind = reason, field, label, kind
 
 
-# Where a JSON schema holds other schemas: one, a list of them, or a map of names to them.
-_SUBSCHEMA = ("additionalProperties", "items", "not", "if", "then", "else", "contains", "propertyNames",
-              "unevaluatedItems", "unevaluatedProperties", "additionalItems")
-_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
-_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+# Where a JSON schema holds the schemas of an object's or array's own values,
+# which may be closed on their own. Schemas under allOf, not, if/then/else or
+# $defs (reached by $ref, possibly from an allOf) are left as they are: closing
+# one there could change what the whole accepts, or leave it nothing to accept.
+_VALUE_SCHEMA = ("additionalProperties", "items", "contains", "additionalItems")
+_VALUE_SCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")
+_VALUE_SCHEMA_MAPS = ("properties", "patternProperties")
+# Keywords beside which an object's properties may come from elsewhere.
+_EXTENDED_BY = ("additionalProperties", "patternProperties", "allOf", "anyOf", "oneOf", "$ref", "unevaluatedProperties",
+                "dependentSchemas", "dependencies", "if", "then", "else", "not")
 
 
 def closed_objects(schema: Any) -> Any:
-    """``schema`` with every object schema that lists ``properties`` but says
-    nothing of others given ``additionalProperties: false``, as OpenAI's strict
-    mode requires. Every output of the result is valid against ``schema``; the
-    model is only kept from inventing keys (a small model otherwise goes on
-    adding them). Only schema positions are visited: ``const``, ``enum`` and
-    ``default`` values stay as they are."""
+    """``schema`` with each object schema that lists its ``properties`` and
+    says nothing of others given ``additionalProperties: false``, as OpenAI's
+    strict mode requires: the model is kept from inventing keys (a small model
+    otherwise goes on adding them), and every output is still valid against
+    ``schema``. Left open: objects whose properties other keywords may extend or
+    whose ``required`` names a key ``properties`` lacks; ``const``, ``enum`` and
+    ``default`` values are never touched."""
     if not isinstance(schema, dict):
         return schema
     out = dict(schema)
-    for key in _SUBSCHEMA:
+    for key in _VALUE_SCHEMA:
         if key in out:
             value = out[key]
             out[key] = [closed_objects(s) for s in value] if isinstance(value, list) else closed_objects(value)
-    for key in _SUBSCHEMA_LISTS:
+    for key in _VALUE_SCHEMA_LISTS:
         if isinstance(out.get(key), list):
             out[key] = [closed_objects(s) for s in out[key]]
-    for key in _SUBSCHEMA_MAPS:
+    for key in _VALUE_SCHEMA_MAPS:
         if isinstance(out.get(key), dict):
             out[key] = {name: closed_objects(s) for name, s in out[key].items()}
-    # Left open where other keywords may add properties (closing it could leave no valid output).
-    composed = any(k in out for k in ("additionalProperties", "patternProperties", "allOf", "anyOf", "oneOf", "$ref",
-                                      "unevaluatedProperties", "dependentSchemas", "if"))
-    if isinstance(out.get("properties"), dict) and not composed:
+    properties, required = out.get("properties"), out.get("required", [])
+    if (isinstance(properties, dict) and not any(k in out for k in _EXTENDED_BY)
+            and isinstance(required, list) and all(r in properties for r in required if isinstance(r, str))):
         out["additionalProperties"] = False
     return out
 
