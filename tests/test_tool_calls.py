@@ -102,6 +102,29 @@ def test_hermes_parser_separates_text_and_calls():
         assert [(c.name, json.loads(c.arguments)) for c in p.calls] == [("get_weather", {"city": "Paris"}), ("get_time", {"timezone": "CET"})]
 
 
+def test_hermes_parser_drops_an_unfinished_call_when_calls_were_forced():
+    cut = 'Sure.<tool_call>\n{"name": "get_weather", "argu'
+    forced = tools.HermesFormat(open_is_special=True).parser(forced=True)
+    feed_by_char(forced, cut)
+    assert forced.content == "Sure." and forced.calls == []
+    free = tools.HermesFormat(open_is_special=True).parser()
+    feed_by_char(free, cut)
+    assert free.content.endswith('"argu')
+
+
+def test_past_arguments_too_deep_to_parse_stay_text():
+    deep = "[" * 100_000  # past Python's recursion limit
+    msgs = [{"role": "assistant", "content": "", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": deep}}]}]
+    out = tools.HermesFormat(open_is_special=False).prompt_messages(msgs, tools.ToolRequest([], tools.ToolChoice(tools.NONE)))
+    assert out[0]["tool_calls"][0]["function"]["arguments"] == deep
+
+
+def test_legacy_function_results_reach_a_hermes_template_as_tool_messages():
+    msgs = [{"role": "user", "content": "hi"}, {"role": "function", "name": "f", "content": "42"}]
+    out = tools.HermesFormat(open_is_special=False).prompt_messages(msgs, tools.ToolRequest([], tools.ToolChoice(tools.NONE)))
+    assert out[1] == {"role": "tool", "name": "f", "content": "42"}
+
+
 def test_hermes_parser_keeps_text_that_only_looks_like_a_call():
     p = tools.HermesFormat(open_is_special=False).parser()
     feed_by_char(p, "a < b and <tool_ca")
@@ -265,6 +288,12 @@ def test_streamed_logprobs_cover_every_token_once(client, choice):
     assert n == chunks[-1]["usage"]["completion_tokens"]
 
 
+def test_a_call_cut_by_a_stop_string_is_not_reported_as_a_call(client):
+    c = _create(client, messages=ASK, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                temperature=0, stop=[", "])["choices"][0]
+    assert c["finish_reason"] == "stop", "its arguments never closed"
+
+
 def test_a_full_round_trip(client):
     first = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", temperature=0, max_tokens=120)
     call = first.choices[0].message.tool_calls[0]
@@ -301,6 +330,9 @@ def test_legacy_functions_answer_with_function_call(client):
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}}}}],
       "tool_choice": "required"}, "tools"),
     ({"tools": TOOLS + TOOLS[:1]}, "tools"),
+    ({"tools": []}, "tools"),
+    ({"functions": []}, "functions"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"anyOf": [{"type": "integer"}]}}}]}, "tools[0].function.parameters"),
     ({"tools": TOOLS, "response_format": {"type": "json_object"}}, "response_format"),
     ({"functions": [TOOLS[0]["function"]], "tools": TOOLS}, "functions"),
     ({"function_call": "auto"}, "function_call"),

@@ -61,7 +61,7 @@ def to_lark(source: str) -> str:
                 parts.append(value)
         bodies.setdefault(names[name], []).append(" ".join(parts))
     for lark_name, alternatives in bodies.items():  # a rule defined twice: either definition
-        lines.append(f"{lark_name}: " + " | ".join(f"({a})" for a in alternatives))
+        lines.append(f"{lark_name}: " + (alternatives[0] if len(alternatives) == 1 else " | ".join(f"({a})" for a in alternatives)))
     return "\n".join(lines)
 
 
@@ -115,7 +115,10 @@ def _escape(source: str, i: int) -> tuple[str, int]:
         digits = source[i + 1 : i + 1 + widths[c]]
         if len(digits) != widths[c] or not all(d in "0123456789abcdefABCDEF" for d in digits):
             raise GbnfError(f"bad \\{c} escape at offset {i}")
-        return chr(int(digits, 16)), i + 1 + widths[c]
+        code = int(digits, 16)
+        if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+            raise GbnfError(f"\\{c}{digits} at offset {i} is not a Unicode character")
+        return chr(code), i + 1 + widths[c]
     if c in _ESCAPES:
         return _ESCAPES[c], i + 1
     raise GbnfError(f"unknown escape \\{c} at offset {i}")

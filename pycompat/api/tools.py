@@ -50,6 +50,7 @@ class ToolCall:
     id: str
     name: str
     arguments: str  # JSON text of an object
+    complete: bool = False  # its arguments were read to their end (not cut by max_tokens or a stop string)
 
 
 def new_call_id() -> str:
@@ -97,9 +98,10 @@ class ToolRequest:
 
 
 def arguments_schema(tool: Tool) -> dict:
-    """The schema a call's arguments follow (an object, whatever the tool declares)."""
+    """The schema a call's arguments follow: the tool's, always of an object
+    (openai/tools.py refuses parameters that are not an object schema)."""
     params = tool.parameters or {"type": "object", "properties": {}}
-    return params if params.get("type") == "object" or "type" not in params else {"type": "object", "properties": {}}
+    return params if params.get("type") == "object" else {**params, "type": "object"}
 
 
 def _as_arguments(value: Any) -> Any:
@@ -107,7 +109,7 @@ def _as_arguments(value: Any) -> Any:
     if isinstance(value, str):
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return value
     return value
 
@@ -206,7 +208,7 @@ class JsonFormat:
         label = f"function '{request.choice.name}'" if request.choice.mode == NAMED else field
         return structured.json_schema(schema, field, label)
 
-    def parser(self) -> CallParser:
+    def parser(self, forced: bool = False) -> CallParser:
         return _JsonAnswerParser()
 
 
@@ -293,15 +295,16 @@ class _JsonAnswerParser(CallParser):
 
     def _read_content(self, text: str, out: list[ToolEvent]) -> None:
         plain = []
-        for ch in text:
-            if self._done:
-                break
+        pending = list(text)
+        while pending and not self._done:
+            ch = pending.pop(0)
             if self._escape:
                 self._escape += ch
-                decoded = _json_escape(self._escape)
+                decoded, rest = _json_escape(self._escape)
                 if decoded is not None:
                     plain.append(decoded)
                     self._escape = ""
+                    pending[:0] = rest  # what followed a lone surrogate is read again
             elif ch == "\\":
                 self._escape = ch
             elif ch == '"':
@@ -341,6 +344,7 @@ class _JsonAnswerParser(CallParser):
             elif ch in "}]":
                 self._depth -= 1
                 if self._depth == 0:
+                    self.calls[-1].complete = True
                     self._state, self._buf = "before_call", ""
 
     def _arguments(self, text: str, out: list[ToolEvent]) -> None:
@@ -352,19 +356,23 @@ class _JsonAnswerParser(CallParser):
             super()._arguments(text, out)
 
 
-def _json_escape(seq: str) -> str | None:
-    """The text of a complete JSON escape sequence, None while it is incomplete.
-    A high surrogate waits for its low one."""
+def _json_escape(seq: str) -> tuple[str | None, str]:
+    """The text of a complete JSON escape sequence (None while it is incomplete),
+    and the characters after it that are not part of it. A high surrogate waits
+    for a low one; one that has none stands alone (as U+FFFD)."""
     if len(seq) < 2:
-        return None
+        return None, ""
     if seq[1] != "u":
-        return json.loads(f'"{seq}"')
+        return json.loads(f'"{seq}"'), ""
     if len(seq) < 6:
-        return None
+        return None, ""
     if 0xD800 <= int(seq[2:6], 16) < 0xDC00:  # a pair: \\uD83D\\uDE00
+        if not "\\u".startswith(seq[6:8]) or (len(seq) >= 12 and not 0xDC00 <= int(seq[8:12], 16) < 0xE000):
+            return "\ufffd", seq[6:]  # a lone high surrogate
         if len(seq) < 12:
-            return None
-    return json.loads(f'"{seq}"', strict=False).encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            return None, ""
+    text = json.loads(f'"{seq}"', strict=False)
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"), ""
 
 
 # --- Hermes' format ---
@@ -386,6 +394,8 @@ class HermesFormat:
     def prompt_messages(self, messages: list[dict], request: ToolRequest) -> list[dict]:
         out = []
         for msg in messages:
+            if msg["role"] == "function":  # the legacy result: templates know only 'tool'
+                msg = {**msg, "role": "tool"}
             if msg.get("tool_calls"):
                 calls = [{"type": "function", "id": c.get("id"),
                           "function": {"name": c["function"]["name"], "arguments": _as_arguments(c["function"]["arguments"])}}
@@ -422,18 +432,19 @@ class HermesFormat:
         label = f"function '{request.choice.name}'" if request.choice.mode == NAMED else field
         return structured.lark("\n".join([start, calls, one, *rules]), field, label)
 
-    def parser(self) -> CallParser:
-        return _HermesParser()
+    def parser(self, forced: bool = False) -> CallParser:
+        return _HermesParser(forced)
 
 
 class _HermesParser(CallParser):
     """Text outside ``<tool_call>`` blocks is content (a possible start of a
     block held back); each block's JSON becomes a call when it closes."""
 
-    def __init__(self) -> None:
+    def __init__(self, forced: bool = False) -> None:
         super().__init__()
         self._buf = ""
         self._in_call = False
+        self._forced = forced  # the answer had to be calls: an unfinished one is no text either
 
     def feed(self, text: str) -> list[ToolEvent]:
         out: list[ToolEvent] = []
@@ -469,12 +480,13 @@ class _HermesParser(CallParser):
         self._start_call(value["name"], out)
         args = value.get("arguments", value.get("parameters", {}))
         self._arguments(args if isinstance(args, str) else json.dumps(args, ensure_ascii=False), out)
+        self.calls[-1].complete = True
 
     def finish(self) -> list[ToolEvent]:
         out: list[ToolEvent] = []
-        if self._buf:  # an unfinished block (cut by max_tokens) stays text
+        if self._buf and not (self._in_call and self._forced):  # an unfinished block (cut by max_tokens) stays text
             self._content((CALL_OPEN if self._in_call else "") + self._buf, out)
-            self._buf = ""
+        self._buf = ""
         return out
 
 

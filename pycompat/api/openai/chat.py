@@ -191,7 +191,7 @@ class _Calls:
         return self.format.grammar(self.request, field)
 
     def parser(self) -> tools.CallParser | None:
-        return self.format.parser() if self.parses else None
+        return self.format.parser(self.forced) if self.parses else None
 
 
 def _choice(index: int, result: generation.Result, calls: _Calls, tokenizer, opts) -> dict:

@@ -42,8 +42,8 @@ def _read(fields: Fields, name: str) -> OutputGrammar | None:
         if isinstance(value, str):
             try:
                 value = json.loads(value)
-            except ValueError:
-                raise invalid_value(name, "the schema is not valid JSON.") from None
+            except (ValueError, RecursionError):  # nesting a body's own depth limit would have refused
+                raise invalid_value(name, "the schema is not valid JSON, or nests too deeply.") from None
         if not isinstance(value, dict):
             raise invalid_type(name, "a JSON schema (an object)", value)
         return structured.json_schema(value, name)

@@ -38,9 +38,7 @@ def read(fields: Fields) -> ToolFields | None:
             raise invalid_value("functions", "use either 'tools' and 'tool_choice' or the deprecated 'functions' and 'function_call', not both.")
         if functions is None:
             raise invalid_value("function_call", "'function_call' is only allowed when 'functions' are specified.")
-        if not isinstance(functions, list):
-            raise invalid_type("functions", "an array", functions)
-        parsed = [_function(f, f"functions[{i}]") for i, f in enumerate(functions)]
+        parsed = _checked_list(functions, "functions", lambda f, where: _function(f, where))
         return ToolFields(ToolRequest(parsed, _choice(function_call, "function_call", parsed, legacy=True), parallel=False), legacy=True)
     if tools is None:
         if choice is not None:
@@ -48,30 +46,36 @@ def read(fields: Fields) -> ToolFields | None:
         if parallel is not None:
             raise invalid_value("parallel_tool_calls", "'parallel_tool_calls' is only allowed when 'tools' are specified.")
         return None
-    if not isinstance(tools, list):
-        raise invalid_type("tools", "an array", tools)
-    if len(tools) > MAX_TOOLS:
-        raise invalid_value("tools", f"array too long. Expected an array with maximum length {MAX_TOOLS}, but got an array with length {len(tools)} instead.")
-    parsed = []
-    for i, tool in enumerate(tools):
-        where = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise invalid_type(where, "an object", tool)
-        if tool.get("type") != "function":
-            raise invalid_value(f"{where}.type", f"tools of type {tool.get('type')!r} are not supported by this server; only 'function' tools are.")
-        if "function" not in tool:
-            raise missing(f"{where}.function")
-        parsed.append(_function(tool["function"], f"{where}.function"))
+    parsed = _checked_list(tools, "tools", _tool)
+    if parallel is not None and not isinstance(parallel, bool):
+        raise invalid_type("parallel_tool_calls", "a boolean", parallel)
+    return ToolFields(ToolRequest(parsed, _choice(choice, "tool_choice", parsed, legacy=False), parallel=parallel is not False), legacy=False)
+
+
+def _checked_list(value, field: str, read) -> list[Tool]:
+    """``tools`` or ``functions``: 1 to MAX_TOOLS entries, each read by ``read(entry, where)``, names unique."""
+    if not isinstance(value, list):
+        raise invalid_type(field, "an array", value)
+    if not value:
+        raise invalid_value(field, "empty array. Expected an array with minimum length 1, but got an empty array instead.")
+    if len(value) > MAX_TOOLS:
+        raise invalid_value(field, f"array too long. Expected an array with maximum length {MAX_TOOLS}, but got an array with length {len(value)} instead.")
+    parsed = [read(entry, f"{field}[{i}]") for i, entry in enumerate(value)]
     names = [t.name for t in parsed]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
-        raise invalid_value("tools", f"the function name '{duplicate}' is used by more than one tool.")
-    if parallel is not None and not isinstance(parallel, bool):
-        raise invalid_type("parallel_tool_calls", "a boolean", parallel)
-    request = ToolRequest(parsed, _choice(choice, "tool_choice", parsed, legacy=False), parallel=parallel is not False)
-    if not parsed and request.choice.mode in (REQUIRED, NAMED):
-        raise invalid_value("tool_choice", "a tool must be called but 'tools' is empty.")
-    return ToolFields(request, legacy=False)
+        raise invalid_value(field, f"the function name '{duplicate}' is used by more than one tool.")
+    return parsed
+
+
+def _tool(tool, where: str) -> Tool:
+    if not isinstance(tool, dict):
+        raise invalid_type(where, "an object", tool)
+    if tool.get("type") != "function":
+        raise invalid_value(f"{where}.type", f"tools of type {str(tool.get('type'))[:40]!r} are not supported by this server; only 'function' tools are.")
+    if "function" not in tool:
+        raise missing(f"{where}.function")
+    return _function(tool["function"], f"{where}.function")
 
 
 def _function(value, where: str) -> Tool:
@@ -88,7 +92,8 @@ def _function(value, where: str) -> Tool:
     parameters = value.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
         raise invalid_type(f"{where}.parameters", "an object", parameters)
-    if parameters and parameters.get("type", "object") != "object":
+    # An object schema: {"type": "object", ...}, or without a type but with properties (a type is then implied).
+    if parameters and parameters.get("type", "object" if "properties" in parameters else None) != "object":
         raise invalid_value(f"{where}.parameters", "a function's parameters must be a JSON schema of type 'object'.")
     strict = value.get("strict")
     if strict is not None and not isinstance(strict, bool):
@@ -131,7 +136,8 @@ def message_calls(calls: list[ToolCall], legacy: bool) -> dict:
 
 
 def finish_reason(reason: str, calls: list[ToolCall], legacy: bool) -> str:
-    """``tool_calls`` (``function_call``) for an answer that ends in calls, else the engine's reason."""
-    if calls and reason == "stop":
+    """``tool_calls`` (``function_call``) for an answer that ends in complete
+    calls, else the engine's reason (a stop string may cut one short)."""
+    if calls and reason == "stop" and all(c.complete for c in calls):
         return "function_call" if legacy else "tool_calls"
     return reason
