@@ -288,6 +288,21 @@ def test_streamed_logprobs_cover_every_token_once(client, choice):
     assert n == chunks[-1]["usage"]["completion_tokens"]
 
 
+@pytest.mark.parametrize("message, param", [
+    ({"role": "assistant", "content": None, "tool_calls": [1]}, "messages[1].tool_calls[0]"),
+    ({"role": "assistant", "content": None, "tool_calls": "x"}, "messages[1].tool_calls"),
+    ({"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": 5}}]}, "messages[1].tool_calls[0].function.name"),
+    ({"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": {}}}]}, "messages[1].tool_calls[0].function.arguments"),
+    ({"role": "assistant", "function_call": "x"}, "messages[1].function_call"),
+    ({"role": "tool", "content": "x", "tool_call_id": 5}, "messages[1].tool_call_id"),
+    ({"role": "tool", "content": "x"}, "messages[1].tool_call_id"),
+])
+def test_malformed_past_calls_are_400s_naming_them(client, message, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=ASK + [message], max_tokens=2)
+    assert openapi.error_of(e.value)["param"] == param
+
+
 def test_a_call_cut_by_a_stop_string_is_not_reported_as_a_call(client):
     c = _create(client, messages=ASK, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}},
                 temperature=0, stop=[", "])["choices"][0]

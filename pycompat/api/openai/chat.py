@@ -63,36 +63,40 @@ def parse_messages(value) -> list[dict]:
         if isinstance(msg.get("name"), str):
             entry["name"] = msg["name"]
         if role == "assistant" and msg.get("tool_calls") is not None:
-            entry["tool_calls"] = _tool_calls(msg["tool_calls"], f"{where}.tool_calls")
+            calls = msg["tool_calls"]
+            if not isinstance(calls, list):
+                raise invalid_type(f"{where}.tool_calls", "an array", calls)
+            entry["tool_calls"] = [_past_call(c, f"{where}.tool_calls[{j}]", f"call_{j}") for j, c in enumerate(calls)]
         if role == "assistant" and msg.get("function_call") is not None:  # the legacy spelling of one call
-            call = msg["function_call"]
-            entry["tool_calls"] = _tool_calls([{"id": f"call_{i}", "type": "function", "function": call}], f"{where}.function_call")
+            entry["tool_calls"] = [_past_call({"function": msg["function_call"]}, where, f"call_{i}", legacy=True)]
         if role == "tool":
-            if not isinstance(msg.get("tool_call_id"), str):
+            if "tool_call_id" not in msg:
                 raise missing(f"{where}.tool_call_id")
+            if not isinstance(msg["tool_call_id"], str):
+                raise invalid_type(f"{where}.tool_call_id", "a string", msg["tool_call_id"])
             entry["tool_call_id"] = msg["tool_call_id"]
         out.append(entry)
     return out
 
 
-def _tool_calls(value, where: str) -> list[dict]:
-    """An assistant message's past calls, checked: id, and a function's name and arguments (JSON text)."""
-    if not isinstance(value, list):
-        raise invalid_type(where, "an array", value)
-    calls = []
-    for i, call in enumerate(value):
-        at = f"{where}[{i}]" if not where.endswith("function_call") else where
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict):
-            raise invalid_type(f"{at}.function", "an object", function)
-        if not isinstance(function.get("name"), str):
-            raise missing(f"{at}.function.name")
-        arguments = function.get("arguments", "{}")
-        if not isinstance(arguments, str):
-            raise invalid_type(f"{at}.function.arguments", "a string", arguments)
-        calls.append({"id": str(call.get("id") or f"call_{i}"), "type": "function",
-                      "function": {"name": function["name"], "arguments": arguments}})
-    return calls
+def _past_call(call, where: str, default_id: str, legacy: bool = False) -> dict:
+    """A call in an assistant message, checked: its function's name and arguments
+    (JSON text), its id (``default_id`` when it has none). ``legacy``: ``where``
+    holds a ``function_call`` (the function itself, no id)."""
+    if not isinstance(call, dict):
+        raise invalid_type(where, "an object", call)
+    at = f"{where}.function_call" if legacy else f"{where}.function"
+    function = call.get("function")
+    if not isinstance(function, dict):
+        raise invalid_type(at, "an object", function)
+    if "name" not in function:
+        raise missing(f"{at}.name")
+    if not isinstance(function["name"], str):
+        raise invalid_type(f"{at}.name", "a string", function["name"])
+    arguments = function.get("arguments", "{}")
+    if not isinstance(arguments, str):
+        raise invalid_type(f"{at}.arguments", "a string", arguments)
+    return {"id": str(call.get("id") or default_id), "type": "function", "function": {"name": function["name"], "arguments": arguments}}
 
 
 async def create(registry: Registry, request: Request) -> Response:
@@ -154,11 +158,7 @@ class _Calls:
 
     @classmethod
     def plan(cls, served, tool_fields: openai_tools.ToolFields | None, output: structured.OutputGrammar | None) -> _Calls:
-        model = served.engine.model
-        template = model.chat_template
-        opener = model.tokenizer.encode(tools.CALL_OPEN, add_bos=False)
-        open_is_special = len(opener) == 1 and model.tokenizer.is_special(opener[0])
-        fmt = tools.format_for(template.renders_tools, template.source, open_is_special)
+        fmt = served.call_format
         if tool_fields is None:
             return cls(fmt, tools.ToolRequest([], tools.ToolChoice(tools.NONE)), legacy=False)
         if output is not None and tool_fields.request.choice.mode == tools.AUTO:
@@ -184,7 +184,7 @@ class _Calls:
         return self.format.prompt_messages(messages, self.request)
 
     def template_tools(self) -> list[dict] | None:
-        return self.format.template_tools(self.request) if isinstance(self.format, tools.HermesFormat) else None
+        return self.format.template_tools(self.request)
 
     def grammar(self) -> structured.OutputGrammar | None:
         field = "functions" if self.legacy else "tools"
