@@ -4,9 +4,11 @@ text through an Embedder, or both."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
+from pycompat.api import tools
 from pycompat.api.errors import UnknownModel, WrongModelKind
 from pycompat.engine.embedder import Embedder
 from pycompat.engine.engine import Engine
@@ -49,6 +51,11 @@ class ServedModel:
     @property
     def vocab_size(self) -> int:
         return self.engine.model.kernel.vocab_size
+
+    @functools.cached_property
+    def call_format(self) -> tools.JsonFormat | tools.HermesFormat:
+        """How this model is told about tools and writes its calls (decided once)."""
+        return tools.format_for(self.engine.model)
 
     @property
     def bos_id(self) -> int | None:

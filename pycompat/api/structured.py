@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from pycompat import _kernel
 from pycompat.api.errors import ServiceError
-from pycompat.api.registry import ServedModel
 from pycompat.loading.grammars import GrammarsUnavailable
+
+if TYPE_CHECKING:
+    from pycompat.api.registry import ServedModel
 
 # How JSON is laid out: one space after ',' and ':', no other whitespace. A
 # small model left free to add whitespace can loop on it forever; this is also

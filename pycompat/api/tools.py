@@ -208,6 +208,9 @@ class JsonFormat:
         label = f"function '{request.choice.name}'" if request.choice.mode == NAMED else field
         return structured.json_schema(schema, field, label)
 
+    def template_tools(self, request: ToolRequest) -> None:
+        return None  # the tools are described in the system message instead
+
     def parser(self, forced: bool = False) -> CallParser:
         return _JsonAnswerParser()
 
@@ -498,8 +501,11 @@ def _partial_suffix(text: str, marker: str) -> int:
     return 0
 
 
-def format_for(template_renders_tools: bool, template_source: str, open_is_special: bool) -> JsonFormat | HermesFormat:
-    """The call format for a model: Hermes' where its template renders tools and writes ``<tool_call>``, else ours."""
-    if template_renders_tools and CALL_OPEN in template_source:
-        return HermesFormat(open_is_special)
+def format_for(model) -> JsonFormat | HermesFormat:
+    """The call format for a LoadedModel: Hermes' where its template renders
+    tools and writes ``<tool_call>``, else ours."""
+    template, tokenizer = model.chat_template, model.tokenizer
+    if template.renders_tools and CALL_OPEN in template.source:
+        opener = tokenizer.encode(CALL_OPEN, add_bos=False)
+        return HermesFormat(open_is_special=len(opener) == 1 and tokenizer.is_special(opener[0]))
     return JsonFormat()
