@@ -54,7 +54,7 @@ from collections import Counter
 from pathlib import Path
 
 import openai
-from load import TOPICS, ServerFailed, ServerSpec, StreamResult, server_specs, start, stream_one
+from load import TOPICS, ServerFailed, ServerSpec, StreamResult, print_notes_and_save, server_specs, start, stream_one
 from speed import DEFAULT_LLAMA_SERVER, Server, cpu_description, settle
 
 REQUEST_TIMEOUT_S = 600
@@ -357,12 +357,7 @@ def main() -> None:
     print(f"load average after the run: {load_average()}")
     errors = [f"- {label}, N={n}, {variant}: {', '.join(b['error_examples'])}" for label, by_n in report["decode"].items()
               for n, by_variant in by_n.items() for variant, bursts in by_variant.items() for b in bursts if b["error_examples"]]
-    if errors:
-        report["notes"].append("errors seen:\n" + "\n".join(errors))
-    if report["notes"]:
-        print("\n" + "\n".join(report["notes"]))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+    print_notes_and_save(report, errors, args.json)
 
 
 if __name__ == "__main__":

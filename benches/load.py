@@ -648,12 +648,17 @@ def main() -> None:
 
     print("peak RSS (VmHWM of the server process, MiB): " + "; ".join(f"{label} {mib:.0f}" for label, mib in report["peak_rss_mib"].items()))
     errors = error_notes({**{f"N={n}": rows for n, rows in load_results.items()}, "shared prompt": report["shared"]})
+    print_notes_and_save(report, errors, args.json)
+
+
+def print_notes_and_save(report: dict, errors: list[str], json_path) -> None:
+    """The run's notes (with the errors seen, if any) printed, and the whole report saved to ``json_path`` if given."""
     if errors:
         report["notes"].append("errors seen:\n" + "\n".join(errors))
     if report["notes"]:
         print("\n" + "\n".join(report["notes"]))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
