@@ -19,6 +19,7 @@ from pycompat.api.registry import Registry
 from pycompat.api.render import json_response
 from pycompat.api.router import Match, Route, Router
 from pycompat.http.messages import Request, Response
+from pycompat.state.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,14 @@ DIALECTS = (openai,)
 
 
 class App:
-    def __init__(self, registry: Registry, access: AccessPolicy | None = None):
+    def __init__(self, registry: Registry, access: AccessPolicy | None = None, state: Store | None = None):
         self.registry = registry
         self.access = access or AccessPolicy()
+        self.state = state
         self.router = Router()
         self.router.add([Route("GET", "/", self._root), Route("GET", "/health", self._health)])
         for dialect in DIALECTS:
-            self.router.add(dialect.routes(registry), dialect.PREFIXES, owner=dialect)
+            self.router.add(dialect.routes(registry, state), dialect.PREFIXES, owner=dialect)
 
     async def __call__(self, request: Request) -> Response:
         match = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 
 @dataclass
@@ -24,6 +24,14 @@ class Request:
         if not target.startswith("/") and "://" in target:  # "http://host/path?q"
             target = urlsplit(target).path or "/"
         return unquote(target.split("?", 1)[0])
+
+    @property
+    def query(self) -> list[tuple[str, str]]:
+        """The query's name-value pairs, percent-decoded, in order (a name may repeat)."""
+        target = self.target
+        if "?" not in target:
+            return []
+        return parse_qsl(target.split("?", 1)[1].split("#", 1)[0], keep_blank_values=True)
 
     def header(self, name: str) -> str | None:
         name = name.lower()

@@ -16,6 +16,7 @@ from pycompat.api.openai import chat, completions, embeddings, models
 from pycompat.api.openai.errors import error_response
 from pycompat.api.registry import Registry
 from pycompat.api.router import Route
+from pycompat.state.store import Store
 
 __all__ = ["PREFIXES", "error_response", "routes"]
 
@@ -23,7 +24,8 @@ __all__ = ["PREFIXES", "error_response", "routes"]
 PREFIXES = ("/v1", "/openai/v1", "/v3")
 
 
-def routes(registry: Registry) -> list[Route]:
+def routes(registry: Registry, state: Store | None = None) -> list[Route]:
+    """The routes; ``state`` keeps stored objects (None: the server keeps none)."""
     return [
         Route("GET", "/models", partial(models.list_models, registry)),
         Route("GET", "/models/{model...}", partial(models.retrieve_model, registry)),

@@ -119,16 +119,7 @@ async def create(registry: Registry, request: Request) -> Response:
     tool_fields = openai_tools.read(fields)
     # The tier that served it, when the request names one: there is one tier here.
     tier = {"service_tier": "default"} if fields.get("service_tier") is not None else {}
-    # Before any work: messages that cannot fit the context whatever their tokens.
-    generation.check_prompt_bytes(served, sum(len(m["content"].encode("utf-8")) for m in messages), max_tokens, "messages")
-    calls = _Calls.plan(served, tool_fields, output)
-    prompt_text = generation.chat_prompt(served, calls.messages(messages), "messages", tools=calls.template_tools())
-    grammar = calls.grammar() or output
-    opts.special_text = calls.needs_special_text
-    if grammar is not None:
-        opts.grammar = await structured.compile(served, grammar)
-    prompt = await generation.tokenize(served, prompt_text)
-    choices = generation.start(served, [prompt], opts, "messages")
+    calls, choices = await start(served, messages, tool_fields, output, opts, "messages")
 
     completion_id, created = new_id("chatcmpl-"), now()
     tokenizer = served.engine.model.tokenizer
@@ -146,6 +137,24 @@ async def create(registry: Registry, request: Request) -> Response:
         **tier,
     }
     return json_response(body)
+
+
+async def start(served, messages: list[dict], tool_fields: openai_tools.ToolFields | None,
+                output: structured.OutputGrammar | None, opts: generation.SamplingOptions, field: str) -> tuple[_Calls, Choices]:
+    """Queues a chat: ``messages`` (as parse_messages gives them) answered under
+    the tools and output grammar asked for. Returns how calls are read from the
+    answer, and its choices. ``field`` names the request field that holds the
+    messages, for errors. Shared by chat completions and responses."""
+    # Before any work: messages that cannot fit the context whatever their tokens.
+    generation.check_prompt_bytes(served, sum(len(m["content"].encode("utf-8")) for m in messages), opts.max_tokens, field)
+    calls = _Calls.plan(served, tool_fields, output)
+    prompt_text = generation.chat_prompt(served, calls.messages(messages), field, tools=calls.template_tools())
+    grammar = calls.grammar() or output
+    opts.special_text = calls.needs_special_text
+    if grammar is not None:
+        opts.grammar = await structured.compile(served, grammar)
+    prompt = await generation.tokenize(served, prompt_text)
+    return calls, generation.start(served, [prompt], opts, field)
 
 
 class _Calls:
