@@ -11,7 +11,10 @@ Two adjustments make the spec checkable with a JSON Schema validator:
 ``nullable: true`` (OpenAPI 3.0 style, still used in places) becomes an
 explicit null alternative, and every object schema that lists its
 properties is closed (no other properties), so a misspelt or invented
-field fails the test instead of passing silently.
+field fails the test instead of passing silently. A schema made of an
+``allOf`` (Response is three schemas together) is closed as a whole
+(``unevaluatedProperties``), its parts left open: closing each part would
+refuse the properties the other parts define.
 """
 
 from __future__ import annotations
@@ -29,17 +32,25 @@ SPEC_PATH = Path(os.environ.get("PYCOMPAT_OPENAPI_SPEC")
 SPEC_PRESENT = SPEC_PATH.is_file()
 
 
-def _adjust(node):
+_OPEN = "__open"  # suffix of a component's copy left open, for use as an allOf part
+
+
+def _adjust(node, close: bool = True):
     if isinstance(node, list):
-        return [_adjust(n) for n in node]
+        return [_adjust(n, close) for n in node]
     if not isinstance(node, dict):
         return node
-    node = {k: _adjust(v) for k, v in node.items()}
+    parts = node.get("allOf")
+    node = {k: _adjust(v) for k, v in node.items() if k != "allOf"}
+    if parts is not None:
+        node["allOf"] = [{"$ref": p["$ref"] + _OPEN} if set(p) == {"$ref"} else _adjust(p, close=False) for p in parts]
+        if close:
+            node["unevaluatedProperties"] = False
     if node.pop("nullable", False):
         node = {"anyOf": [node, {"type": "null"}]}
         return node
     # Closed whether or not the schema says "type: object" (Model, for one, does not).
-    if node.get("type", "object") == "object" and "properties" in node and "additionalProperties" not in node:
+    if close and node.get("type", "object") == "object" and "properties" in node and "additionalProperties" not in node and parts is None:
         node["additionalProperties"] = False
     return node
 
@@ -49,7 +60,9 @@ def _spec() -> dict:
     with open(SPEC_PATH) as f:
         raw = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     spec = copy.deepcopy(raw)
-    spec["components"]["schemas"] = {k: _adjust(v) for k, v in raw["components"]["schemas"].items()}
+    schemas = {k: _adjust(v) for k, v in raw["components"]["schemas"].items()}
+    schemas.update({k + _OPEN: _adjust(v, close=False) for k, v in raw["components"]["schemas"].items()})
+    spec["components"]["schemas"] = schemas
     return spec
 
 
