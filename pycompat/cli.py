@@ -24,6 +24,14 @@ DECODER_EMBED_BATCH_TOKENS = 1024
 # The bundled models' ids (pycompat.loading.load and pycompat.loading.encoder hold the same).
 DEFAULT_CHAT_ID = "smollm2-135m-instruct"
 DEFAULT_EMBEDDING_ID = "all-minilm-l6-v2"
+DEFAULT_RETENTION_DAYS = 30.0
+PURGE_EVERY_S = 3600.0  # how often expired state is deleted
+
+
+def default_state_path() -> Path:
+    """Where state is kept by default: the user's data directory ($XDG_DATA_HOME, else ~/.local/share)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "pycompat" / "state.sqlite3"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"seconds to receive a request's body (default: {Limits.body_timeout:g})")
     limits.add_argument("--keepalive-timeout", type=float, default=Limits.keepalive_timeout, metavar="S",
                         help=f"seconds a kept-alive connection may idle between requests (default: {Limits.keepalive_timeout:g})")
+    state = serve.add_argument_group("state", "stored responses, conversations and chat completions")
+    state.add_argument("--state", default=None, metavar="PATH",
+                       help="the SQLite file that keeps them, created if missing; 'none' keeps nothing (storing is then "
+                       f"refused with a 400) (default: {default_state_path()})")
+    state.add_argument("--state-retention-days", type=float, default=DEFAULT_RETENTION_DAYS, metavar="DAYS",
+                       help="stored objects not written to for this long are deleted (a conversation counts from its "
+                       f"last item); 0 keeps them forever (default: {DEFAULT_RETENTION_DAYS:g}, as OpenAI keeps responses)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity (default: info)")
 
     convert = sub.add_parser(
@@ -141,13 +156,17 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("listening on %s without an API key: anyone who can reach this address can use the model "
                     "(set --api-key or PYCOMPAT_API_KEY)", args.host)
 
+    state = _open_state(args, log)
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             for model in served:
                 for worker in (model.engine, model.embedding and model.embedding.embedder):
                     if worker is not None:
                         nursery.start_soon(worker.run)
-            listeners = await nursery.start(partial(serve, App(registry, access), error_body, args.host, args.port, limits))
+            if state is not None and args.state_retention_days > 0:
+                nursery.start_soon(_purge_expired, state, args.state_retention_days, log)
+            listeners = await nursery.start(partial(serve, App(registry, access, state), error_body, args.host, args.port, limits))
             host, port = listeners[0].socket.getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host
             log.info("serving %s at http://%s:%d/v1", ", ".join(registry.all_ids()), shown, port)
@@ -156,7 +175,45 @@ def _serve(args: argparse.Namespace) -> int:
         trio.run(main)
     except KeyboardInterrupt:
         pass
+    finally:
+        if state is not None:
+            trio.run(state.close)
     return 0
+
+
+def _open_state(args: argparse.Namespace, log: logging.Logger):
+    """The store at --state (None for 'none'); exits with a clear message when it cannot be used."""
+    from pycompat.state.sqlite import SQLiteStore, StateError
+
+    if args.state_retention_days < 0:
+        raise SystemExit("pycompat: error: --state-retention-days must be at least 0")
+    if args.state is not None and args.state.lower() == "none":
+        log.info("state: none (responses, conversations and chat completions are not stored)")
+        return None
+    path = Path(args.state) if args.state is not None else default_state_path()
+    try:
+        state = SQLiteStore.open(path)
+    except StateError as e:
+        raise SystemExit(f"pycompat: error: {e} (choose another file with --state, or --state none)") from None
+    kept = f"kept {args.state_retention_days:g} days after their last write" if args.state_retention_days else "kept forever"
+    log.info("state: %s (responses, conversations and stored chat completions; %s)", path, kept)
+    return state
+
+
+async def _purge_expired(state, days: float, log: logging.Logger) -> None:
+    """Deletes what has expired, now and then every PURGE_EVERY_S, so the file stops growing."""
+    import time
+
+    import trio
+
+    while True:
+        try:
+            purged = await state.purge(int(time.time() - days * 86400))
+            if purged:
+                log.info("state: deleted %d expired stored objects", purged)
+        except Exception:
+            log.exception("state: purging expired objects failed; trying again later")
+        await trio.sleep(PURGE_EVERY_S)
 
 
 def _bundled_models(log: logging.Logger) -> list[str]:

@@ -33,7 +33,10 @@ def peak_rss_bytes(pid: int) -> int:
 
 @contextmanager
 def running_server(log_path: Path, *args: str):
-    """Starts `pycompat serve --port 0 ARGS`; yields (process, http://127.0.0.1:PORT/v1)."""
+    """Starts `pycompat serve --port 0 ARGS`; yields (process, http://127.0.0.1:PORT/v1).
+    State goes to a file beside the log unless ARGS name one (never the user's own)."""
+    if "--state" not in args:
+        args = (*args, "--state", str(log_path.with_suffix(".state.sqlite3")))
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "pycompat", "serve", "--port", "0", *args], stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -1,5 +1,5 @@
 """OpenAI's API, as its SDKs and tools expect it: its routes (chat.py,
-completions.py, embeddings.py, models.py), its request fields (protocol.py), its stream
+completions.py, embeddings.py, models.py, responses.py, conversations.py), its request fields (protocol.py), its stream
 framing (sse.py) and its error object and wording (errors.py).
 
 Like every API dialect, this package gives the App three things:
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from pycompat.api.openai import chat, completions, embeddings, models
+from pycompat.api.openai import chat, completions, conversations, embeddings, models, responses
 from pycompat.api.openai.errors import error_response
 from pycompat.api.registry import Registry
 from pycompat.api.router import Route
@@ -32,4 +32,16 @@ def routes(registry: Registry, state: Store | None = None) -> list[Route]:
         Route("POST", "/chat/completions", partial(chat.create, registry)),
         Route("POST", "/completions", partial(completions.create, registry)),
         Route("POST", "/embeddings", partial(embeddings.create, registry)),
+        Route("POST", "/responses", partial(responses.create, registry, state)),
+        Route("GET", "/responses/{response_id}", partial(responses.retrieve, state)),
+        Route("DELETE", "/responses/{response_id}", partial(responses.delete, state)),
+        Route("GET", "/responses/{response_id}/input_items", partial(responses.input_items, state)),
+        Route("POST", "/conversations", partial(conversations.create, state)),
+        Route("GET", "/conversations/{conversation_id}", partial(conversations.retrieve, state)),
+        Route("POST", "/conversations/{conversation_id}", partial(conversations.update, state)),
+        Route("DELETE", "/conversations/{conversation_id}", partial(conversations.delete, state)),
+        Route("GET", "/conversations/{conversation_id}/items", partial(conversations.list_items, state)),
+        Route("POST", "/conversations/{conversation_id}/items", partial(conversations.add_items, state)),
+        Route("GET", "/conversations/{conversation_id}/items/{item_id}", partial(conversations.retrieve_item, state)),
+        Route("DELETE", "/conversations/{conversation_id}/items/{item_id}", partial(conversations.delete_item, state)),
     ]

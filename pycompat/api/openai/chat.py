@@ -140,14 +140,16 @@ async def create(registry: Registry, request: Request) -> Response:
 
 
 async def start(served, messages: list[dict], tool_fields: openai_tools.ToolFields | None,
-                output: structured.OutputGrammar | None, opts: generation.SamplingOptions, field: str) -> tuple[_Calls, Choices]:
+                output: structured.OutputGrammar | None, opts: generation.SamplingOptions, field: str,
+                format_field: str = "response_format") -> tuple[_Calls, Choices]:
     """Queues a chat: ``messages`` (as parse_messages gives them) answered under
     the tools and output grammar asked for. Returns how calls are read from the
     answer, and its choices. ``field`` names the request field that holds the
-    messages, for errors. Shared by chat completions and responses."""
+    messages, and ``format_field`` the one that holds the output format, for
+    errors. Shared by chat completions and responses."""
     # Before any work: messages that cannot fit the context whatever their tokens.
     generation.check_prompt_bytes(served, sum(len(m["content"].encode("utf-8")) for m in messages), opts.max_tokens, field)
-    calls = _Calls.plan(served, tool_fields, output)
+    calls = _Calls.plan(served, tool_fields, output, format_field)
     prompt_text = generation.chat_prompt(served, calls.messages(messages), field, tools=calls.template_tools())
     grammar = calls.grammar() or output
     opts.special_text = calls.needs_special_text
@@ -166,12 +168,13 @@ class _Calls:
         self.format, self.request, self.legacy = format, request, legacy
 
     @classmethod
-    def plan(cls, served, tool_fields: openai_tools.ToolFields | None, output: structured.OutputGrammar | None) -> _Calls:
+    def plan(cls, served, tool_fields: openai_tools.ToolFields | None, output: structured.OutputGrammar | None,
+             format_field: str = "response_format") -> _Calls:
         fmt = served.call_format
         if tool_fields is None:
             return cls(fmt, tools.ToolRequest([], tools.ToolChoice(tools.NONE)), legacy=False)
         if output is not None and tool_fields.request.choice.mode == tools.AUTO:
-            raise invalid_value("response_format", "a response format together with tools the model may call ('tool_choice': 'auto') "
+            raise invalid_value(format_field, "a response format together with tools the model may call ('tool_choice': 'auto') "
                                 "is not supported yet: use one, or force the call with 'tool_choice'.")
         return cls(fmt, tool_fields.request, tool_fields.legacy)
 

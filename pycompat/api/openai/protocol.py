@@ -23,8 +23,10 @@ from pycompat.api.openai.errors import invalid_type, invalid_value, missing
 CHAT = "chat.completions"
 COMPLETIONS = "completions"
 EMBEDDINGS = "embeddings"
-BOTH = frozenset({CHAT, COMPLETIONS})  # the generating routes
-ROUTES = (CHAT, COMPLETIONS, EMBEDDINGS)
+RESPONSES = "responses"
+BOTH = frozenset({CHAT, COMPLETIONS})  # the generating routes of chat completions' generation
+ALL_GENERATING = BOTH | {RESPONSES}
+ROUTES = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES)
 
 INT32_MAX = (1 << 31) - 1  # the bound of integer fields that have no natural one
 INT64 = (-(1 << 63), (1 << 63) - 1)
@@ -189,17 +191,17 @@ def _ignored(routes, *names: str) -> list[Field]:
 
 
 FIELDS = [
-    *_fields(BOTH | {EMBEDDINGS}, string, "model", required=True),
+    *_fields(BOTH | {EMBEDDINGS, RESPONSES}, string, "model", required=True),
     *_fields({CHAT}, any_json, "messages", required=True),  # chat.parse_messages
     *_fields({COMPLETIONS}, any_json, "prompt", required=True),  # completions.parse_prompts
     *_fields({CHAT}, integer(1, INT32_MAX), "max_completion_tokens", "max_tokens"),  # none: until the context is full
     *_fields({COMPLETIONS}, integer(0, INT32_MAX), "max_tokens", default=16),  # OpenAI's default for this route
-    *_fields(BOTH, boolean, "stream", default=False),
+    *_fields(ALL_GENERATING, boolean, "stream", default=False),
     *_fields(BOTH, include_usage, "stream_options", default=False),
     # Sampling. Left out, they take the model's recommended values, then these
     # defaults (OpenAI's). top_k and min_p are not OpenAI's, but llama.cpp and vLLM accept them.
-    *_fields(BOTH, number(0.0, 2.0), "temperature", default=1.0),
-    *_fields(BOTH, number(0.0, 1.0), "top_p", default=1.0),
+    *_fields(ALL_GENERATING, number(0.0, 2.0), "temperature", default=1.0),
+    *_fields(ALL_GENERATING, number(0.0, 1.0), "top_p", default=1.0),
     *_fields(BOTH, integer(0, INT32_MAX), "top_k", default=0),
     *_fields(BOTH, number(0.0, 1.0), "min_p", default=0.0),
     *_fields(BOTH, integer(*INT64), "seed"),  # none: a fresh random seed
@@ -219,12 +221,12 @@ FIELDS = [
     *_fields(BOTH, boolean, "ignore_eos", default=False),
     *_fields(BOTH, integer(1, 128), "n", default=1),  # choices per prompt
     # One tier here: a request that names one is told it got "default", as OpenAI answers.
-    *_fields({CHAT}, one_of("auto", "default", "flex", "scale", "priority", "fast"), "service_tier"),
+    *_fields({CHAT, RESPONSES}, one_of("auto", "default", "flex", "scale", "priority", "fast"), "service_tier"),
     # Who is asking and cache hints: checked, then without effect on the answer (the prefix cache is automatic).
-    *_fields(BOTH | {EMBEDDINGS}, string, "user"),
-    *_fields({CHAT}, string, "safety_identifier", "prompt_cache_key"),
-    *_fields({CHAT}, one_of("in_memory", "24h"), "prompt_cache_retention"),
-    *_fields({CHAT}, json_object, "prompt_cache_options"),
+    *_fields(ALL_GENERATING | {EMBEDDINGS}, string, "user"),
+    *_fields({CHAT, RESPONSES}, string, "safety_identifier", "prompt_cache_key"),
+    *_fields({CHAT, RESPONSES}, one_of("in_memory", "24h"), "prompt_cache_retention"),
+    *_fields({CHAT, RESPONSES}, json_object, "prompt_cache_options"),
     # What a text model cannot do: a 400 unless the value asks for what it does anyway (OpenAI
     # answers a model without the feature the same way).
     *_fields({CHAT}, only([["text"]], "this model answers in text only: the only modalities it supports are [\"text\"]."), "modalities"),
@@ -232,7 +234,7 @@ FIELDS = [
     *_fields({CHAT}, only(["none"], "this model does not reason: reasoning_effort is not supported (only 'none')."), "reasoning_effort"),
     *_fields({CHAT}, only(["medium"], "this model does not adjust its verbosity: only 'medium' (the default) is supported."), "verbosity"),
     *_fields({CHAT}, only([], "this server does not search the web."), "web_search_options"),
-    *_fields({CHAT}, only([], "this server does not run moderation."), "moderation"),
+    *_fields({CHAT, RESPONSES}, only([], "this server does not run moderation."), "moderation"),
     # Predicted outputs change only how fast an answer comes, never the answer.
     *_ignored({CHAT}, "prediction"),
     # Structured outputs (openai/structured.py reads them): OpenAI's response_format (vLLM takes it on
@@ -247,6 +249,21 @@ FIELDS = [
     *_fields({COMPLETIONS}, string, "suffix"),  # fill-in-the-middle: a 400 for a model without FIM tokens
     *_fields({COMPLETIONS}, integer(1, 20), "best_of"),  # candidates per prompt (default n); the n likeliest are returned
     *_fields({EMBEDDINGS}, any_json, "input", required=True),  # embeddings.parse_inputs
+    # The Responses API (responses.py reads the JSON ones). store: kept unless false, as OpenAI's.
+    *_fields({RESPONSES}, any_json, "input", "instructions", "conversation", "text", "tools", "tool_choice", "metadata", "reasoning", "include"),
+    *_fields({RESPONSES}, string, "previous_response_id"),
+    *_fields({RESPONSES}, boolean, "store", default=True),
+    *_fields({RESPONSES}, boolean, "parallel_tool_calls", default=True),
+    *_fields({RESPONSES}, integer(1, INT32_MAX), "max_output_tokens"),  # none: until the context is full
+    # Built-in tools are what it bounds, and there are none here: no effect on any answer.
+    *_fields({RESPONSES}, integer(1, INT32_MAX), "max_tool_calls"),
+    # Only include_obfuscation, random padding against side channels: leaving it out changes no answer.
+    *_ignored({RESPONSES}, "stream_options"),
+    *_fields({RESPONSES}, only([0], "log-probabilities are not supported on this route yet; use /v1/chat/completions with 'logprobs'."), "top_logprobs"),
+    *_fields({RESPONSES}, only(["disabled"], "only 'disabled' is supported: an input over the context is a 400, never silently cut."), "truncation"),
+    *_fields({RESPONSES}, only([False], "background responses are not supported by this server."), "background"),
+    *_fields({RESPONSES}, only([], "stored prompt templates are not supported by this server."), "prompt"),
+    *_fields({RESPONSES}, only([], "context management (compaction) is not supported by this server."), "context_management"),
     *_fields({EMBEDDINGS}, one_of("float", "base64"), "encoding_format", default="float"),
     *_fields({EMBEDDINGS}, integer(1, INT32_MAX), "dimensions"),  # at most the model's: checked by the route
 ]
@@ -267,6 +284,11 @@ _BY_ROUTE = _by_route(FIELDS)
 # The sampling fields, in the order they are checked.
 SAMPLING = ("top_k", "temperature", "top_p", "min_p", "seed", "stop", "logit_bias", "presence_penalty",
             "frequency_penalty", "repetition_penalty", "ignore_eos")
+
+
+def sampling_defaults() -> dict[str, Any]:
+    """OpenAI's default of every sampling field (for a route that lets the client set only some)."""
+    return {name: _BY_ROUTE[CHAT][name].default for name in SAMPLING}
 
 
 def accepted(route: str) -> set[str]:

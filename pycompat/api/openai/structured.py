@@ -102,3 +102,43 @@ def response_format(value) -> OutputGrammar | None:
     if not isinstance(kind, str):
         raise missing("response_format.type")
     raise invalid_value("response_format.type", f"'{kind[:40]}' is not one of ['text', 'json_object', 'json_schema'].")
+
+
+def text_format(value) -> OutputGrammar | None:
+    """The Responses API's ``text``: ``{"format": {"type": "text" | "json_object" |
+    "json_schema", "name", "schema", "strict"}}`` (the schema beside the name,
+    not under ``json_schema`` as in chat's response_format)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise invalid_type("text", "an object", value)
+    verbosity = value.get("verbosity")
+    if verbosity not in (None, "medium"):
+        raise invalid_value("text.verbosity", "this model does not adjust its verbosity: only 'medium' (the default) is supported.")
+    fmt = value.get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise invalid_type("text.format", "an object", fmt)
+    kind = fmt.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return structured.any_json_object("text.format")
+    if kind == "json_schema":
+        name = fmt.get("name")
+        if name is None:
+            raise missing("text.format.name")
+        if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+            raise invalid_value("text.format.name", "must be a string of a-z, A-Z, 0-9, underscores and dashes, at most 64 long.")
+        if fmt.get("strict") is not None and not isinstance(fmt["strict"], bool):
+            raise invalid_type("text.format.strict", "a boolean", fmt["strict"])
+        schema = fmt.get("schema")
+        if schema is None:
+            raise missing("text.format.schema")
+        if not isinstance(schema, dict):
+            raise invalid_type("text.format.schema", "an object", schema)
+        return structured.json_schema(schema, "text.format", f"text.format '{name}'")
+    if not isinstance(kind, str):
+        raise missing("text.format.type")
+    raise invalid_value("text.format.type", f"'{kind[:40]}' is not one of ['text', 'json_object', 'json_schema'].")

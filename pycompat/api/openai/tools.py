@@ -52,6 +52,33 @@ def read(fields: Fields) -> ToolFields | None:
     return ToolFields(ToolRequest(parsed, _choice(choice, "tool_choice", parsed, legacy=False), parallel=parallel is not False), legacy=False)
 
 
+def read_flat(tools, choice, parallel: bool) -> ToolFields | None:
+    """The Responses API's spelling: each tool ``{"type": "function", "name",
+    "description", "parameters", "strict"}``, ``tool_choice`` ``none`` /
+    ``auto`` / ``required`` or ``{"type": "function", "name"}``."""
+    if tools is None or tools == []:  # the SDKs send [] for "no tools"
+        if choice not in (None, NONE, AUTO):
+            raise invalid_value("tool_choice", "'tool_choice' may name a tool only when 'tools' are specified.")
+        return None
+    parsed = _checked_list(tools, "tools", _flat_tool)
+    if isinstance(choice, dict):
+        if choice.get("type") != "function":
+            raise invalid_value("tool_choice.type", f"{str(choice.get('type'))[:40]!r} is not supported here; name a function: "
+                                "{\"type\": \"function\", \"name\": ...}.")
+        if not isinstance(choice.get("name"), str):
+            raise missing("tool_choice.name")
+        choice = {"type": "function", "function": {"name": choice["name"]}}
+    return ToolFields(ToolRequest(parsed, _choice(choice, "tool_choice", parsed, legacy=False), parallel=parallel), legacy=False)
+
+
+def _flat_tool(tool, where: str) -> Tool:
+    if not isinstance(tool, dict):
+        raise invalid_type(where, "an object", tool)
+    if tool.get("type") != "function":
+        raise invalid_value(f"{where}.type", f"tools of type {str(tool.get('type'))[:40]!r} are not supported by this server; only 'function' tools are.")
+    return _function({k: v for k, v in tool.items() if k != "type"}, where)
+
+
 def _checked_list(value, field: str, read) -> list[Tool]:
     """``tools`` or ``functions``: 1 to MAX_TOOLS entries, each read by ``read(entry, where)``, names unique."""
     if not isinstance(value, list):
