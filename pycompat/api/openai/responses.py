@@ -15,7 +15,6 @@ the same transaction, committed before the response's last byte is sent.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -246,7 +245,6 @@ class _Turn:
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "model": self.model,
             "output": output,
-            "usage": _usage(finished) if finished is not None else None,
             "metadata": self.metadata,
             "background": False,
             "reasoning": None,
@@ -254,6 +252,8 @@ class _Turn:
             "truncation": "disabled",
             **self.echo,
         }
+        if finished is not None:  # none yet while it is made (the spec's usage may not be null)
+            body["usage"] = _usage(finished)
         return body
 
     async def keep(self, body: dict, output: list[dict]) -> None:
