@@ -31,7 +31,7 @@ from pycompat.api.openai.protocol import RESPONSES, Fields, sampling_defaults
 from pycompat.api.registry import Registry
 from pycompat.api.render import json_response, stream_response
 from pycompat.http.messages import Request, Response
-from pycompat.state.store import CONVERSATION, RESPONSE, Item, NotFound, Record, Store
+from pycompat.state.store import CONVERSATION, RESPONSE, DuplicateId, Item, NotFound, Record, Store
 
 MAX_CHAIN = 10_000  # responses a previous_response_id chain is followed back through
 SSE_HEADERS = [("cache-control", "no-cache"), ("x-accel-buffering", "no")]
@@ -270,6 +270,9 @@ class _Turn:
                 await self.state.add_items(self.conversation_id, [_item(i) for i in self.input_items + output])
         except NotFound:
             raise stored.not_found("conversation", self.conversation_id, param="conversation") from None
+        except DuplicateId as e:  # a client-chosen input item id the conversation holds already
+            raise invalid_value("input", f"an item with id '{str(e.args[0] if e.args else '')[:100]}' is in the conversation already; "
+                                "leave input items' ids out to have new ones made.") from None
 
     def event(self, kind: str, **payload) -> bytes:
         """One typed stream event, numbered."""
@@ -397,8 +400,8 @@ async def _stream(turn: _Turn, choices: generation.Choices, calls) -> AsyncItera
     except (APIError, ServiceError) as e:
         failure = as_api_error(e)
         yield turn.error_event(failure)
+        code = {429: "rate_limit_exceeded"}.get(failure.status, "server_error" if failure.status >= 500 else "invalid_prompt")
         yield turn.event("response.failed", response=turn.body(builder.items, None, status="failed",
-                                                               error={"code": "server_error" if failure.status >= 500 else "invalid_prompt",
-                                                                      "message": failure.message}))
+                                                               error={"code": code, "message": failure.message}))
         return
     yield turn.event("response.completed" if body["status"] == "completed" else "response.incomplete", response=body)
