@@ -29,7 +29,7 @@ def routes(registry: Registry, state: Store | None = None) -> list[Route]:
     return [
         Route("GET", "/models", partial(models.list_models, registry)),
         Route("GET", "/models/{model...}", partial(models.retrieve_model, registry)),
-        Route("POST", "/chat/completions", partial(chat.create, registry)),
+        Route("POST", "/chat/completions", partial(chat.create, registry, state)),
         Route("POST", "/completions", partial(completions.create, registry)),
         Route("POST", "/embeddings", partial(embeddings.create, registry)),
     ]
