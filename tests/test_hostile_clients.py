@@ -62,7 +62,7 @@ def post_raw_json(http: httpx.Client, path: str, text: str) -> httpx.Response:
 
 
 @pytest.mark.parametrize("path, status", [("/health", 200), ("/v1/models", 200), ("/", 200), ("/nope", 404),
-                                          ("/v1/chat/completions", 405)])
+                                          ("/v1/completions", 405)])
 def test_head_requests_get_heads_and_the_server_lives(http, path, status):
     r = http.head(path)
     assert r.status_code == status and r.content == b""

@@ -161,7 +161,9 @@ NOT_ALLOWED = "Method {} is not allowed for {}; use {}."
 @pytest.mark.parametrize("method, target, status, allow, body", [
     ("GET", "/v1/nothing-here", 404, None, error("Invalid URL (GET /v1/nothing-here)", "unknown_url")),
     ("POST", "/v1/models/", 405, "GET, HEAD, OPTIONS", error(NOT_ALLOWED.format("POST", "/v1/models/", "GET, HEAD, OPTIONS"), "method_not_allowed")),
-    ("GET", "/v1/chat/completions", 405, "POST, OPTIONS", error(NOT_ALLOWED.format("GET", "/v1/chat/completions", "POST, OPTIONS"), "method_not_allowed")),
+    ("GET", "/v1/embeddings", 405, "POST, OPTIONS", error(NOT_ALLOWED.format("GET", "/v1/embeddings", "POST, OPTIONS"), "method_not_allowed")),
+    ("DELETE", "/v1/chat/completions", 405, "POST, GET, HEAD, OPTIONS",
+     error(NOT_ALLOWED.format("DELETE", "/v1/chat/completions", "POST, GET, HEAD, OPTIONS"), "method_not_allowed")),
     ("HEAD", "/v1/completions", 405, "POST, OPTIONS", error(NOT_ALLOWED.format("HEAD", "/v1/completions", "POST, OPTIONS"), "method_not_allowed")),
     ("GET", "/v1/models", 200, None, {"object": "list", "data": [model(m) for m in MODELS]}),
     ("HEAD", "/v1/models/", 200, None, {"object": "list", "data": [model(m) for m in MODELS]}),  # the HTTP layer drops the body
@@ -173,7 +175,8 @@ NOT_ALLOWED = "Method {} is not allowed for {}; use {}."
     ("GET", "/v1/models/nope", 404, None,
      error("The model `nope` does not exist or you do not have access to it.", "model_not_found")),
     ("GET", "/v1%2Fmodels", 200, None, {"object": "list", "data": [model(m) for m in MODELS]}),
-    ("OPTIONS", "/v1/chat/completions/", 204, "POST, OPTIONS", None),
+    ("OPTIONS", "/v1/chat/completions/", 204, "POST, GET, HEAD, OPTIONS", None),
+    ("OPTIONS", "/v1/chat/completions/chatcmpl-x", 204, "GET, POST, DELETE, HEAD, OPTIONS", None),
     ("OPTIONS", "/v1/models/smol", 204, "GET, HEAD, OPTIONS", None),
     ("OPTIONS", "*", 204, ALLOWED_METHODS, None),
     ("OPTIONS", "/nope", 404, None, error("Invalid URL (OPTIONS /nope)", "unknown_url")),

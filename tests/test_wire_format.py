@@ -72,7 +72,7 @@ def test_logit_bias_bans_tokens(http):
     [
         ("GET", "/v1/nothing-here", 404, "unknown_url"),
         ("DELETE", "/v1/models", 405, "method_not_allowed"),
-        ("GET", "/v1/chat/completions", 405, "method_not_allowed"),
+        ("GET", "/v1/embeddings", 405, "method_not_allowed"),
         ("GET", "/v1/models/no-such-model", 404, "model_not_found"),
     ],
 )

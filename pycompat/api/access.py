@@ -29,7 +29,7 @@ from pycompat.http.messages import Request
 
 # Routes that answer without a key: liveness probes.
 PUBLIC_ROUTES = {("GET", "/health"), ("HEAD", "/health"), ("GET", "/"), ("HEAD", "/")}
-ALLOWED_METHODS = "GET, POST, HEAD, OPTIONS"
+ALLOWED_METHODS = "GET, POST, DELETE, HEAD, OPTIONS"
 # Schemes of origins that are apps on this machine, not web pages (editors' webviews, desktop shells, extensions).
 APP_SCHEMES = {"app", "tauri", "vscode-webview", "vscode-file", "chrome-extension", "moz-extension", "safari-web-extension"}
 _ORIGIN = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>\[[^\]]*\]|[^:/]*)(?::\d+)?$", re.IGNORECASE)

@@ -1,5 +1,6 @@
 """OpenAI's API, as its SDKs and tools expect it: its routes (chat.py,
-completions.py, embeddings.py, models.py, responses.py, conversations.py), its request fields (protocol.py), its stream
+completions.py, embeddings.py, models.py, stored_chat.py, responses.py, conversations.py), its request
+fields (protocol.py), its stream
 framing (sse.py) and its error object and wording (errors.py).
 
 Like every API dialect, this package gives the App three things:
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from pycompat.api.openai import chat, completions, conversations, embeddings, models, responses
+from pycompat.api.openai import chat, completions, conversations, embeddings, models, responses, stored_chat
 from pycompat.api.openai.errors import error_response
 from pycompat.api.registry import Registry
 from pycompat.api.router import Route
@@ -29,7 +30,12 @@ def routes(registry: Registry, state: Store | None = None) -> list[Route]:
     return [
         Route("GET", "/models", partial(models.list_models, registry)),
         Route("GET", "/models/{model...}", partial(models.retrieve_model, registry)),
-        Route("POST", "/chat/completions", partial(chat.create, registry)),
+        Route("POST", "/chat/completions", partial(chat.create, registry, state)),
+        Route("GET", "/chat/completions", partial(stored_chat.list_completions, state)),
+        Route("GET", "/chat/completions/{completion_id}", partial(stored_chat.retrieve, state)),
+        Route("POST", "/chat/completions/{completion_id}", partial(stored_chat.update, state)),
+        Route("DELETE", "/chat/completions/{completion_id}", partial(stored_chat.delete, state)),
+        Route("GET", "/chat/completions/{completion_id}/messages", partial(stored_chat.messages, state)),
         Route("POST", "/completions", partial(completions.create, registry)),
         Route("POST", "/embeddings", partial(embeddings.create, registry)),
         Route("POST", "/responses", partial(responses.create, registry, state)),

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 
 from pycompat.api import generation, json_body, structured, tools
 from pycompat.api.generation import Choices, Finished
 from pycompat.api.openai import logprobs as logprob_shapes
-from pycompat.api.openai import sse
+from pycompat.api.openai import sse, stored
 from pycompat.api.openai import structured as openai_structured
 from pycompat.api.openai import tools as openai_tools
 from pycompat.api.openai.bodies import new_id, now, total_usage
@@ -17,6 +17,7 @@ from pycompat.api.openai.protocol import CHAT, Fields
 from pycompat.api.registry import Registry
 from pycompat.api.render import json_response
 from pycompat.http.messages import Request, Response
+from pycompat.state.store import CHAT_COMPLETION, Item, Record, Store
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -99,10 +100,13 @@ def _past_call(call, where: str, default_id: str, legacy: bool = False) -> dict:
     return {"id": str(call.get("id") or default_id), "type": "function", "function": {"name": function["name"], "arguments": arguments}}
 
 
-async def create(registry: Registry, request: Request) -> Response:
+async def create(registry: Registry, state: Store | None, request: Request) -> Response:
     fields = Fields(await json_body.parse_object(request.body), CHAT)
     model_id = fields.get("model")
-    messages = parse_messages(fields.get("messages"))
+    raw_messages = fields.get("messages")
+    messages = parse_messages(raw_messages)
+    metadata = fields.get("metadata") or {}
+    store = stored.require(state, "store: true") if fields.get("store") else None
     fields.check("modalities", "audio", "reasoning_effort", "verbosity", "web_search_options", "moderation", "user",
                  "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options")
     stream = fields.get("stream")
@@ -123,19 +127,33 @@ async def create(registry: Registry, request: Request) -> Response:
 
     completion_id, created = new_id("chatcmpl-"), now()
     tokenizer = served.engine.model.tokenizer
+
+    def completion(results: list[generation.Result], parsers: list | None = None) -> dict:
+        """The chat.completion object for the finished choices: the answer, and what
+        is stored (``parsers``: a stream's, which have read each choice's text)."""
+        return {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model_id,
+            "choices": [_choice(index, result, calls, tokenizer, opts, parsers and parsers[index]) for index, result in enumerate(results)],
+            "usage": total_usage([r.finished for r in results], len(results)),
+            **tier,
+        }
+
+    async def save(body: dict) -> None:
+        """Stores the completion with the request's messages; returns once it is durable."""
+        items = [Item(f"{completion_id}-{i}", _stored_message(f"{completion_id}-{i}", raw, parsed))
+                 for i, (raw, parsed) in enumerate(zip(raw_messages, messages))]
+        await store.save(Record(CHAT_COMPLETION, completion_id, created, body, metadata, model=model_id), items)
+
     if stream:
-        return sse.sse_response(_stream(choices, completion_id, created, model_id, include_usage, tokenizer, tier, calls),
+        keep = (lambda results, parsers: save(completion(results, parsers))) if store is not None else None
+        return sse.sse_response(_stream(choices, completion_id, created, model_id, include_usage, tokenizer, tier, calls, keep),
                                 on_close=choices.cancel)
-    results = await choices.run_to_end()
-    body = {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model_id,
-        "choices": [_choice(index, result, calls, tokenizer, opts) for index, result in enumerate(results)],
-        "usage": total_usage([r.finished for r in results], len(results)),
-        **tier,
-    }
+    body = completion(await choices.run_to_end())
+    if store is not None:
+        await save(body)
     return json_response(body)
 
 
@@ -206,13 +224,16 @@ class _Calls:
         return self.format.parser(self.forced) if self.parses else None
 
 
-def _choice(index: int, result: generation.Result, calls: _Calls, tokenizer, opts) -> dict:
+def _choice(index: int, result: generation.Result, calls: _Calls, tokenizer, opts, parser: tools.CallParser | None = None) -> dict:
+    """One choice of the answer. ``parser``: one that has read the whole text
+    already (a stream's: the calls keep the ids its client was sent)."""
     message = {"role": "assistant", "content": result.text, "refusal": None, "annotations": []}
     reason = result.finished.reason
-    parser = calls.parser()
-    if parser is not None:
+    if parser is None and calls.parses:
+        parser = calls.parser()
         parser.feed(result.text)
         parser.finish()
+    if parser is not None:
         # Null beside calls, as OpenAI's; text otherwise, empty when nothing was said before a cut.
         message["content"] = parser.content if parser.calls else (parser.content or "")
         message.update(openai_tools.message_calls(parser.calls, calls.legacy))
@@ -223,6 +244,27 @@ def _choice(index: int, result: generation.Result, calls: _Calls, tokenizer, opt
         "logprobs": logprob_shapes.chat_object(tokenizer, _asked(opts, result.logprobs)),
         "finish_reason": reason,
     }
+
+
+def _stored_message(item_id: str, raw: dict, parsed: dict) -> dict:
+    """A request message as OpenAI serves it from a stored completion: its role
+    as sent, its content as text (an array's parts joined; the parts themselves
+    in ``content_parts``, as text parts), its name, and the calls or call id it carries."""
+    parts = raw.get("content")
+    message = {
+        "id": item_id,
+        "role": raw["role"],
+        "content": None if raw.get("content") is None else parsed["content"],
+        "name": raw.get("name") if isinstance(raw.get("name"), str) else None,
+        "content_parts": [{"type": "text", "text": p["text"]} for p in parts] if isinstance(parts, list) else None,
+    }
+    if raw.get("tool_calls") is not None:
+        message["tool_calls"] = parsed["tool_calls"]
+    elif raw.get("function_call") is not None:
+        message["function_call"] = parsed["tool_calls"][0]["function"]
+    if "tool_call_id" in parsed:
+        message["tool_call_id"] = parsed["tool_call_id"]
+    return message
 
 
 def _top_logprobs(fields: Fields) -> int | None:
@@ -256,8 +298,12 @@ def _tool_delta(event: tools.ToolEvent, legacy: bool) -> dict:
 
 
 async def _stream(choices: Choices, completion_id: str, created: int, model_id: str, include_usage: bool,
-                  tokenizer, tier: dict, calls: _Calls) -> AsyncIterator[bytes]:
-    """The choices' chunks interleaved as the engine makes them, each with its index."""
+                  tokenizer, tier: dict, calls: _Calls,
+                  keep: Callable[[list[generation.Result], list], Awaitable[None]] | None) -> AsyncIterator[bytes]:
+    """The choices' chunks interleaved as the engine makes them, each with its index.
+    ``keep``: stores the finished choices as one completion (the body a request
+    without ``stream`` gets), before the usage chunk and ``[DONE]``, so a client
+    that saw the stream end can fetch it. A stream cut short is never kept."""
     def chunk(index: int, delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> bytes:
         body = {
             "id": completion_id,
@@ -277,9 +323,15 @@ async def _stream(choices: Choices, completion_id: str, created: int, model_id: 
     finished: list[Finished | None] = [None] * len(choices)
     parsers = [calls.parser() for _ in range(len(choices))]
     held_logprobs: list[list] = [[] for _ in range(len(choices))]  # of text a parser has not released yet
+    # Each choice's text and log-probabilities so far, for keep (what run_to_end would return).
+    texts: list[list[str]] = [[] for _ in range(len(choices))]
+    token_logprobs: list[list] = [[] for _ in range(len(choices))]
     async with aclosing(choices.stream()) as events:
         async for index, ev in events:
             parser = parsers[index]
+            if keep is not None and not isinstance(ev, Finished):
+                texts[index].append(ev.text)
+                token_logprobs[index] += ev.logprobs or []
             if isinstance(ev, Finished):
                 finished[index] = ev
                 reason = ev.reason
@@ -299,6 +351,8 @@ async def _stream(choices: Choices, completion_id: str, created: int, model_id: 
                     logprobs = logprob_shapes.chat_object(tokenizer, held_logprobs[index]) if ev.logprobs is not None else None
                     held_logprobs[index] = []
                     yield chunk(index, _tool_delta(event, calls.legacy), logprobs=logprobs)
+    if keep is not None:
+        await keep([generation.Result("".join(text), f, logprobs) for text, f, logprobs in zip(texts, finished, token_logprobs)], parsers)
     if include_usage:
         yield sse.event({
             "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id,

@@ -18,15 +18,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from pycompat.api.errors import APIError
+from pycompat.api.openai import stored
 from pycompat.api.openai.errors import invalid_type, invalid_value, missing
 
 CHAT = "chat.completions"
 COMPLETIONS = "completions"
 EMBEDDINGS = "embeddings"
 RESPONSES = "responses"
-BOTH = frozenset({CHAT, COMPLETIONS})  # the generating routes of chat completions' generation
+CHAT_UPDATE = "chat.completions.update"  # POST /chat/completions/{completion_id}: a stored one's metadata
+BOTH = frozenset({CHAT, COMPLETIONS})  # the routes of the older generating API
 ALL_GENERATING = BOTH | {RESPONSES}
-ROUTES = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES)
+ROUTES = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, CHAT_UPDATE)
 
 INT32_MAX = (1 << 31) - 1  # the bound of integer fields that have no natural one
 INT64 = (-(1 << 63), (1 << 63) - 1)
@@ -119,6 +121,11 @@ def json_object(name: str, value: Any) -> dict:
     if not isinstance(value, dict):
         raise invalid_type(name, "an object", value)
     return value
+
+
+def metadata(name: str, value: Any) -> dict[str, str]:
+    """Key-value strings within OpenAI's limits (stored.metadata)."""
+    return stored.metadata(value, name)
 
 
 def only(values: list, why: str) -> Kind:
@@ -243,14 +250,16 @@ FIELDS = [
              "grammar", "json_schema"),
     # Tools (openai/tools.py reads them), and their legacy spelling.
     *_fields({CHAT}, any_json, "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call"),
-    # Stored completions (the next issue).
-    *_ignored({CHAT}, "metadata", "store"),
+    # Stored completions (openai/stored_chat.py serves them). Off unless asked for, as OpenAI's
+    # default for chat; metadata without store is checked, then kept nowhere (as OpenAI does).
+    *_fields({CHAT}, boolean, "store", default=False),
+    *_fields({CHAT, CHAT_UPDATE, RESPONSES}, metadata, "metadata"),
     *_fields({COMPLETIONS}, boolean, "echo", default=False),
     *_fields({COMPLETIONS}, string, "suffix"),  # fill-in-the-middle: a 400 for a model without FIM tokens
     *_fields({COMPLETIONS}, integer(1, 20), "best_of"),  # candidates per prompt (default n); the n likeliest are returned
     *_fields({EMBEDDINGS}, any_json, "input", required=True),  # embeddings.parse_inputs
     # The Responses API (responses.py reads the JSON ones). store: kept unless false, as OpenAI's.
-    *_fields({RESPONSES}, any_json, "input", "instructions", "conversation", "text", "tools", "tool_choice", "metadata", "reasoning", "include"),
+    *_fields({RESPONSES}, any_json, "input", "instructions", "conversation", "text", "tools", "tool_choice", "reasoning", "include"),
     *_fields({RESPONSES}, string, "previous_response_id"),
     *_fields({RESPONSES}, boolean, "store", default=True),
     *_fields({RESPONSES}, boolean, "parallel_tool_calls", default=True),

@@ -45,7 +45,7 @@ async def create(registry: Registry, state: Store | None, request: Request) -> R
                  "moderation", "top_logprobs", "truncation", "background", "prompt", "context_management", "max_tool_calls")
     _check_unsupported(fields)
     stream = fields.get("stream")
-    metadata = stored.metadata(fields.requested("metadata"))
+    metadata = fields.requested("metadata") or {}
     store = fields.get("store")
     if fields.requested("store") is True:
         stored.require(state, "'store': true")
