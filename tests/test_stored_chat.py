@@ -14,6 +14,7 @@ import trio
 
 import openapi
 from memory_store import MemoryStore
+from pycompat.state.sqlite import SQLiteStore
 from pycompat.api.app import App
 from pycompat.api.registry import Registry, ServedModel
 from pycompat.engine.config import EngineConfig
@@ -47,9 +48,13 @@ def serve(nursery, start_http_server, tiny):
     return start
 
 
-@pytest.fixture
-async def client(serve):
-    return await serve(MemoryStore())
+@pytest.fixture(params=["sqlite", "memory"])
+async def client(serve, request, tmp_path):
+    """A client of the App over each store: SQLite (the server's) and the in-memory
+    one, held to the same answers (the routes know only the interface)."""
+    if request.param == "memory":
+        return await serve(MemoryStore())
+    return await serve(SQLiteStore.open(tmp_path / "state.sqlite3"))
 
 
 def body_of(raw) -> dict:
