@@ -6,6 +6,8 @@ validated against OpenAI's spec."""
 
 from __future__ import annotations
 
+import asyncio
+
 import openai
 import pytest
 
@@ -180,6 +182,43 @@ def test_a_response_not_stored_still_joins_its_conversation(client):
     assert [(i["role"], i["id"]) for i in items] == [("user", items[0]["id"]), ("assistant", made.output[0].id)]
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(made.id)
+
+
+def test_a_response_reusing_an_item_id_of_its_conversation_is_a_400_and_adds_nothing(client):
+    """Item ids are unique in a conversation: refused before anything is generated, streamed or not."""
+    conv = client.conversations.create(items=[{"role": "user", "content": "hi", "id": "msg_taken"}])
+    reused = [{"role": "user", "content": "again", "id": "msg_taken"}]
+    for stream in (False, True):
+        error = bad_request(lambda: client.responses.create(model=MODEL, input=reused, conversation=conv.id, max_output_tokens=8,
+                                                            stream=stream))
+        assert (error["param"], error["code"]) == ("input[0].id", "invalid_value") and "msg_taken" in error["message"], error
+    assert [i["id"] for i in all_items(client, conv.id)] == ["msg_taken"]
+
+
+def test_two_responses_racing_with_one_item_id_store_it_once(client, server_url):
+    """Both read the conversation before either is stored (so the id is found
+    taken only when the second is stored): that one is refused with a 400, not
+    a 500, and the id is there once."""
+    conv = client.conversations.create()
+
+    async def race():
+        aclient = openai.AsyncOpenAI(base_url=server_url, api_key="unused", max_retries=0, timeout=60)
+        try:
+            return await asyncio.gather(*[aclient.responses.create(
+                model=MODEL, input=[{"role": "user", "content": "Tell me about bees.", "id": "msg_same"}], conversation=conv.id,
+                max_output_tokens=16) for _ in range(2)], return_exceptions=True)
+        finally:
+            await aclient.close()
+
+    outcomes = asyncio.run(race())
+    made = [o for o in outcomes if not isinstance(o, Exception)]
+    refused = [o for o in outcomes if isinstance(o, Exception)]
+    assert len(made) == len(refused) == 1, outcomes
+    for e in refused:
+        assert isinstance(e, openai.BadRequestError), e
+        assert "msg_same" in openapi.error_of(e)["message"]
+    items = all_items(client, conv.id)
+    assert [i["id"] for i in items].count("msg_same") == 1 and len(items) == 2
 
 
 def test_an_unknown_conversation_is_a_404(client):

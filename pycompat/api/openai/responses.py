@@ -70,6 +70,8 @@ async def create(registry: Registry, state: Store | None, request: Request) -> R
     tool_fields = openai_tools.read_flat(fields.requested("tools"), fields.requested("tool_choice"), fields.get("parallel_tool_calls"))
 
     history = await _history(state, previous_id, conversation_id)
+    if conversation_id is not None:
+        _check_ids_are_new(input_items, history)
     if not history and not input_items:
         raise missing("input")
     messages = instruction_messages + items.to_messages(history + input_items)
@@ -191,6 +193,20 @@ async def _history(state: Store | None, previous_id: str | None, conversation_id
     return [item for turn in reversed(turns) for item in turn]
 
 
+def _check_ids_are_new(input_items: list[dict], history: list[dict]) -> None:
+    """A conversation's item ids are unique: an input item may not reuse one.
+    Checked before anything is generated (the store would refuse it only after)."""
+    taken = {item["id"] for item in history}
+    for i, item in enumerate(input_items):
+        if item["id"] in taken:
+            raise _id_taken(item["id"], f"input[{i}].id")
+
+
+def _id_taken(item_id: str, param: str) -> APIError:
+    return invalid_value(param, f"an item with id '{item_id[:100]}' is in the conversation already; "
+                         "leave input items' ids out to have new ones made.")
+
+
 def _echo(fields: Fields, instructions, previous_id, conversation_id, opts, tool_fields) -> dict:
     """The request's settings as the response object repeats them."""
     text = fields.requested("text") or {}
@@ -270,9 +286,8 @@ class _Turn:
                 await self.state.add_items(self.conversation_id, [_item(i) for i in self.input_items + output])
         except NotFound:
             raise stored.not_found("conversation", self.conversation_id, param="conversation") from None
-        except DuplicateId as e:  # a client-chosen input item id the conversation holds already
-            raise invalid_value("input", f"an item with id '{str(e.args[0] if e.args else '')[:100]}' is in the conversation already; "
-                                "leave input items' ids out to have new ones made.") from None
+        except DuplicateId as e:  # a client-chosen input item id the conversation holds already (added meanwhile)
+            raise _id_taken(str(e.args[0] if e.args else ""), "input") from None
 
     def event(self, kind: str, **payload) -> bytes:
         """One typed stream event, numbered."""
