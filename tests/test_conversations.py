@@ -249,6 +249,31 @@ def test_an_unknown_conversation_is_a_404(client):
         assert "msg_unknown" in openapi.error_of(caught.value)["message"]
 
 
+def test_a_conversation_is_no_response_and_a_response_no_conversation(client):
+    """Each kind's routes find only their own kind, never the other's items under its id."""
+    conv = client.conversations.create(items=[{"role": "user", "content": "in the conversation"}])
+    made = client.responses.create(model=MODEL, input="in the response", max_output_tokens=8)
+    (made_input,) = client.responses.input_items.list(made.id).data
+    calls = [
+        lambda: client.responses.retrieve(conv.id),
+        lambda: client.responses.input_items.list(conv.id),
+        lambda: client.responses.delete(conv.id),
+        lambda: client.responses.create(model=MODEL, input="hi", previous_response_id=conv.id, max_output_tokens=8),
+        lambda: client.conversations.retrieve(made.id),
+        lambda: client.conversations.items.list(made.id),
+        lambda: client.conversations.items.retrieve(made_input.id, conversation_id=made.id),
+        lambda: client.conversations.items.delete(made_input.id, conversation_id=made.id),
+        lambda: client.conversations.items.create(made.id, items=[{"role": "user", "content": "hi"}]),
+        lambda: client.conversations.delete(made.id),
+        lambda: client.responses.create(model=MODEL, input="hi", conversation=made.id, max_output_tokens=8),
+    ]
+    for call in calls:
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert [text(i) for i in all_items(client, conv.id)] == ["in the conversation"]
+    assert [i.id for i in client.responses.input_items.list(made.id).data] == [made_input.id]
+
+
 def bad_request(call) -> dict:
     with pytest.raises(openai.BadRequestError) as caught:
         call()

@@ -111,10 +111,14 @@ async def delete(state: Store | None, request: Request, response_id: str) -> Res
 async def input_items(state: Store | None, request: Request, response_id: str) -> Response:
     store = stored.require(state, "listing a response's input items")
     query = stored.ListQuery(request)
+    # The items are found by their owner's id alone: a conversation's (or a stored
+    # chat completion's) must not be listed as a response's input.
+    if await store.get(RESPONSE, response_id) is None:
+        raise _not_found(response_id)
     try:
         page = await store.items(response_id, after=query.after, limit=query.limit, order=query.order)
     except NotFound:
-        if await store.get(RESPONSE, response_id) is None:
+        if await store.get(RESPONSE, response_id) is None:  # deleted meanwhile
             raise _not_found(response_id) from None
         raise invalid_value("after", f"no input item with id '{query.after[:100]}' in this response.") from None
     return json_response(stored.list_body(page, [item.body for item in page.data]))
