@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import resource
 import sys
@@ -185,8 +186,9 @@ def _open_state(args: argparse.Namespace, log: logging.Logger):
     """The store at --state (None for 'none'); exits with a clear message when it cannot be used."""
     from pycompat.state.sqlite import SQLiteStore, StateError
 
-    if args.state_retention_days < 0:
-        raise SystemExit("pycompat: error: --state-retention-days must be at least 0")
+    if not math.isfinite(args.state_retention_days) or args.state_retention_days < 0:  # nan would pass '< 0', inf fail the purge
+        raise SystemExit(f"pycompat: error: --state-retention-days must be a number of days, at least 0 (0 keeps everything), "
+                         f"not {args.state_retention_days:g}")
     if args.state is not None and args.state.lower() == "none":
         log.info("state: none (responses, conversations and chat completions are not stored)")
         return None
@@ -208,7 +210,8 @@ async def _purge_expired(state, days: float, log: logging.Logger) -> None:
 
     while True:
         try:
-            purged = await state.purge(int(time.time() - days * 86400))
+            # Never before 1970: a retention longer than that expires nothing, and stays a small integer.
+            purged = await state.purge(int(max(0.0, time.time() - days * 86400)))
             if purged:
                 log.info("state: deleted %d expired stored objects", purged)
         except Exception:

@@ -196,6 +196,27 @@ def test_retention_deletes_what_expired_and_says_how_much(tmp_path):
         assert client.conversations.retrieve(fresh.id).id == fresh.id
 
 
+@pytest.mark.parametrize("days", ["inf", "nan", "-1"])
+def test_a_retention_that_is_no_number_of_days_is_refused_with_one_line(tmp_path, days):
+    run = subprocess.run([sys.executable, "-m", "pycompat", "serve", "--port", "0", "--model", MODEL,
+                          "--state", str(tmp_path / "state.sqlite3"), "--state-retention-days", days],
+                         capture_output=True, text=True, timeout=60)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0 and "Traceback" not in output and "serving" not in output, output
+    errors = [line for line in output.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "--state-retention-days" in errors[0], output
+
+
+def test_a_retention_longer_than_time_itself_keeps_everything(tmp_path):
+    """Its cutoff is before 1970 (and past what SQLite's integers hold): nothing expires, and the purge does not fail."""
+    with serve(tmp_path, "first") as (_, url):
+        conv = sync_client(url).conversations.create()
+    with serve(tmp_path, "second", "--state-retention-days", "1e300") as (_, url):
+        assert sync_client(url).conversations.retrieve(conv.id).id == conv.id
+        time.sleep(0.5)  # the purge ran at start: give a failure time to reach the log (the teardown looks for a traceback)
+    assert "purging expired objects failed" not in (tmp_path / "second.log").read_text()
+
+
 @pytest.mark.parametrize("kind", ["text file", "directory"])
 def test_a_state_path_that_is_no_database_stops_the_server_with_one_clear_line(tmp_path, kind):
     path = tmp_path / "notes.txt"
