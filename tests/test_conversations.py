@@ -175,6 +175,17 @@ def test_a_response_in_a_conversation_joins_it_and_the_next_is_prompted_with_it(
         assert sent("Response", client.responses.with_raw_response.retrieve(made["id"])) == made
 
 
+def test_a_streamed_response_joins_its_conversation_before_it_ends(client):
+    conv = client.conversations.create(items=GREETING)
+    events = list(client.responses.create(model=MODEL, input="What do I keep?", conversation=conv.id, max_output_tokens=8, stream=True))
+    final = events[-1].response.model_dump(mode="json", exclude_unset=True)
+    openapi.validate("Response", final)
+    assert final["conversation"] == {"id": conv.id}
+    items = all_items(client, conv.id)  # stored before the last event was sent
+    assert len(items) == len(GREETING) + 2
+    assert (items[-2]["role"], text(items[-2])) == ("user", "What do I keep?") and items[-1] == final["output"][0]
+
+
 def test_a_response_not_stored_still_joins_its_conversation(client):
     conv = client.conversations.create()
     made = client.responses.create(model=MODEL, input="Hi.", conversation={"id": conv.id}, store=False, max_output_tokens=8)
