@@ -209,7 +209,7 @@ def test_text_format_json_schema_is_followed(client):
 
 def test_a_forced_function_call_and_its_result(client, server_url):
     r = client.responses.create(model=MODEL, input="What's the weather in Paris?", tools=[WEATHER_TOOL],
-                                tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=40)
+                                tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=80, temperature=0)
     openapi.validate("Response", r.model_dump(mode="json", exclude_unset=True, by_alias=True))
     [call] = r.output
     assert call.type == "function_call" and call.name == "get_weather" and call.call_id.startswith("call_")
@@ -225,7 +225,7 @@ def test_a_forced_function_call_and_its_result(client, server_url):
     assert after.usage.input_tokens > alone.usage.input_tokens + 10
 
     events = raw_events(server_url, {"model": MODEL, "input": "Weather in Rome?", "tools": [WEATHER_TOOL],
-                                     "tool_choice": "required", "max_output_tokens": 40})
+                                     "tool_choice": "required", "max_output_tokens": 80, "temperature": 0})
     kinds = [e["type"] for e in events]
     assert kinds[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
     assert events[2]["item"]["type"] == "function_call" and events[2]["item"]["arguments"] == ""
