@@ -62,22 +62,27 @@ async def http_latencies(root: str, requests: int, concurrency: int, max_tokens:
 
 
 async def continuation_latencies(root: str, turns: int, max_tokens: int) -> dict[str, list[float]]:
-    """One conversation grown turn by turn, sent both ways: by previous_response_id, and whole each time (unstored)."""
+    """Two conversations grown turn by turn, one sent by previous_response_id, the
+    other whole each time (unstored). They open differently, so neither finds the
+    other's turns in the prefix cache; each finds its own earlier turns there."""
     out: dict[str, list[float]] = {"previous_response_id": [], "whole history": []}
     async with httpx.AsyncClient(base_url=root + "/v1", timeout=600) as client:
         previous, history = None, []
         for turn in range(turns):
-            ask = {"role": "user", "content": f"Question {turn}: name a colour."}
+            def ask(who: str) -> dict:
+                opening = f"I am {who}. " if turn == 0 else ""
+                return {"role": "user", "content": f"{opening}Question {turn}: name a colour."}
+
             t0 = time.perf_counter()
-            r = (await client.post("/responses", json={"model": MODEL, "input": [ask], "previous_response_id": previous,
+            r = (await client.post("/responses", json={"model": MODEL, "input": [ask("Ada")], "previous_response_id": previous,
                                                        "max_output_tokens": max_tokens, "temperature": 0})).json()
             out["previous_response_id"].append(time.perf_counter() - t0)
             previous = r["id"]
             t0 = time.perf_counter()
-            whole = (await client.post("/responses", json={"model": MODEL, "input": [*history, ask], "store": False,
+            whole = (await client.post("/responses", json={"model": MODEL, "input": [*history, ask("Bob")], "store": False,
                                                            "max_output_tokens": max_tokens, "temperature": 0})).json()
             out["whole history"].append(time.perf_counter() - t0)
-            history += [ask, {"role": "assistant", "content": whole["output"][0]["content"][0]["text"]}]
+            history += [ask("Bob"), {"role": "assistant", "content": whole["output"][0]["content"][0]["text"]}]
     return out
 
 
