@@ -87,18 +87,7 @@ def response_format(value) -> OutputGrammar | None:
             raise missing("response_format.json_schema")
         if not isinstance(spec, dict):
             raise invalid_type("response_format.json_schema", "an object", spec)
-        name = spec.get("name")
-        if name is None:
-            raise missing("response_format.json_schema.name")
-        if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
-            raise invalid_value("response_format.json_schema.name",
-                                "must be a string of a-z, A-Z, 0-9, underscores and dashes, at most 64 long.")
-        if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
-            raise invalid_type("response_format.json_schema.strict", "a boolean", spec["strict"])
-        schema = spec.get("schema", {})  # OpenAI: no schema means any JSON
-        if not isinstance(schema, dict):
-            raise invalid_type("response_format.json_schema.schema", "an object", schema)
-        return structured.json_schema(schema, "response_format", f"response_format '{name}'")
+        return _named_schema(spec, "response_format.json_schema", "response_format", schema_required=False)
     if not isinstance(kind, str):
         raise missing("response_format.type")
     raise invalid_value("response_format.type", f"'{kind[:40]}' is not one of ['text', 'json_object', 'json_schema'].")
@@ -126,19 +115,28 @@ def text_format(value) -> OutputGrammar | None:
     if kind == "json_object":
         return structured.any_json_object("text.format")
     if kind == "json_schema":
-        name = fmt.get("name")
-        if name is None:
-            raise missing("text.format.name")
-        if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
-            raise invalid_value("text.format.name", "must be a string of a-z, A-Z, 0-9, underscores and dashes, at most 64 long.")
-        if fmt.get("strict") is not None and not isinstance(fmt["strict"], bool):
-            raise invalid_type("text.format.strict", "a boolean", fmt["strict"])
-        schema = fmt.get("schema")
-        if schema is None:
-            raise missing("text.format.schema")
-        if not isinstance(schema, dict):
-            raise invalid_type("text.format.schema", "an object", schema)
-        return structured.json_schema(schema, "text.format", f"text.format '{name}'")
+        return _named_schema(fmt, "text.format", "text.format", schema_required=True)
     if not isinstance(kind, str):
         raise missing("text.format.type")
     raise invalid_value("text.format.type", f"'{kind[:40]}' is not one of ['text', 'json_object', 'json_schema'].")
+
+
+def _named_schema(spec: dict, where: str, field: str, schema_required: bool) -> OutputGrammar:
+    """A ``json_schema`` format's ``name``, ``strict`` and ``schema`` (at ``where``),
+    checked and compiled for ``field``. Chat's may leave the schema out (any JSON);
+    the Responses API's may not."""
+    name = spec.get("name")
+    if name is None:
+        raise missing(f"{where}.name")
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        raise invalid_value(f"{where}.name", "must be a string of a-z, A-Z, 0-9, underscores and dashes, at most 64 long.")
+    if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
+        raise invalid_type(f"{where}.strict", "a boolean", spec["strict"])
+    schema = spec.get("schema")
+    if schema is None:
+        if schema_required:
+            raise missing(f"{where}.schema")
+        schema = {}
+    if not isinstance(schema, dict):
+        raise invalid_type(f"{where}.schema", "an object", schema)
+    return structured.json_schema(schema, field, f"{field} '{name}'")
