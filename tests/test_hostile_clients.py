@@ -183,3 +183,16 @@ def test_a_multi_prompt_request_that_overflows_the_queue_is_a_429(served, http):
                 pass
         waiting.join()
     assert http.get("/health").json()["kv_cache"]["blocks_used"] == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/chat/completions/chatcmpl-x/messages",
+                                  "/v1/responses/resp_x/input_items", "/v1/conversations/conv_x/items"])
+def test_a_list_limit_of_thousands_of_digits_is_a_400(http, path):
+    # int() refuses more than 4,300 digits: it was a 500.
+    assert_error(http.get(path, params={"limit": "9" * 5000}), 400, "limit", "invalid_value")
+    assert_error(http.get(path, params={"limit": "0" * 5000}), 400, "limit", "invalid_value")
+
+
+def test_a_list_limit_with_leading_zeros_is_its_number(http):
+    assert http.get("/v1/chat/completions", params={"limit": "0" * 5000 + "7"}).status_code == 200
+
