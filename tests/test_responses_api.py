@@ -156,7 +156,8 @@ def test_an_unstored_response_is_not_kept_and_cannot_be_continued(client):
 
 def test_delete(client):
     r = client.responses.create(model=MODEL, input="Hi", max_output_tokens=4)
-    client.responses.delete(r.id)
+    deleted = client.responses.with_raw_response.delete(r.id).http_response.json()
+    assert deleted == {"id": r.id, "object": "response", "deleted": True}  # the spec's example
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(r.id)
     with pytest.raises(openai.NotFoundError):

@@ -105,7 +105,8 @@ async def retrieve(state: Store | None, request: Request, response_id: str) -> R
 async def delete(state: Store | None, request: Request, response_id: str) -> Response:
     if not await stored.require(state, "deleting responses").delete(RESPONSE, response_id):
         raise _not_found(response_id)
-    return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
+    # The spec's example (the SDKs read no body): "object" is "response", not "response.deleted".
+    return json_response({"id": response_id, "object": "response", "deleted": True})
 
 
 async def input_items(state: Store | None, request: Request, response_id: str) -> Response:
