@@ -186,7 +186,11 @@ async def _history(state: Store | None, previous_id: str | None, conversation_id
         return []
     turns: list[list[dict]] = []
     response_id = previous_id
-    while response_id is not None and len(turns) < MAX_CHAIN:
+    while response_id is not None:
+        if len(turns) == MAX_CHAIN:  # never a history silently cut short
+            raise APIError(400, f"The chain of responses ending at '{previous_id[:100]}' is longer than the {MAX_CHAIN} responses "
+                           "this server follows back: start a new chain, or continue with a 'conversation'.",
+                           param="previous_response_id", code="context_length_exceeded")
         record = await state.get(RESPONSE, response_id)
         if record is None:
             if response_id == previous_id:
