@@ -263,6 +263,8 @@ def test_a_forced_function_call_and_its_result(client, server_url):
     ({"input": "x", "truncation": "auto"}, 400, "truncation"),
     ({"input": "x", "max_output_tokens": 0}, 400, "max_output_tokens"),
     ({"input": "x", "frobnicate": 1}, 400, "frobnicate"),
+    ({"input": "x", "service_tier": "bogus"}, 400, "service_tier"),
+    ({"input": "x", "service_tier": 5}, 400, "service_tier"),
 ])
 def test_bad_requests_are_refused_naming_the_field(server_url, body, status, param):
     reply = httpx.post(server_url + "/responses", json={"model": MODEL, **body}, timeout=30)

@@ -41,7 +41,7 @@ SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 async def create(registry: Registry, state: Store | None, request: Request) -> Response:
     fields = Fields(await json_body.parse_object(request.body), RESPONSES)
     model_id = fields.get("model")
-    fields.check("user", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
+    fields.check("service_tier", "user", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
                  "moderation", "top_logprobs", "truncation", "background", "prompt", "context_management", "max_tool_calls")
     _check_unsupported(fields)
     stream = fields.get("stream")
