@@ -13,6 +13,11 @@ import pytest
 
 import openapi
 from conftest import running_server
+from memory_store import MemoryStore
+from pycompat.api.errors import APIError
+from pycompat.api.openai import conversations, stored_chat
+from pycompat.http.messages import Request
+from pycompat.state.store import CHAT_COMPLETION, CONVERSATION, Item, Record
 
 MODEL = "smollm2-135m-instruct"
 GREETING = [
@@ -360,3 +365,24 @@ def test_without_state_conversations_are_refused(tmp_path):
             assert error["code"] == "state_disabled" and "--state" in error["message"], error
         # A response that asks for nothing stored is still answered.
         assert client.responses.create(model=MODEL, input="hi", max_output_tokens=8).output
+
+
+class DeletedWhileListed(MemoryStore):
+    """Deletes an item list's owner just before listing it: a DELETE landing
+    between the route's check that the owner exists and its read of the page."""
+
+    async def items(self, owner, **kw):
+        for kind in (CONVERSATION, CHAT_COMPLETION):
+            await self.delete(kind, owner)
+        return await super().items(owner, **kw)
+
+
+@pytest.mark.parametrize("query", ["", "?after=msg_1"])
+async def test_an_owner_deleted_while_its_items_are_listed_is_a_404_for_it(query):
+    """Not a 400 about a cursor the request may not even have sent."""
+    for kind, list_items in ((CONVERSATION, conversations.list_items), (CHAT_COMPLETION, stored_chat.messages)):
+        store = DeletedWhileListed()
+        await store.save(Record(kind, "owner_1", 0, {}), [Item("msg_1", {"id": "msg_1"})])
+        with pytest.raises(APIError) as e:
+            await list_items(store, Request("GET", "/v1/x/owner_1/items" + query, []), "owner_1")
+        assert e.value.status == 404 and "owner_1" in e.value.message and e.value.param is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 
 import httpx
@@ -183,3 +184,34 @@ def test_a_multi_prompt_request_that_overflows_the_queue_is_a_429(served, http):
                 pass
         waiting.join()
     assert http.get("/health").json()["kv_cache"]["blocks_used"] == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/chat/completions/chatcmpl-x/messages",
+                                  "/v1/responses/resp_x/input_items", "/v1/conversations/conv_x/items"])
+def test_a_list_limit_of_thousands_of_digits_is_a_400(http, path):
+    # int() refuses more than 4,300 digits: it was a 500.
+    assert_error(http.get(path, params={"limit": "9" * 5000}), 400, "limit", "invalid_value")
+    assert_error(http.get(path, params={"limit": "0" * 5000}), 400, "limit", "invalid_value")
+
+
+def test_a_list_limit_with_leading_zeros_is_its_number(http):
+    assert http.get("/v1/chat/completions", params={"limit": "0" * 5000 + "7"}).status_code == 200
+
+
+def test_an_input_of_tens_of_thousands_of_items_stalls_no_one(served, http):
+    """Each input item is checked for a reused id and given a new one: that was
+    quadratic (and 30 us an id) on the event loop, so /health waited 27 s."""
+    _, base = served
+    body = {"model": MODEL, "input": [{"role": "user", "content": ""}] * 40_000, "max_output_tokens": 2}
+    answer = {}
+    posting = threading.Thread(target=lambda: answer.update(r=httpx.post(base + "/v1/responses", json=body, timeout=120)))
+    posting.start()
+    slowest = 0.0
+    while posting.is_alive():
+        started = time.monotonic()
+        assert http.get("/health").status_code == 200
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.02)
+    posting.join()
+    assert_error(answer["r"], 400, "input", "context_length_exceeded")
+    assert slowest < 2.0, f"/health waited {slowest:.1f} s"

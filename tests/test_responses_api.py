@@ -15,6 +15,10 @@ import pytest
 
 import openapi
 from conftest import running_server
+from memory_store import MemoryStore
+from pycompat.api.errors import APIError
+from pycompat.api.openai import responses
+from pycompat.state.store import RESPONSE, Item, Record
 
 MODEL = "smollm2-135m-instruct"
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}}, "required": ["city"]}
@@ -156,7 +160,8 @@ def test_an_unstored_response_is_not_kept_and_cannot_be_continued(client):
 
 def test_delete(client):
     r = client.responses.create(model=MODEL, input="Hi", max_output_tokens=4)
-    client.responses.delete(r.id)
+    deleted = client.responses.with_raw_response.delete(r.id).http_response.json()
+    assert deleted == {"id": r.id, "object": "response", "deleted": True}  # the spec's example
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(r.id)
     with pytest.raises(openai.NotFoundError):
@@ -258,6 +263,8 @@ def test_a_forced_function_call_and_its_result(client, server_url):
     ({"input": "x", "truncation": "auto"}, 400, "truncation"),
     ({"input": "x", "max_output_tokens": 0}, 400, "max_output_tokens"),
     ({"input": "x", "frobnicate": 1}, 400, "frobnicate"),
+    ({"input": "x", "service_tier": "bogus"}, 400, "service_tier"),
+    ({"input": "x", "service_tier": 5}, 400, "service_tier"),
 ])
 def test_bad_requests_are_refused_naming_the_field(server_url, body, status, param):
     reply = httpx.post(server_url + "/responses", json={"model": MODEL, **body}, timeout=30)
@@ -287,3 +294,18 @@ def test_without_state_nothing_is_stored_and_asking_to_store_is_refused(tmp_path
             error = openapi.error_of(e.value)
             assert error["code"] == "state_disabled" and "--state" in error["message"]
     assert "state: none" in (tmp_path / "serve.log").read_text()
+
+
+async def test_a_chain_longer_than_is_followed_is_refused_not_cut(monkeypatch):
+    """A chain past MAX_CHAIN responses was followed that far and then silently
+    started there, as if the earlier turns had never been."""
+    monkeypatch.setattr(responses, "MAX_CHAIN", 3)
+    store, previous = MemoryStore(), None
+    for n in range(4):
+        said = {"type": "message", "id": f"msg_{n}", "status": "completed", "role": "user", "content": [{"type": "input_text", "text": f"{n}"}]}
+        await store.save(Record(RESPONSE, f"resp_{n}", 0, {"output": [], "previous_response_id": previous}), [Item(said["id"], said)])
+        previous = f"resp_{n}"
+    assert [i["id"] for i in await responses._history(store, "resp_2", None)] == ["msg_0", "msg_1", "msg_2"]
+    with pytest.raises(APIError) as e:
+        await responses._history(store, "resp_3", None)
+    assert e.value.status == 400 and e.value.param == "previous_response_id" and e.value.code == "context_length_exceeded"

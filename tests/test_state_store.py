@@ -298,3 +298,34 @@ async def test_a_big_write_does_not_block_the_loop(store):
         nursery.cancel_scope.cancel()
     assert took > 0.1, "too small a write to tell"
     assert ticks >= 5 and max(gaps, default=took) < max(0.1, took / 4), (ticks, gaps[:10], took)
+
+
+async def test_queued_writers_hold_no_worker_threads(store, monkeypatch):
+    """Writes are one at a time; the others wait for their turn in trio, not each
+    in one of trio's 40 default worker threads, which every request's JSON
+    parsing and tokenizing need (on a slow disk those waited seconds)."""
+    write_now = store._write_now
+
+    def slow_disk(work):
+        def slowly(db):
+            time.sleep(0.02)  # a commit's fsync on a slow disk, under the write lock
+            return work(db)
+        return write_now(slowly)
+
+    monkeypatch.setattr(store, "_write_now", slow_disk)
+    waits = []
+
+    async def other_request():
+        for _ in range(10):
+            start = time.monotonic()
+            await trio.to_thread.run_sync(lambda: None)
+            waits.append(time.monotonic() - start)
+            await trio.sleep(0.02)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(60):
+            nursery.start_soon(store.save, record(RESPONSE, f"resp_{n}"))
+        await trio.sleep(0.05)  # the writers are queued
+        nursery.start_soon(other_request)
+    assert len((await store.list(RESPONSE, limit=100)).data) == 60
+    assert max(waits) < 0.1, f"a worker thread took {max(waits):.2f} s to get"

@@ -193,6 +193,23 @@ async def test_the_request_messages_are_kept_in_openai_shape(client):
     assert error["param"] == "after"
 
 
+async def test_calls_on_a_message_that_cannot_make_them_are_stored_as_read(client):
+    """Calls on a user or tool message are not read (only an assistant makes
+    calls): stored, the message has none, as the model was prompted. Storing it
+    was a KeyError, a 500 after the answer was made."""
+    messages = [
+        {"role": "user", "content": "Hi", "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "tool", "tool_call_id": "call_1", "content": "x", "function_call": {"name": "f", "arguments": "{}"}},
+        {"role": "user", "content": "Bye", "function_call": {"name": "f", "arguments": "{}"}},
+    ]
+    answer = await create(client, messages=messages)
+    body = await list_messages(client, answer["id"])
+    assert [m["role"] for m in body["data"]] == ["user", "assistant", "tool", "user"]
+    assert not any("tool_calls" in m or "function_call" in m for m in body["data"])
+    assert body["data"][2]["tool_call_id"] == "call_1"
+
+
 # --- streams ---------------------------------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 """The Store on one SQLite file: WAL, every commit synced, work done off the event loop.
 
-Writes go through one connection, one at a time (a ``threading.Lock``), each
+Writes go through one connection, one at a time (a ``threading.Lock``, and
+one worker thread for them all, so waiting writers hold no threads), each
 in a ``BEGIN IMMEDIATE`` transaction that holds SQLite's write lock from its
 start, so an item's position (its owner's last + 1) is read and used without
 another writer in between, also when another process shares the file. Reads
@@ -79,6 +80,10 @@ class SQLiteStore(Store):
         self.path = path
         self._writer = writer
         self._write_lock = threading.Lock()
+        # Writers queue here, in trio, one in a thread at a time: queued on the lock
+        # they would each hold one of trio's default worker threads (40 in all),
+        # which JSON parsing and tokenizing for every other request wait for.
+        self._write_limiter = trio.CapacityLimiter(1)
         self._readers: list[sqlite3.Connection] = []  # idle ones; as many get made as reads run at once
         self._readers_lock = threading.Lock()
         self._closed = False
@@ -235,7 +240,7 @@ class SQLiteStore(Store):
     # -- running work in a worker thread
 
     async def _write(self, work: Callable[[sqlite3.Connection], object]):
-        return await trio.to_thread.run_sync(self._write_now, work)
+        return await trio.to_thread.run_sync(self._write_now, work, limiter=self._write_limiter)
 
     def _write_now(self, work: Callable[[sqlite3.Connection], object]):
         with self._write_lock:

@@ -10,11 +10,19 @@ import time
 from pycompat.api.generation import Finished
 
 _ALPHABET = string.ascii_letters + string.digits
+_UNIFORM_BELOW = 256 // len(_ALPHABET) * len(_ALPHABET)  # 248: random bytes below it map evenly onto the alphabet
 
 
 def new_id(prefix: str) -> str:
-    """``prefix`` ("chatcmpl-", "cmpl-") and 29 random alphanumerics."""
-    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(29))
+    """``prefix`` ("chatcmpl-", "cmpl-") and 29 random alphanumerics.
+
+    From one read of random bytes, each byte below 248 (4 x 62) taken modulo
+    62, so every character stays uniform: 29 ``secrets.choice`` calls cost 30 us,
+    and an input of 60,000 items, each given an id, spent seconds on the event loop."""
+    chars: list[str] = []
+    while len(chars) < 29:
+        chars += [_ALPHABET[b % len(_ALPHABET)] for b in secrets.token_bytes(40) if b < _UNIFORM_BELOW]
+    return prefix + "".join(chars[:29])
 
 
 def now() -> int:

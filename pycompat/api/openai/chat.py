@@ -258,10 +258,12 @@ def _stored_message(item_id: str, raw: dict, parsed: dict) -> dict:
         "name": raw.get("name") if isinstance(raw.get("name"), str) else None,
         "content_parts": [{"type": "text", "text": p["text"]} for p in parts] if isinstance(parts, list) else None,
     }
-    if raw.get("tool_calls") is not None:
-        message["tool_calls"] = parsed["tool_calls"]
-    elif raw.get("function_call") is not None:
-        message["function_call"] = parsed["tool_calls"][0]["function"]
+    # The calls as read (parse_messages reads an assistant's only: on another role they are ignored).
+    if "tool_calls" in parsed:
+        if raw.get("tool_calls") is not None:
+            message["tool_calls"] = parsed["tool_calls"]
+        else:
+            message["function_call"] = parsed["tool_calls"][0]["function"]
     if "tool_call_id" in parsed:
         message["tool_call_id"] = parsed["tool_call_id"]
     return message

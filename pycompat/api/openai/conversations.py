@@ -61,8 +61,10 @@ async def list_items(state: Store | None, request: Request, conversation_id: str
     await _get(store, conversation_id)
     try:
         page = await store.items(conversation_id, after=query.after, limit=query.limit, order=query.order)
-    except NotFound:
-        raise invalid_value("after", f"no item with id '{(query.after or '')[:100]}' in this conversation.") from None
+    except NotFound:  # the cursor, or the conversation itself if it was deleted since
+        if query.after is None or await store.get(CONVERSATION, conversation_id) is None:
+            raise _not_found(conversation_id) from None
+        raise invalid_value("after", f"no item with id '{query.after[:100]}' in this conversation.") from None
     return json_response(stored.list_body(page, [item.body for item in page.data]))
 
 

@@ -39,10 +39,11 @@ def read_items(value, field: str) -> list[dict]:
     if not isinstance(value, list):
         raise invalid_type(field, "a string or an array of input items" if field == "input" else "an array of items", value)
     items = [_item(item, f"{field}[{i}]") for i, item in enumerate(value)]
-    ids = [item["id"] for item in items]
-    duplicate = next((i for i in ids if ids.count(i) > 1), None)
-    if duplicate is not None:
-        raise invalid_value(field, f"the item id '{duplicate[:MAX_ID]}' is used by more than one item.")
+    seen: set[str] = set()  # a set, not list.count: an input may hold tens of thousands of items
+    for item in items:
+        if item["id"] in seen:
+            raise invalid_value(field, f"the item id '{item['id'][:MAX_ID]}' is used by more than one item.")
+        seen.add(item["id"])
     return items
 
 

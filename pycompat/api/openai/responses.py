@@ -41,7 +41,7 @@ SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 async def create(registry: Registry, state: Store | None, request: Request) -> Response:
     fields = Fields(await json_body.parse_object(request.body), RESPONSES)
     model_id = fields.get("model")
-    fields.check("user", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
+    fields.check("service_tier", "user", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
                  "moderation", "top_logprobs", "truncation", "background", "prompt", "context_management", "max_tool_calls")
     _check_unsupported(fields)
     stream = fields.get("stream")
@@ -105,7 +105,8 @@ async def retrieve(state: Store | None, request: Request, response_id: str) -> R
 async def delete(state: Store | None, request: Request, response_id: str) -> Response:
     if not await stored.require(state, "deleting responses").delete(RESPONSE, response_id):
         raise _not_found(response_id)
-    return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
+    # The spec's example (the SDKs read no body): "object" is "response", not "response.deleted".
+    return json_response({"id": response_id, "object": "response", "deleted": True})
 
 
 async def input_items(state: Store | None, request: Request, response_id: str) -> Response:
@@ -185,7 +186,11 @@ async def _history(state: Store | None, previous_id: str | None, conversation_id
         return []
     turns: list[list[dict]] = []
     response_id = previous_id
-    while response_id is not None and len(turns) < MAX_CHAIN:
+    while response_id is not None:
+        if len(turns) == MAX_CHAIN:  # never a history silently cut short
+            raise APIError(400, f"The chain of responses ending at '{previous_id[:100]}' is longer than the {MAX_CHAIN} responses "
+                           "this server follows back: start a new chain, or continue with a 'conversation'.",
+                           param="previous_response_id", code="context_length_exceeded")
         record = await state.get(RESPONSE, response_id)
         if record is None:
             if response_id == previous_id:

@@ -72,9 +72,12 @@ class ListQuery:
             elif name == "after":
                 self.after = value or None
             elif name == "limit":
-                if not (value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_LIST_LIMIT):
+                # Leading zeros dropped and the digits counted first: int() refuses a
+                # string of more than 4,300 digits (a ValueError, not a 400).
+                digits = value.lstrip("0") if value.isascii() and value.isdigit() else "x"
+                if not (len(digits) <= 3 and digits.isdigit() and 1 <= int(digits) <= MAX_LIST_LIMIT):
                     raise invalid_value("limit", f"expected an integer from 1 to {MAX_LIST_LIMIT}, but got '{value[:20]}' instead.")
-                self.limit = int(value)
+                self.limit = int(digits)
             elif name == "order":
                 if value not in (ASC, DESC):
                     raise invalid_value("order", f"'{value[:20]}' is not one of ['asc', 'desc'].")

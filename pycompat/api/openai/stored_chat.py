@@ -75,7 +75,7 @@ async def messages(state: Store | None, request: Request, completion_id: str) ->
     try:
         page = await store.items(completion_id, after=query.after, limit=query.limit, order=query.order)
     except NotFound:  # the cursor, or the completion itself if it was deleted since
-        if query.after is None:
+        if query.after is None or await store.get(CHAT_COMPLETION, completion_id) is None:
             raise stored.not_found(LABEL, completion_id) from None
         raise stored.not_found("message", query.after, param="after") from None
     return json_response(stored.list_body(page, [item.body for item in page.data]))
