@@ -200,6 +200,20 @@ def test_input_items_of_every_kind_are_kept(client):
     assert body["data"][4]["content"][0]["type"] == "output_text"
 
 
+def test_an_assistant_refusal_is_kept_as_a_refusal_and_settings_are_repeated(client):
+    tool = {**WEATHER_TOOL, "strict": False}
+    r = client.responses.create(model=MODEL, max_output_tokens=2, user="user-7", prompt_cache_key="k", tools=[tool], tool_choice="none",
+                                input=[{"role": "user", "content": "Tell me a secret."},
+                                       {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't."}]},
+                                       {"role": "user", "content": "Fine."}])
+    body = r.model_dump(mode="json", exclude_unset=True, by_alias=True)
+    openapi.validate("Response", body)
+    assert body["user"] == "user-7" and body["prompt_cache_key"] == "k" and body["tools"][0]["strict"] is False
+    listed = client.responses.input_items.list(r.id, order="asc").model_dump(mode="json", exclude_unset=True, by_alias=True)
+    openapi.validate("ResponseItemList", listed)
+    assert listed["data"][1]["content"] == [{"type": "refusal", "refusal": "I can't."}]
+
+
 def test_text_format_json_schema_is_followed(client):
     schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}, "population": {"type": "integer"}},
               "required": ["city", "population"], "additionalProperties": False}
@@ -263,6 +277,8 @@ def test_a_forced_function_call_and_its_result(client, server_url):
     ({"input": "x", "truncation": "auto"}, 400, "truncation"),
     ({"input": "x", "max_output_tokens": 0}, 400, "max_output_tokens"),
     ({"input": "x", "frobnicate": 1}, 400, "frobnicate"),
+    ({"input": "x", "tool_choice": 5}, 400, "tool_choice"),
+    ({"input": [{"id": "msg/1", "role": "user", "content": "x"}]}, 400, "input[0].id"),
     ({"input": "x", "service_tier": "bogus"}, 400, "service_tier"),
     ({"input": "x", "service_tier": 5}, 400, "service_tier"),
 ])

@@ -18,6 +18,8 @@ tools, item references) are a 400 naming the item.
 
 from __future__ import annotations
 
+import re
+
 from pycompat.api.openai.bodies import new_id
 from pycompat.api.openai.errors import invalid_type, invalid_value, missing
 from pycompat.api.tools import ToolCall
@@ -25,6 +27,7 @@ from pycompat.api.tools import ToolCall
 MESSAGE, FUNCTION_CALL, FUNCTION_CALL_OUTPUT = "message", "function_call", "function_call_output"
 ROLES = ("user", "assistant", "system", "developer")
 MAX_ID = 256  # characters of a client-chosen item id
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,%d}" % MAX_ID)
 
 
 def read_input(value, field: str = "input") -> list[dict]:
@@ -67,8 +70,9 @@ def _item(item, where: str) -> dict:
         raise invalid_type(where, "an object", item)
     kind = item.get("type", MESSAGE if "role" in item else None)
     id = item.get("id")
-    if id is not None and (not isinstance(id, str) or not 0 < len(id) <= MAX_ID):
-        raise invalid_value(f"{where}.id", f"must be a non-empty string of at most {MAX_ID} characters.")
+    # Ids go into paths (/items/{item_id}): no slashes, nothing that needs escaping.
+    if id is not None and (not isinstance(id, str) or not _ID.fullmatch(id)):
+        raise invalid_value(f"{where}.id", f"must be 1 to {MAX_ID} characters of a-z, A-Z, 0-9, '_', '-', '.' and ':'.")
     if kind == MESSAGE:
         return _message(item, where, id)
     if kind == FUNCTION_CALL:
@@ -97,19 +101,28 @@ def _message(item: dict, where: str, id: str | None) -> dict:
         raise invalid_value(f"{where}.role", f"'{str(role)[:40]}' is not one of {list(ROLES)}.")
     content = item.get("content")
     if isinstance(content, str):
-        text = content
-    elif isinstance(content, list):
-        kinds = ("output_text", "refusal", "input_text") if role == "assistant" else ("input_text",)
-        text = _text_of(content, f"{where}.content", kinds)
-    elif content is None:
+        return message_item(role, content, id)
+    if content is None:
         raise missing(f"{where}.content")
-    else:
+    if not isinstance(content, list):
         raise invalid_type(f"{where}.content", "a string or an array of content parts", content)
-    return message_item(role, text, id)
+    if role != "assistant":
+        return message_item(role, _text_of(content, f"{where}.content", ("input_text",)), id)
+    # An assistant's parts are kept one by one: a refusal stays a refusal.
+    message = message_item(role, "", id)
+    message["content"] = [{"type": "refusal", "refusal": text} if kind == "refusal" else
+                          {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+                          for kind, text in _parts(content, f"{where}.content", ("output_text", "refusal", "input_text"))]
+    return message
 
 
 def _text_of(parts: list, where: str, kinds: tuple[str, ...]) -> str:
     """Text content parts joined; any other part is a 400 (this server reads text only)."""
+    return "".join(text for _, text in _parts(parts, where, kinds))
+
+
+def _parts(parts: list, where: str, kinds: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Each text part's type and text (a refusal's words); any other part is a 400."""
     texts = []
     for i, part in enumerate(parts):
         if not isinstance(part, dict):
@@ -121,8 +134,8 @@ def _text_of(parts: list, where: str, kinds: tuple[str, ...]) -> str:
         text = part.get("refusal" if kind == "refusal" else "text")
         if not isinstance(text, str):
             raise invalid_type(f"{where}[{i}].{'refusal' if kind == 'refusal' else 'text'}", "a string", text)
-        texts.append(text)
-    return "".join(texts)
+        texts.append((kind, text))
+    return texts
 
 
 def _string(item: dict, name: str, where: str) -> str:

@@ -15,6 +15,7 @@ the same transaction, committed before the response's last byte is sent.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ from pycompat.api.registry import Registry
 from pycompat.api.render import json_response, stream_response
 from pycompat.http.messages import Request, Response
 from pycompat.state.store import CONVERSATION, RESPONSE, DuplicateId, Item, NotFound, Record, Store
+
+# Fields a response repeats as they were sent, when they were.
+ECHOED = ("user", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "max_tool_calls", "top_logprobs")
+log = logging.getLogger(__name__)
 
 MAX_CHAIN = 10_000  # responses a previous_response_id chain is followed back through
 SSE_HEADERS = [("cache-control", "no-cache"), ("x-accel-buffering", "no")]
@@ -236,8 +241,11 @@ def _echo(fields: Fields, instructions, previous_id, conversation_id, opts, tool
         "top_p": opts.top_p,
         "text": {"format": fmt, "verbosity": "medium"},
         "tool_choice": tool_choice,
-        "tools": [{"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters, "strict": True}
-                  for t in (tool_fields.request.tools if tool_fields else [])],
+        # strict as sent (OpenAI's default: true); the arguments follow the schema either way.
+        "tools": [{"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters,
+                   "strict": raw.get("strict") is not False}
+                  for t, raw in zip(tool_fields.request.tools if tool_fields else [], fields.requested("tools") or [])],
+        **{name: fields.requested(name) for name in ECHOED if fields.requested(name) is not None},
     }
 
 
@@ -421,8 +429,12 @@ async def _stream(turn: _Turn, choices: generation.Choices, calls) -> AsyncItera
             yield turn.event(kind, **payload)
         body = turn.body(builder.items, finished)
         await turn.keep(body, builder.items)
-    except (APIError, ServiceError) as e:
-        failure = as_api_error(e)
+    except Exception as e:  # the client still learns the response failed, with its number in the sequence
+        if isinstance(e, (APIError, ServiceError)):
+            failure = as_api_error(e)
+        else:
+            log.exception("response %s failed", turn.id)
+            failure = APIError(500, "The server had an error while generating the response.")
         yield turn.error_event(failure)
         code = {429: "rate_limit_exceeded"}.get(failure.status, "server_error" if failure.status >= 500 else "invalid_prompt")
         yield turn.event("response.failed", response=turn.body(builder.items, None, status="failed",

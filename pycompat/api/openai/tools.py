@@ -56,6 +56,8 @@ def read_flat(tools, choice, parallel: bool) -> ToolFields | None:
     """The Responses API's spelling: each tool ``{"type": "function", "name",
     "description", "parameters", "strict"}``, ``tool_choice`` ``none`` /
     ``auto`` / ``required`` or ``{"type": "function", "name"}``."""
+    if choice is not None and not isinstance(choice, (str, dict)):
+        raise invalid_type("tool_choice", "a string or an object", choice)
     if tools is None or tools == []:  # the SDKs send [] for "no tools"
         if choice not in (None, NONE, AUTO):
             raise invalid_value("tool_choice", "'tool_choice' may name a tool only when 'tools' are specified.")
