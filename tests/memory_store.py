@@ -117,6 +117,15 @@ class MemoryStore(Store):
             raise NotFound(after)
         return self._page(list(mine.values()), after, mine[after][0] if after is not None else None, limit, order)
 
+    async def ancestry(self, kind: str, id: str, limit: int) -> list[tuple[Record, list[Item]]] | None:
+        await self._enter()
+        chain = []
+        while id is not None and id in self._records and self._records[id][1].kind == kind and len(chain) < limit:
+            record = copy.deepcopy(self._records[id][1])
+            chain.append((record, [copy.deepcopy(item) for _, item in sorted(self._items[id].values(), key=lambda e: e[0])]))
+            id = record.parent
+        return chain or None
+
     async def all_items(self, owner: str) -> list[Item] | None:
         await self._enter()
         if owner not in self._records:

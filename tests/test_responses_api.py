@@ -319,7 +319,8 @@ async def test_a_chain_longer_than_is_followed_is_refused_not_cut(monkeypatch):
     store, previous = MemoryStore(), None
     for n in range(4):
         said = {"type": "message", "id": f"msg_{n}", "status": "completed", "role": "user", "content": [{"type": "input_text", "text": f"{n}"}]}
-        await store.save(Record(RESPONSE, f"resp_{n}", 0, {"output": [], "previous_response_id": previous}), [Item(said["id"], said)])
+        await store.save(Record(RESPONSE, f"resp_{n}", 0, {"output": [], "previous_response_id": previous}, parent=previous),
+                         [Item(said["id"], said)])
         previous = f"resp_{n}"
     assert [i["id"] for i in await responses._history(store, "resp_2", None)] == ["msg_0", "msg_1", "msg_2"]
     with pytest.raises(APIError) as e:

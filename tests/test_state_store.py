@@ -2,6 +2,7 @@
 pages, atomic writes) and what the file must survive (reopening, a killed
 process, an old or newer or foreign file)."""
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -329,3 +330,39 @@ async def test_queued_writers_hold_no_worker_threads(store, monkeypatch):
         nursery.start_soon(other_request)
     assert len((await store.list(RESPONSE, limit=100)).data) == 60
     assert max(waits) < 0.1, f"a worker thread took {max(waits):.2f} s to get"
+
+
+async def test_ancestry_follows_parents_in_one_read(store):
+    await store.save(record(RESPONSE, "resp_a", metadata={"k": "v"}), [message("msg_a")])
+    await store.save(record(RESPONSE, "resp_b", parent="resp_a"), [message("msg_b1"), message("msg_b2")])
+    await store.save(record(RESPONSE, "resp_c", parent="resp_b"), [message("msg_c")])
+    await store.save(record(CONVERSATION, "conv_x", parent="resp_c"))  # another kind is never followed into
+    chain = await store.ancestry(RESPONSE, "resp_c", 10)
+    assert [(r.id, ids(items)) for r, items in chain] == [("resp_c", ["msg_c"]), ("resp_b", ["msg_b1", "msg_b2"]), ("resp_a", ["msg_a"])]
+    assert chain[2][0].metadata == {"k": "v"} and chain[0][0].parent == "resp_b"
+    assert ids(r for r, _ in await store.ancestry(RESPONSE, "resp_c", 2)) == ["resp_c", "resp_b"]
+    assert await store.ancestry(RESPONSE, "resp_nope", 10) is None
+    assert await store.ancestry(RESPONSE, "conv_x", 10) is None
+    await store.delete(RESPONSE, "resp_b")  # a deleted turn: the chain ends before it
+    assert ids(r for r, _ in await store.ancestry(RESPONSE, "resp_c", 10)) == ["resp_c"]
+
+
+def test_a_version_1_database_is_migrated_with_its_chains(tmp_path, monkeypatch):
+    """Version 2 added the parent column: responses stored before it get theirs from their bodies."""
+    path = tmp_path / "db.sqlite"
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", MIGRATIONS[:1])
+    trio.run(SQLiteStore.open(path).close)
+    with sqlite3.connect(path) as db:  # rows as version 1 wrote them
+        for seq, id, previous in ((1, "resp_1", None), (2, "resp_2", "resp_1")):
+            body = json.dumps({"id": id, "previous_response_id": previous})
+            db.execute("INSERT INTO records (seq, id, kind, created_at, updated_at, model, body) VALUES (?, ?, 'response', 0, 0, NULL, ?)",
+                       (seq, id, body))
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", MIGRATIONS)
+    store = SQLiteStore.open(path)
+
+    async def check():
+        chain = await store.ancestry(RESPONSE, "resp_2", 10)
+        assert [(r.id, r.parent) for r, _ in chain] == [("resp_2", "resp_1"), ("resp_1", None)]
+        await store.close()
+
+    trio.run(check)

@@ -61,12 +61,18 @@ MIGRATIONS = [
         UNIQUE (owner_seq, id)
     ) WITHOUT ROWID;
     """,
+    # 2: the record a record continues, so a chain of responses is read in one query.
+    """
+    ALTER TABLE records ADD COLUMN parent TEXT;
+    UPDATE records SET parent = json_extract(body, '$.previous_response_id') WHERE kind = 'response';
+    """,
 ]
 
 PURGE_BATCH = 500  # records a purge transaction deletes, so other writers get the lock in between
 BUSY_TIMEOUT_MS = 10_000  # how long to wait for another process's write (or a checkpoint) before failing
 
-_RECORD_COLUMNS = "records.seq, records.kind, records.id, records.created_at, records.updated_at, records.model, records.body"
+_RECORD_COLUMNS = ("records.seq, records.kind, records.id, records.created_at, records.updated_at, records.model, records.body, "
+                   "records.parent")
 
 
 class StateError(Exception):
@@ -123,9 +129,9 @@ class SQLiteStore(Store):
             owner = None if append_to is None else _seq_of(db, append_to)
             try:
                 seq = db.execute(
-                    "INSERT INTO records (id, kind, created_at, updated_at, model, body) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO records (id, kind, created_at, updated_at, model, body, parent) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (_bind(record.id), record.kind, record.created_at, record.created_at, _bind(record.model),
-                     _dumps(record.body))).lastrowid
+                     _dumps(record.body), _bind(record.parent))).lastrowid
             except sqlite3.IntegrityError as e:
                 raise DuplicateId(record.id) from e
             _insert_metadata(db, seq, record.metadata)
@@ -181,6 +187,30 @@ class SQLiteStore(Store):
             sql += f" ORDER BY position {'ASC' if order == ASC else 'DESC'} LIMIT ?"
             rows = db.execute(sql, [*params, limit + 1]).fetchall()
             return Page([_item(row) for row in rows[:limit]], len(rows) > limit)
+        return await self._read(work)
+
+    async def ancestry(self, kind: str, id: str, limit: int) -> list[tuple[Record, list[Item]]] | None:
+        # The chain as (seq, depth), followed by parent id through the unique index on id.
+        chain = ("WITH RECURSIVE chain(seq, parent, depth) AS ("
+                 " SELECT seq, parent, 0 FROM records WHERE id = ? AND kind = ?"
+                 " UNION ALL SELECT records.seq, records.parent, chain.depth + 1 FROM chain"
+                 " JOIN records ON records.id = chain.parent AND records.kind = ? WHERE chain.depth + 1 < ?) ")
+        params = (_bind(id), kind, kind, limit)
+
+        def work(db: sqlite3.Connection) -> list[tuple[Record, list[Item]]] | None:
+            rows = db.execute(chain + f"SELECT {_RECORD_COLUMNS} FROM chain JOIN records ON records.seq = chain.seq "
+                              "ORDER BY chain.depth", params).fetchall()
+            if not rows:
+                return None
+            items: dict[int, list[Item]] = {row[0]: [] for row in rows}
+            for seq, item_id, body in db.execute(chain + "SELECT items.owner_seq, items.id, items.body FROM chain "
+                                                 "JOIN items ON items.owner_seq = chain.seq ORDER BY chain.depth, items.position", params):
+                items[seq].append(_item((item_id, body)))
+            metadata: dict[int, dict[str, str]] = {}
+            for seq, key, value in db.execute(chain + "SELECT record_metadata.record_seq, key, value FROM chain "
+                                              "JOIN record_metadata ON record_metadata.record_seq = chain.seq", params):
+                metadata.setdefault(seq, {})[_unbind(key)] = _unbind(value)
+            return [(_record(row, metadata.get(row[0], {})), items[row[0]]) for row in rows]
         return await self._read(work)
 
     async def all_items(self, owner: str) -> list[Item] | None:
@@ -432,9 +462,9 @@ def _metadata_of(db: sqlite3.Connection, seqs: list[int]) -> dict[int, dict[str,
 
 
 def _record(row: tuple, metadata: dict[str, str]) -> Record:
-    _seq, kind, id, created_at, updated_at, model, body = row
+    _seq, kind, id, created_at, updated_at, model, body, parent = row
     return Record(kind=kind, id=_unbind(id), created_at=created_at, body=json.loads(body), metadata=metadata,
-                  model=_unbind(model), updated_at=updated_at)
+                  model=_unbind(model), updated_at=updated_at, parent=_unbind(parent))
 
 
 def _item(row: tuple) -> Item:

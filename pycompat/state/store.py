@@ -38,6 +38,7 @@ class Record:
     metadata: dict[str, str] = field(default_factory=dict)
     model: str | None = None  # what list() filters on (chat completions)
     updated_at: int | None = None  # last write to it or its items (unix seconds); the store sets it
+    parent: str | None = None  # the record of its kind it continues (a response's previous_response_id); see ancestry()
 
 
 @dataclass
@@ -94,6 +95,13 @@ class Store(ABC):
         first), those with ``model`` and every ``metadata`` pair, starting after
         the record ``after`` (NotFound when it is not stored); at most ``limit``.
         Indexed: it never reads every record."""
+
+    @abstractmethod
+    async def ancestry(self, kind: str, id: str, limit: int) -> list[tuple[Record, list[Item]]] | None:
+        """The record and those it continues (its ``parent``, that one's, ...),
+        newest first, each with its items, read in one snapshot; at most
+        ``limit`` records. The chain ends early at a parent that is not stored
+        (deleted or expired). None when ``id`` itself is not stored."""
 
     @abstractmethod
     async def items(self, owner: str, *, after: str | None = None, limit: int = 20, order: str = ASC) -> Page:

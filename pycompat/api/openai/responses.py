@@ -189,22 +189,15 @@ async def _history(state: Store | None, previous_id: str | None, conversation_id
         return [item.body for item in found]
     if previous_id is None:
         return []
-    turns: list[list[dict]] = []
-    response_id = previous_id
-    while response_id is not None:
-        if len(turns) == MAX_CHAIN:  # never a history silently cut short
-            raise APIError(400, f"The chain of responses ending at '{previous_id[:100]}' is longer than the {MAX_CHAIN} responses "
-                           "this server follows back: start a new chain, or continue with a 'conversation'.",
-                           param="previous_response_id", code="context_length_exceeded")
-        record = await state.get(RESPONSE, response_id)
-        if record is None:
-            if response_id == previous_id:
-                raise _not_found(previous_id, param="previous_response_id")
-            break  # an earlier turn deleted or expired: the history starts after it
-        inputs = await state.all_items(response_id) or []
-        turns.append([item.body for item in inputs] + record.body["output"])
-        response_id = record.body.get("previous_response_id")
-    return [item for turn in reversed(turns) for item in turn]
+    # The chain, newest first; it ends early after a turn deleted or expired.
+    chain = await state.ancestry(RESPONSE, previous_id, MAX_CHAIN + 1)
+    if chain is None:
+        raise _not_found(previous_id, param="previous_response_id")
+    if len(chain) > MAX_CHAIN:  # never a history silently cut short
+        raise APIError(400, f"The chain of responses ending at '{previous_id[:100]}' is longer than the {MAX_CHAIN} responses "
+                       "this server follows back: start a new chain, or continue with a 'conversation'.",
+                       param="previous_response_id", code="context_length_exceeded")
+    return [item for record, inputs in reversed(chain) for item in [i.body for i in inputs] + record.body["output"]]
 
 
 def _check_ids_are_new(input_items: list[dict], history: list[dict]) -> None:
@@ -296,7 +289,8 @@ class _Turn:
             return
         try:
             if self.store:
-                record = Record(RESPONSE, self.id, self.created_at, {**body, "metadata": {}}, dict(self.metadata), model=self.model)
+                record = Record(RESPONSE, self.id, self.created_at, {**body, "metadata": {}}, dict(self.metadata), model=self.model,
+                                parent=body["previous_response_id"])
                 appended = self.input_items + output if self.conversation_id else []
                 await self.state.save(record, [_item(i) for i in self.input_items], self.conversation_id, [_item(i) for i in appended])
             else:
