@@ -143,6 +143,13 @@ def test_another_client_continues_by_id_alone(client, server_url):
     assert reply.json()["usage"]["input_tokens"] > first.usage.input_tokens + first.usage.output_tokens
 
 
+def test_a_continuation_may_name_another_model(client):
+    """The history is text: a stored turn continues under any model id (here the server's alias)."""
+    first = client.responses.create(model=MODEL, input="Hello there.", max_output_tokens=4)
+    second = client.responses.create(model="gpt-3.5-turbo", input="Again.", previous_response_id=first.id, max_output_tokens=4)
+    assert second.model == "gpt-3.5-turbo" and second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+
+
 def test_an_unstored_response_is_not_kept_and_cannot_be_continued(client):
     r = client.responses.create(model=MODEL, input="Hi", max_output_tokens=4, store=False)
     with pytest.raises(openai.NotFoundError) as e:
