@@ -26,6 +26,7 @@ DECODER_EMBED_BATCH_TOKENS = 1024
 DEFAULT_CHAT_ID = "smollm2-135m-instruct"
 DEFAULT_EMBEDDING_ID = "all-minilm-l6-v2"
 DEFAULT_RETENTION_DAYS = 30.0
+DEFAULT_WARM = 8  # histories computed at start: a few seconds of prefill on two cores at most
 PURGE_EVERY_S = 3600.0  # how often expired state is deleted
 
 
@@ -112,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     state.add_argument("--state-retention-days", type=float, default=DEFAULT_RETENTION_DAYS, metavar="DAYS",
                        help="stored objects not written to for this long are deleted (a conversation counts from its "
                        f"last item); 0 keeps them forever (default: {DEFAULT_RETENTION_DAYS:g}, as OpenAI keeps responses)")
+    state.add_argument("--state-warm", type=int, default=DEFAULT_WARM, metavar="N",
+                       help="at start, compute the histories of the N most recent conversations and response chains, "
+                       "so that continuing one after a restart finds its earlier turns in the prefix cache; 0: none "
+                       f"(default: {DEFAULT_WARM})")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity (default: info)")
 
     convert = sub.add_parser(
@@ -168,6 +173,10 @@ def _serve(args: argparse.Namespace) -> int:
             if state is not None and args.state_retention_days > 0:
                 nursery.start_soon(_purge_expired, state, args.state_retention_days, log)
             listeners = await nursery.start(partial(serve, App(registry, access, state), error_body, args.host, args.port, limits))
+            if state is not None and args.state_warm > 0:
+                from pycompat.api.openai.warm import warm_recent
+
+                nursery.start_soon(warm_recent, registry, state, args.state_warm)
             host, port = listeners[0].socket.getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host
             log.info("serving %s at http://%s:%d/v1", ", ".join(registry.all_ids()), shown, port)
@@ -186,6 +195,8 @@ def _open_state(args: argparse.Namespace, log: logging.Logger):
     """The store at --state (None for 'none'); exits with a clear message when it cannot be used."""
     from pycompat.state.sqlite import SQLiteStore, StateError
 
+    if args.state_warm < 0:
+        raise SystemExit("pycompat: error: --state-warm must be at least 0")
     if not math.isfinite(args.state_retention_days) or args.state_retention_days < 0:  # nan would pass '< 0', inf fail the purge
         raise SystemExit(f"pycompat: error: --state-retention-days must be a number of days, at least 0 (0 keeps everything), "
                          f"not {args.state_retention_days:g}")

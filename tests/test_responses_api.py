@@ -329,7 +329,7 @@ async def test_a_chain_longer_than_is_followed_is_refused_not_cut(monkeypatch):
         await store.save(Record(RESPONSE, f"resp_{n}", 0, {"output": [], "previous_response_id": previous}, parent=previous),
                          [Item(said["id"], said)])
         previous = f"resp_{n}"
-    assert [i["id"] for i in await responses._history(store, "resp_2", None)] == ["msg_0", "msg_1", "msg_2"]
+    assert [i["id"] for i in await responses.history(store, "resp_2", None)] == ["msg_0", "msg_1", "msg_2"]
     with pytest.raises(APIError) as e:
-        await responses._history(store, "resp_3", None)
+        await responses.history(store, "resp_3", None)
     assert e.value.status == 400 and e.value.param == "previous_response_id" and e.value.code == "context_length_exceeded"

@@ -97,6 +97,43 @@ def test_what_was_stored_survives_a_killed_server_and_can_be_continued(tmp_path)
         assert after[:len(items)] == items and after[-1] == in_conv["output"][0] and len(after) == len(items) + 2
 
 
+def wait_for_line(log: Path, pattern: str, timeout: float = 60) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(pattern, log.read_text())
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"no {pattern!r} in the log:\n{log.read_text()}")
+
+
+def test_after_a_restart_the_recent_histories_are_in_the_prefix_cache_again(tmp_path):
+    with serve(tmp_path, "first") as (proc, url):
+        client = sync_client(url)
+        conv = client.conversations.create(items=GREETING)
+        respond(client, "What do I keep in my garden?", conversation=conv.id)
+        chain = respond(client, "Tell me about honey bees and how they make honey.")
+        chain = respond(client, "And about bumblebees?", previous_response_id=chain["id"])
+        proc.kill()
+        proc.wait()
+
+    # Without warming, the first continuation after a restart computes its whole history.
+    with serve(tmp_path, "cold", "--state-warm", "0") as (proc, url):
+        cold = respond(sync_client(url), "What is my name?", conversation=conv.id, store=False)
+        assert cold["usage"]["input_tokens_details"]["cached_tokens"] == 0
+    # (That turn was not stored, but it joined the conversation: its history grew by a turn.)
+    with serve(tmp_path, "warm") as (_, url):
+        warmed = wait_for_line(tmp_path / "warm.log", r"warmed the prefix cache with (\d+) recent histories \((\d+) tokens\)")
+        assert warmed[1] == "2"  # the conversation and the chain (its head only)
+        client = sync_client(url)
+        in_conv = respond(client, "What is my name?", conversation=conv.id)
+        on_chain = respond(client, "Which of them makes more honey?", previous_response_id=chain["id"])
+        for turn in (in_conv, on_chain):
+            cached, prompt = turn["usage"]["input_tokens_details"]["cached_tokens"], turn["usage"]["input_tokens"]
+            # Every whole block of the history (the new turn is the last 20-odd tokens).
+            assert cached >= prompt - 40 and cached % 16 == 0, turn["usage"]
+
+
 def test_a_stored_chat_completion_survives_a_killed_server(tmp_path):
     with serve(tmp_path, "first") as (proc, url):
         client = sync_client(url)

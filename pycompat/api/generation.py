@@ -90,12 +90,14 @@ async def tokenize(served: ServedModel, text: str, add_bos: bool | None = None) 
     return await trio.to_thread.run_sync(served.engine.model.tokenizer.encode, text, add_bos)
 
 
-def chat_prompt(served: ServedModel, messages: list[dict], field: str, tools: list[dict] | None = None) -> str:
+def chat_prompt(served: ServedModel, messages: list[dict], field: str, tools: list[dict] | None = None,
+                add_generation_prompt: bool = True) -> str:
     """The prompt text for chat ``messages`` (role and text content) with the
-    assistant's turn opened, and ``tools`` for a template that renders them;
-    raises PromptRejected when the template refuses them."""
+    assistant's turn opened (unless ``add_generation_prompt`` is false), and
+    ``tools`` for a template that renders them; raises PromptRejected when the
+    template refuses them."""
     try:
-        return served.engine.model.chat_template.render(messages, add_generation_prompt=True, tools=tools)
+        return served.engine.model.chat_template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
     except TemplateError as e:
         raise PromptRejected(str(e), field) from None
 

@@ -177,6 +177,14 @@ async def start(served, messages: list[dict], tool_fields: openai_tools.ToolFiel
     return calls, generation.start(served, [prompt], opts, field)
 
 
+def history_prompt(served, messages: list[dict]) -> str:
+    """The text every later turn after ``messages`` begins with, when it offers
+    no tools: their prompt without the assistant's turn opened. What warming
+    the prefix cache computes."""
+    calls = _Calls.plan(served, None, None)
+    return generation.chat_prompt(served, calls.messages(messages), "messages", add_generation_prompt=False)
+
+
 class _Calls:
     """How one request's answer deals with tools: the format the model is told
     about them in, and the parser that reads calls out of its text (None: the

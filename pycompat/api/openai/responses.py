@@ -74,12 +74,12 @@ async def create(registry: Registry, state: Store | None, request: Request) -> R
     output = openai_structured.text_format(fields.requested("text"))
     tool_fields = openai_tools.read_flat(fields.requested("tools"), fields.requested("tool_choice"), fields.get("parallel_tool_calls"))
 
-    history = await _history(state, previous_id, conversation_id)
+    earlier = await history(state, previous_id, conversation_id)
     if conversation_id is not None:
-        _check_ids_are_new(input_items, history)
-    if not history and not input_items:
+        _check_ids_are_new(input_items, earlier)
+    if not earlier and not input_items:
         raise missing("input")
-    messages = instruction_messages + items.to_messages(history + input_items)
+    messages = instruction_messages + items.to_messages(earlier + input_items)
     calls, choices = await chat.start(served, messages, tool_fields, output, opts, "input", format_field="text.format")
 
     turn = _Turn(
@@ -179,7 +179,7 @@ def _instructions(value) -> list[dict]:
     return items.to_messages(items.read_items(value, "instructions"))
 
 
-async def _history(state: Store | None, previous_id: str | None, conversation_id: str | None) -> list[dict]:
+async def history(state: Store | None, previous_id: str | None, conversation_id: str | None) -> list[dict]:
     """The items a response continues: its conversation's, or those of the
     chain of responses ending at ``previous_id`` (each one's input, then its output)."""
     if conversation_id is not None:
