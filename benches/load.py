@@ -221,9 +221,9 @@ def server_specs(model: Path, threads: int, llama_server: Path | None) -> dict[s
     pycompat = str(Path(sys.executable).parent / "pycompat")
     specs = [
         ServerSpec("pycompat", "pycompat serve", "pycompat", lambda port: [
-            pycompat, "serve", "--model", m, "--port", str(port), "--threads", t, "--context-length", "2048", "--log-level", "warning"]),
+            pycompat, "serve", "--model", m, "--port", str(port), "--threads", t, "--context-length", "2048", "--log-level", "warning", "--state", "none"]),
         ServerSpec("pycompat-no-prefix-caching", "pycompat serve --no-prefix-caching", "pycompat", lambda port: [
-            pycompat, "serve", "--model", m, "--port", str(port), "--threads", t, "--context-length", "2048", "--log-level", "warning",
+            pycompat, "serve", "--model", m, "--port", str(port), "--threads", t, "--context-length", "2048", "--log-level", "warning", "--state", "none",
             "--no-prefix-caching"]),
     ]
     if llama_server is not None:

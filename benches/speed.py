@@ -266,7 +266,7 @@ def start_servers(model: Path, threads: int, llama_server: Path | None) -> list[
     servers = []
     port = free_port()
     servers.append(Server("pycompat serve", [str(Path(sys.executable).parent / "pycompat"), "serve", "--model", str(model), "--port", str(port),
-                                             "--threads", str(threads), "--context-length", "2048", "--log-level", "warning"], port, {}))
+                                             "--threads", str(threads), "--context-length", "2048", "--log-level", "warning", "--state", "none"], port, {}))
     if llama_server is not None:
         port = free_port()
         # cache_prompt off: each request must prefill its whole prompt, as ours does.
