@@ -18,7 +18,7 @@ import logging
 import time
 
 from pycompat.api import generation
-from pycompat.api.errors import ServiceError
+from pycompat.api.errors import APIError, ServiceError
 from pycompat.api.openai import chat, items, responses
 from pycompat.api.openai.errors import as_api_error
 from pycompat.api.openai.protocol import sampling_defaults
@@ -29,16 +29,22 @@ log = logging.getLogger(__name__)
 
 
 async def warm_recent(registry: Registry, state: Store, count: int) -> None:
-    """Computes the histories of the ``count`` most recent conversations and response chains."""
+    """Computes the histories of the ``count`` most recent conversations and
+    response chains. Never raises: it runs beside the server, which must not end with it."""
     if not any(m.engine is not None for m in registry.models):
         return
     started = time.perf_counter()
     warmed = tokens = 0
-    for model_id, history in await _recent_histories(state, count):
+    try:
+        histories = await _recent_histories(state, count)
+    except Exception:
+        log.exception("state: reading the recent histories to warm the prefix cache failed; not warming it")
+        return
+    for model_id, history in histories:
         try:
             tokens += await _warm(registry, model_id, history)
             warmed += 1
-        except ServiceError as e:  # a model no longer served, a history over the context, a full queue
+        except (APIError, ServiceError) as e:  # a model no longer served, a history over the context, a full queue
             log.debug("state: not warming a history: %s", as_api_error(e).message)
         except Exception:
             log.exception("state: warming a history failed; going on without it")
@@ -50,14 +56,21 @@ async def warm_recent(registry: Registry, state: Store, count: int) -> None:
 async def _recent_histories(state: Store, count: int) -> list[tuple[str | None, list[dict]]]:
     """(model id or None, items) of the newest conversations and chain heads, newest first."""
     found = []
+
+    async def add(updated_at, model_id, previous_id, conversation_id) -> None:
+        try:
+            found.append((updated_at, model_id, await responses.history(state, previous_id, conversation_id)))
+        except APIError:  # deleted or expired since it was listed
+            pass
+
     for record in (await state.list(CONVERSATION, order=DESC, limit=count)).data:
-        found.append((record.updated_at, None, await responses.history(state, None, record.id)))
+        await add(record.updated_at, None, None, record.id)
     recent = (await state.list(RESPONSE, order=DESC, limit=count)).data
     continued = {r.parent for r in recent}
     for record in recent:
         # A chain's head only (its ancestors are in its history), and not a conversation's turn (warmed with it).
         if record.id not in continued and record.body.get("conversation") is None:
-            found.append((record.updated_at, record.model, await responses.history(state, record.id, None)))
+            await add(record.updated_at, record.model, record.id, None)
     found.sort(key=lambda entry: entry[0] or 0, reverse=True)
     return [(model, history) for _, model, history in found[:count] if history]
 
