@@ -233,3 +233,22 @@ async def collect_generation(generation) -> tuple[str, Finished]:
         else:
             return "".join(pieces), ev
     raise AssertionError("no Finished")
+
+
+async def test_the_servers_max_tokens_limit_bounds_a_request_that_sets_none(model):
+    """--max-tokens-limit: a sequence without max_tokens stops at the limit, and
+    a prompt that leaves less room than the limit is still admitted (it needs
+    room for one token, as without the limit)."""
+    (stop_id, *_) = sorted(model.tokenizer.stop_ids)
+    unbounded = SamplingOptions(max_tokens=None, temperature=0.0, logit_bias={stop_id: 100.0}, ignore_eos=True)
+    engine = Engine(model, EngineConfig(kv_cache_mb=64, max_tokens_limit=5))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        _, done = await collect(engine, [5, 6, 7], unbounded)
+        assert (done.reason, done.completion_tokens) == ("length", 5)
+        long_prompt = [5] * (model.context_length - 2)
+        _, done = await collect(engine, long_prompt, unbounded)
+        assert (done.reason, done.completion_tokens) == ("length", 2)
+        _, done = await collect(engine, [5, 6, 7], replace(unbounded, max_tokens=3))
+        assert (done.reason, done.completion_tokens) == ("length", 3)
+        nursery.cancel_scope.cancel()

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from pycompat.api import generation
-from pycompat.api.errors import ContextExceeded
+from pycompat.api.errors import ContextExceeded, MaxTokensOverLimit
 from pycompat.api.registry import ServedModel
+from pycompat.engine.config import EngineConfig
 from pycompat.engine.engine import ContextOverflow
 
 FALLBACK = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "seed": None, "stop": None, "logit_bias": None,
@@ -17,8 +18,9 @@ FALLBACK = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "seed": 
 
 
 class StubEngine:
-    def __init__(self, recommended: dict, context_length: int = 8):
+    def __init__(self, recommended: dict, context_length: int = 8, max_tokens_limit: int | None = None):
         self.model = SimpleNamespace(sampling_defaults=recommended)
+        self.config = EngineConfig(max_tokens_limit=max_tokens_limit)
         self.context_length = context_length
 
     def check_fits(self, prompt_tokens: int, max_tokens: int | None) -> None:
@@ -26,8 +28,8 @@ class StubEngine:
             raise ContextOverflow(prompt_tokens, max_tokens, self.context_length)
 
 
-def served(recommended: dict | None = None) -> ServedModel:
-    return ServedModel(["m"], created=0, engine=StubEngine(recommended or {}))
+def served(recommended: dict | None = None, max_tokens_limit: int | None = None) -> ServedModel:
+    return ServedModel(["m"], created=0, engine=StubEngine(recommended or {}, max_tokens_limit=max_tokens_limit))
 
 
 @pytest.mark.parametrize("requested, recommended, expected", [
@@ -48,6 +50,27 @@ def test_a_request_then_the_model_then_the_dialect_choose_sampling(requested, re
     assert opts.max_tokens == 5
     for name, value in expected.items():
         assert getattr(opts, name) == value and type(getattr(opts, name)) is type(value), name
+
+
+@pytest.mark.parametrize("asked, default, limit, expected", [
+    (None, None, None, None),  # no bound anywhere: the context is the bound
+    (None, None, 100, None),  # none asked: still None here (the engine bounds every sequence by the limit)
+    (None, 16, 100, 16),  # the dialect's default, within the limit
+    (None, 16, 10, 10),  # a default above the limit is lowered, not refused: the client asked for nothing
+    (100, 16, 100, 100),  # exactly the limit
+    (0, None, 100, 0),
+])
+def test_max_tokens_within_the_servers_limit(asked, default, limit, expected):
+    opts = generation.sampling_options(served(max_tokens_limit=limit), asked, dict.fromkeys(FALLBACK), FALLBACK,
+                                       max_tokens_default=default)
+    assert opts.max_tokens == expected
+
+
+def test_max_tokens_above_the_servers_limit_is_refused_naming_the_field():
+    with pytest.raises(MaxTokensOverLimit) as refused:
+        generation.sampling_options(served(max_tokens_limit=100), 101, dict.fromkeys(FALLBACK), FALLBACK,
+                                    max_tokens_field="max_output_tokens")
+    assert (refused.value.field, refused.value.asked, refused.value.limit) == ("max_output_tokens", 101, 100)
 
 
 async def test_no_tokens_asked_finishes_at_once_if_each_prompt_fits():

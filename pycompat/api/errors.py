@@ -71,6 +71,16 @@ class Busy(ServiceError):
         self.retry_after = retry_after
 
 
+class MaxTokensOverLimit(ServiceError):
+    """The request's ``field`` asks for ``asked`` tokens, more than the server's ``limit`` (--max-tokens-limit)."""
+
+    def __init__(self, field: str, asked: int, limit: int):
+        super().__init__(field, asked, limit)
+        self.field = field
+        self.asked = asked
+        self.limit = limit
+
+
 class ContextExceeded(ServiceError):
     """A prompt and the completion asked for cannot fit the model's context.
 

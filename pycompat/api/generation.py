@@ -2,7 +2,7 @@
 no dialect's words or shapes.
 
 - sampling options: the request's values, else the model's recommended ones,
-  else the dialect's defaults;
+  else the dialect's defaults; max tokens within the server's limit;
 - prompts within the context: a bound on a text's bytes before it is
   tokenized, the exact count when the prompts are queued;
 - chat messages to a prompt through the model's chat template;
@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from pycompat.api.errors import Busy, ContextExceeded, PromptRejected
+from pycompat.api.errors import Busy, ContextExceeded, MaxTokensOverLimit, PromptRejected
 from pycompat.api.registry import ServedModel
 from pycompat.engine.engine import ContextOverflow, QueueFull
 from pycompat.engine.request import (Event, Finished, Generation, PromptLogprobs, SamplingOptions, TextPiece, TokenLogprob,
@@ -38,15 +38,29 @@ __all__ = ["Choices", "Event", "Finished", "Generation", "PromptLogprobs", "Resu
 RECOMMENDABLE = ("temperature", "top_p", "top_k", "min_p")
 
 
-def sampling_options(served: ServedModel, max_tokens: int | None, requested: dict[str, Any], fallback: dict[str, Any]) -> SamplingOptions:
+def sampling_options(served: ServedModel, max_tokens: int | None, requested: dict[str, Any], fallback: dict[str, Any], *,
+                     max_tokens_field: str = "max_tokens", max_tokens_default: int | None = None) -> SamplingOptions:
     """Sampling options for one request.
 
     Args:
+        max_tokens: the request's own bound on its completion (None: it set none),
+            read from its field ``max_tokens_field``. Above the server's
+            ``--max-tokens-limit`` it is refused (MaxTokensOverLimit names the
+            field): a client that asks for more should hear so, not get less
+            and wonder why. A request that sets none gets ``max_tokens_default``
+            (the dialect's, if it has one) within the limit; the engine bounds
+            every sequence by the limit too, so None stays None here and a long
+            prompt still needs room for only one token.
         requested: the request's (already checked) temperature, top_p, top_k,
             min_p, seed, stop, logit_bias, presence_penalty, frequency_penalty,
             repetition_penalty and ignore_eos; None where it left one out.
         fallback: the dialect's defaults, for what neither the request nor the model sets.
     """
+    limit = served.engine.config.max_tokens_limit
+    if max_tokens is None:
+        max_tokens = max_tokens_default if limit is None or max_tokens_default is None else min(max_tokens_default, limit)
+    elif limit is not None and max_tokens > limit:
+        raise MaxTokensOverLimit(max_tokens_field, max_tokens, limit)
     recommended = served.engine.model.sampling_defaults
 
     def pick(name: str) -> Any:

@@ -12,3 +12,5 @@ class EngineConfig:
     max_queue: int = 256  # requests waiting beyond the running ones; more get a 429
     step_tokens: int = 512  # most tokens one step computes (decode tokens + prompt chunks)
     prefix_caching: bool = True
+    # Most tokens one sequence generates, whatever the request asks (--max-tokens-limit); None: the context is the bound.
+    max_tokens_limit: int | None = None

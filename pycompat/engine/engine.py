@@ -123,6 +123,8 @@ class Engine:
             budget = self.model.context_length - len(prompt)
             if max_tokens is not None:
                 budget = min(budget, max_tokens)
+            if self.config.max_tokens_limit is not None:
+                budget = min(budget, self.config.max_tokens_limit)
             # The other choices of a prompt fork from its first: computed once.
             source = group.sequences[i - choice] if choice else None
             seq = Sequence(list(prompt), len(prompt), budget, sampler, fork_of=source,

@@ -111,12 +111,11 @@ async def create(registry: Registry, state: Store | None, request: Request) -> R
                  "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options")
     stream = fields.get("stream")
     include_usage = fields.get("stream_options", stream=stream)
-    max_tokens = fields.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = fields.get("max_tokens")
+    max_tokens_field = "max_completion_tokens" if fields.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = fields.get(max_tokens_field)
     served = registry.generator(model_id)
     requested, defaults = fields.sampling(served.vocab_size)
-    opts = generation.sampling_options(served, max_tokens, requested, defaults)
+    opts = generation.sampling_options(served, max_tokens, requested, defaults, max_tokens_field=max_tokens_field)
     opts.top_logprobs = _top_logprobs(fields)
     opts.n = fields.get("n")
     output = openai_structured.output_grammar(fields)

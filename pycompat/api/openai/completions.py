@@ -67,10 +67,12 @@ async def create(registry: Registry, request: Request) -> Response:
     fields.check("user")
     stream = fields.get("stream")
     include_usage = fields.get("stream_options", stream=stream)
-    max_tokens = fields.get("max_tokens")
     served = registry.generator(model_id)
     requested, defaults = fields.sampling(served.vocab_size)
-    opts = generation.sampling_options(served, max_tokens, requested, defaults)
+    # Asked for, or this route's default (16): only an asked-for value above the server's limit is refused.
+    opts = generation.sampling_options(served, fields.requested("max_tokens"), requested, defaults,
+                                       max_tokens_default=fields.get("max_tokens"))
+    max_tokens = opts.max_tokens
     opts.top_logprobs = fields.get("logprobs")  # None: no log-probabilities
     opts.n = n = fields.get("n")
     best_of = _best_of(fields, n, stream)

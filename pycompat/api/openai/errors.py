@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
-from pycompat.api.errors import (APIError, Busy, ContextExceeded, InputTooLong, PromptRejected, ServiceError, UnknownModel,
-                                  WrongModelKind)
+from pycompat.api.errors import (APIError, Busy, ContextExceeded, InputTooLong, MaxTokensOverLimit, PromptRejected, ServiceError,
+                                  UnknownModel, WrongModelKind)
 from pycompat.api.structured import GrammarRejected
 from pycompat.http.messages import Response
 
@@ -34,6 +34,9 @@ def as_api_error(e: APIError | ServiceError) -> APIError:
                         code="rate_limit_exceeded", headers=[("retry-after", str(e.retry_after))])
     if isinstance(e, ContextExceeded):
         return _context_exceeded(e)
+    if isinstance(e, MaxTokensOverLimit):  # worded as OpenAI words a max_tokens over a model's output limit
+        return APIError(400, f"{e.field} is too large: {e.asked}. This server supports at most {e.limit} completion tokens "
+                        f"per request, whereas you provided {e.asked}.", param=e.field, code="invalid_value")
     if isinstance(e, WrongModelKind):
         if e.wanted == "embed":
             message = f"The model `{e.model}` generates text and cannot make embeddings; use an embedding model with /v1/embeddings."

@@ -70,7 +70,7 @@ async def create(registry: Registry, state: Store | None, request: Request) -> R
     requested = {"temperature": fields.requested("temperature"), "top_p": fields.requested("top_p")}
     defaults = sampling_defaults()
     max_tokens = fields.requested("max_output_tokens")
-    opts = generation.sampling_options(served, max_tokens, requested, defaults)
+    opts = generation.sampling_options(served, max_tokens, requested, defaults, max_tokens_field="max_output_tokens")
     output = openai_structured.text_format(fields.requested("text"))
     tool_fields = openai_tools.read_flat(fields.requested("tools"), fields.requested("tool_choice"), fields.get("parallel_tool_calls"))
 
