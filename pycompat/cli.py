@@ -106,6 +106,16 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"seconds to receive a request's body (default: {Limits.body_timeout:g})")
     limits.add_argument("--keepalive-timeout", type=float, default=Limits.keepalive_timeout, metavar="S",
                         help=f"seconds a kept-alive connection may idle between requests (default: {Limits.keepalive_timeout:g})")
+    limits.add_argument("--max-tokens-limit", type=int, metavar="N",
+                        help="most tokens one request may generate: a larger max_tokens (max_completion_tokens, "
+                        "max_output_tokens) is a 400, and a request that sets none stops at N (default: no limit "
+                        "but the context)")
+    limits.add_argument("--rate-limit", type=int, metavar="N",
+                        help="requests per minute per API key (per client address without keys), beyond which "
+                        "requests get a 429 with Retry-After (default: no limit)")
+    limits.add_argument("--max-concurrent-per-key", type=int, metavar="N",
+                        help="requests in flight per API key (per client address without keys), a stream until it "
+                        "ends; more get a 429 with Retry-After (default: no limit)")
     state = serve.add_argument_group("state", "stored responses, conversations and chat completions")
     state.add_argument("--state", default=None, metavar="PATH",
                        help="the SQLite file that keeps them, created if missing; 'none' keeps nothing (storing is then "
@@ -136,6 +146,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from pycompat.api.access import AccessPolicy, is_local_host
     from pycompat.api.app import App
+    from pycompat.api.limits import ClientLimits
     from pycompat.api.openai.errors import error_body
     from pycompat.api.registry import Registry
     from pycompat.http.server import serve
@@ -149,6 +160,9 @@ def _serve(args: argparse.Namespace) -> int:
         _kernel.set_threads(args.threads)
     if args.max_queue < 0 or args.step_tokens < 1:
         raise SystemExit("pycompat: error: --max-queue must be at least 0 and --step-tokens at least 1")
+    for flag in ("max_tokens_limit", "rate_limit", "max_concurrent_per_key"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise SystemExit(f"pycompat: error: --{flag.replace('_', '-')} must be at least 1")
     served = [_load_served(path, args, log) for path in (args.model or _bundled_models(log))]
     served[0].ids += [a for a in args.alias if a not in served[0].ids]
     try:
@@ -172,7 +186,8 @@ def _serve(args: argparse.Namespace) -> int:
                         nursery.start_soon(worker.run)
             if state is not None and args.state_retention_days > 0:
                 nursery.start_soon(_purge_expired, state, args.state_retention_days, log)
-            listeners = await nursery.start(partial(serve, App(registry, access, state), error_body, args.host, args.port, limits))
+            app = App(registry, access, state, ClientLimits(args.rate_limit, args.max_concurrent_per_key))
+            listeners = await nursery.start(partial(serve, app, error_body, args.host, args.port, limits))
             if state is not None and args.state_warm > 0:
                 from pycompat.api.openai.warm import warm_recent
 
@@ -285,7 +300,7 @@ def _text_engine(path: Path, args: argparse.Namespace, log: logging.Logger):
     log.info("loaded %s from %s in %.1f s (context %d tokens, %d threads, sampling defaults %s)",
              model.name, path, model.load_seconds, model.context_length, _kernel.threads(), model.sampling_defaults or "OpenAI's")
     config = EngineConfig(kv_cache_mb=args.kv_cache_mb, max_queue=args.max_queue, step_tokens=args.step_tokens,
-                          prefix_caching=not args.no_prefix_caching)
+                          prefix_caching=not args.no_prefix_caching, max_tokens_limit=args.max_tokens_limit)
     try:
         engine = Engine(model, config)
     except CacheTooSmall as e:

@@ -118,6 +118,16 @@ class AccessPolicy:
             return
         self._check_key(request.header("authorization"))
 
+    def client_of(self, request: Request) -> tuple[str, str]:
+        """Who is asking, for per-client limits, and what that is: the API key
+        when keys are set (``check`` has let only a valid one through), else the
+        client's address without its port."""
+        if self._keys:
+            return "key:" + (request.header("authorization") or "").strip().partition(" ")[2].strip(), "API key"
+        address = request.client
+        address = address[1 : address.find("]")] if address.startswith("[") else address.rsplit(":", 1)[0]
+        return "address:" + address, "client address"
+
     def _check_key(self, authorization: str | None) -> None:
         scheme, _, token = (authorization or "").strip().partition(" ")
         token = token.strip()

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 
 from pycompat.api import openai
-from pycompat.api.access import ALLOWED_METHODS, AccessPolicy
+from pycompat.api.access import ALLOWED_METHODS, PUBLIC_ROUTES, AccessPolicy
 from pycompat.api.errors import APIError, ServiceError
+from pycompat.api.limits import ClientLimits
 from pycompat.api.registry import Registry
 from pycompat.api.render import json_response
 from pycompat.api.router import Match, Route, Router
@@ -27,9 +28,11 @@ DIALECTS = (openai,)
 
 
 class App:
-    def __init__(self, registry: Registry, access: AccessPolicy | None = None, state: Store | None = None):
+    def __init__(self, registry: Registry, access: AccessPolicy | None = None, state: Store | None = None,
+                 limits: ClientLimits | None = None):
         self.registry = registry
         self.access = access or AccessPolicy()
+        self.limits = limits or ClientLimits()
         self.state = state
         self.router = Router()
         self.router.add([Route("GET", "/", self._root), Route("GET", "/health", self._health)])
@@ -65,7 +68,20 @@ class App:
         if handler is None:
             raise APIError(405, f"Method {request.method[:20]} is not allowed for {request.path[:200]}; use {match.allow}.",
                            code="method_not_allowed", headers=[("allow", match.allow)])
-        return await handler(request, **match.params)
+        # Per-client limits, on every route the access check guards (liveness probes and preflights pass free).
+        if (request.method, request.path) in PUBLIC_ROUTES:
+            return await handler(request, **match.params)
+        admission = self.limits.admit(*self.access.client_of(request))
+        try:
+            response = await handler(request, **match.params)
+        except BaseException:
+            admission.release()
+            raise
+        if response.stream is None:  # its work is done
+            admission.release()
+        else:  # a stream is in flight until it ends (its on_close: sent, failed or abandoned)
+            response.on_close = _then(response.on_close, admission.release)
+        return response
 
     async def _root(self, request: Request) -> Response:
         return Response(200, b"pycompat is running\n", content_type="text/plain; charset=utf-8")
@@ -82,3 +98,17 @@ class App:
         if stats:  # the first text model's cache (most servers serve one)
             body["kv_cache"] = stats[0]["kv_cache"]
         return json_response(body)
+
+
+def _then(first, second):
+    """A callback that calls ``first`` (if any), then ``second`` whatever ``first`` did."""
+    if first is None:
+        return second
+
+    def both() -> None:
+        try:
+            first()
+        finally:
+            second()
+
+    return both
