@@ -183,6 +183,8 @@ async def test_head_gets_the_get_head_without_a_body(server):
     (b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431),  # a 100 KB target
     (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"b" * 60_000 + b"\r\nX-Pad2: " + b"c" * 60_000 + b"\r\n\r\n", 431),
     (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(150)) + b"\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(5000)) + b"\r\n", 431),  # 50 KB of fields
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"d" * 70_000, 431),  # a head not finished yet, already over 64 KiB
     (b"GET / HTTP/9.9\r\nHost: x\r\n\r\n", 505),
     (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", 400),
     (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", 413),
@@ -313,6 +315,40 @@ async def test_a_head_that_trickles_in_too_slowly_gets_408(autojump_clock, nurse
             break
     answer, when = answered
     assert status(answer) == 408 and when == pytest.approx(10)
+
+
+async def test_a_slowloris_client_does_not_stop_others_being_served(autojump_clock, nursery):
+    """While one client trickles its head a byte a second, others are answered
+    at once; the trickler gets its 408 at the head timeout, not later."""
+    slow, run_slow = await serve_memory(Limits(header_timeout=10))
+    nursery.start_soon(run_slow)
+    cut_at = []
+
+    async def trickle():
+        for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"z" * 100:
+            try:
+                await slow.send_all(bytes([byte]))
+            except trio.BrokenResourceError:
+                break
+            await trio.sleep(1)
+
+    async def read_slow():
+        cut_at.append((await read_all(slow), trio.current_time()))
+
+    nursery.start_soon(trickle)
+    nursery.start_soon(read_slow)
+    start = trio.current_time()
+    for second in range(5):  # a request from another client every second while the trickle goes on
+        fast, run_fast = await serve_memory(Limits(header_timeout=10))
+        nursery.start_soon(run_fast)
+        await fast.send_all(b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await read_all(fast)
+        assert status(answer) == 200 and trio.current_time() == pytest.approx(start + second)  # no wait at all
+        await trio.sleep(1)
+    while not cut_at:
+        await trio.sleep(1)
+    answer, when = cut_at[0]
+    assert status(answer) == 408 and when - start == pytest.approx(10)
 
 
 async def test_a_new_connection_has_header_timeout_for_its_whole_head(autojump_clock, nursery):
