@@ -9,8 +9,8 @@ port: one machine opening many connections is one client). Each gets:
   60/N seconds. A refused request takes nothing from the bucket, and is told
   in ``Retry-After`` how many seconds until the next token;
 - a count of its requests in flight: a request holds its place until its
-  response is over (a stream until its last event is sent or its client
-  leaves). A refused one is told to retry after 1 second, since nothing says
+  answer is ready (a stream until its last event is sent or its client
+  leaves: the App releases it in the response's ``on_close``). A refused one is told to retry after 1 second, since nothing says
   when a running request ends.
 
 Both refusals are OpenAI's 429 ``rate_limit_exceeded`` with ``Retry-After``.
