@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 import openapi
+from conftest import running_server
 from pycompat.api.access import AccessPolicy
 from pycompat.api.app import App
 from pycompat.api.limits import PRUNE_AT_LEAST, ClientLimits
@@ -218,3 +220,20 @@ def test_limits_are_at_least_one():
         ClientLimits(requests_per_minute=0)
     with pytest.raises(ValueError):
         ClientLimits(max_concurrent=0)
+
+
+# --- the flags, through `pycompat serve` ------------------------------------------------------
+
+
+def test_the_serve_flags_reach_the_server(tmp_path):
+    log = tmp_path / "serve.log"
+    flags = ("--context-length", "256", "--max-tokens-limit", "4", "--rate-limit", "3", "--max-concurrent-per-key", "2")
+    with running_server(log, *flags) as (_, url), httpx.Client(base_url=url, timeout=60) as http:
+        chat = {"model": "smollm2-135m-instruct", "messages": HI, "max_tokens": 5}
+        r = http.post("/chat/completions", json=chat)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+        assert http.get("/models").status_code == 200
+        assert http.get("/models").status_code == 200
+        r = http.get("/models")  # the fourth in a minute, from one address
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+        assert 1 <= int(r.headers["retry-after"]) <= 20
