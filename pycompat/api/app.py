@@ -1,5 +1,5 @@
 """The API's front door: which route answers a request (router.py), who may
-ask (access.py), and the guarantee that whatever goes wrong, the client gets
+ask (access.py) and how often (limits.py), and the guarantee that whatever goes wrong, the client gets
 an error in the shape of the API it called.
 
 Each API dialect (today only ``openai``) is a package that supplies its
