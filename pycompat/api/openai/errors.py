@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
-from pycompat.api.errors import (APIError, Busy, ContextExceeded, InputTooLong, PromptRejected, ServiceError, UnknownModel,
-                                  WrongModelKind)
+from pycompat.api.errors import (APIError, Busy, ContextExceeded, InputTooLong, Loading, PromptRejected, ServiceError,
+                                  ShuttingDown, UnknownModel, WrongModelKind)
 from pycompat.api.structured import GrammarRejected
 from pycompat.http.messages import Response
 
@@ -34,6 +34,12 @@ def as_api_error(e: APIError | ServiceError) -> APIError:
                         code="rate_limit_exceeded", headers=[("retry-after", str(e.retry_after))])
     if isinstance(e, ContextExceeded):
         return _context_exceeded(e)
+    if isinstance(e, ShuttingDown):
+        return APIError(503, "The server is shutting down and could not finish this request. Please retry it.",
+                        code="server_shutting_down", headers=[("connection", "close")])
+    if isinstance(e, Loading):
+        return APIError(503, "The server is still loading its models. Please retry shortly.",
+                        code="server_loading", headers=[("retry-after", "1")])
     if isinstance(e, WrongModelKind):
         if e.wanted == "embed":
             message = f"The model `{e.model}` generates text and cannot make embeddings; use an embedding model with /v1/embeddings."
