@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import resource
+import signal
 import sys
 from functools import partial
 from pathlib import Path
@@ -27,6 +28,7 @@ DEFAULT_CHAT_ID = "smollm2-135m-instruct"
 DEFAULT_EMBEDDING_ID = "all-minilm-l6-v2"
 DEFAULT_RETENTION_DAYS = 30.0
 DEFAULT_WARM = 8  # histories computed at start: a few seconds of prefill on two cores at most
+DEFAULT_DRAIN_TIMEOUT = 30.0  # seconds running requests get to finish after SIGTERM / SIGINT
 PURGE_EVERY_S = 3600.0  # how often expired state is deleted
 
 
@@ -127,6 +129,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="at start, compute the histories of the N most recent conversations and response chains, "
                        "so that continuing one after a restart finds its earlier turns in the prefix cache; 0: none "
                        f"(default: {DEFAULT_WARM})")
+    serve.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT, metavar="S",
+                       help="on SIGTERM or SIGINT, stop accepting and give running requests this many seconds to "
+                       "finish; then end the rest with an error and exit 0. A second signal exits at once "
+                       f"(default: {DEFAULT_DRAIN_TIMEOUT:g})")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity (default: info)")
 
     convert = sub.add_parser(
@@ -150,6 +156,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pycompat.api.openai.errors import error_body
     from pycompat.api.registry import Registry
     from pycompat.http.server import serve
+    from pycompat.lifecycle import Lifecycle
 
     from pycompat import _kernel
 
@@ -163,12 +170,8 @@ def _serve(args: argparse.Namespace) -> int:
     for flag in ("max_tokens_limit", "rate_limit", "max_concurrent_per_key"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise SystemExit(f"pycompat: error: --{flag.replace('_', '-')} must be at least 1")
-    served = [_load_served(path, args, log) for path in (args.model or _bundled_models(log))]
-    served[0].ids += [a for a in args.alias if a not in served[0].ids]
-    try:
-        registry = Registry(served)
-    except ValueError as e:
-        raise SystemExit(f"pycompat: error: {e}: give one of them another name (rename its file or directory)") from None
+    if not args.drain_timeout >= 0:  # nan too
+        raise SystemExit("pycompat: error: --drain-timeout must be a number of seconds, at least 0")
     limits = _limits(args, log)
     keys = args.api_key + ([os.environ["PYCOMPAT_API_KEY"]] if os.environ.get("PYCOMPAT_API_KEY") else [])
     access = AccessPolicy(keys, args.cors_origin, args.host)
@@ -177,32 +180,75 @@ def _serve(args: argparse.Namespace) -> int:
                     "(set --api-key or PYCOMPAT_API_KEY)", args.host)
 
     state = _open_state(args, log)
+    lifecycle = Lifecycle()
+    app = App(None, access, state, lifecycle, ClientLimits(args.rate_limit, args.max_concurrent_per_key))
+    failed: list[BaseException] = []  # a model that would not load: raised once trio has stopped
+
+    def load() -> Registry:
+        served = [_load_served(path, args, log) for path in (args.model or _bundled_models(log))]
+        served[0].ids += [a for a in args.alias if a not in served[0].ids]
+        try:
+            return Registry(served)
+        except ValueError as e:
+            raise SystemExit(f"pycompat: error: {e}: give one of them another name (rename its file or directory)") from None
+
+    async def load_then_serve(nursery: trio.Nursery, url: str) -> None:
+        """Loads the models off the event loop (so /health answers 'loading'
+        meanwhile), then starts their workers and opens the API routes."""
+        try:
+            registry = await trio.to_thread.run_sync(load, abandon_on_cancel=True)
+        except (Exception, SystemExit) as e:
+            failed.append(e)
+            nursery.cancel_scope.cancel()
+            return
+        for model in registry.models:
+            for worker in (model.engine, model.embedding and model.embedding.embedder):
+                if worker is not None:
+                    nursery.start_soon(worker.run)
+        app.serve_models(registry)
+        if state is not None and args.state_warm > 0:
+            from pycompat.api.openai.warm import warm_recent
+
+            nursery.start_soon(warm_recent, registry, state, args.state_warm)
+        if not lifecycle.draining.is_set():
+            log.info("serving %s at %s", ", ".join(registry.all_ids()), url)  # tests and benches wait for this line
+
+    async def exit_on_second(signals) -> None:
+        async for signum in signals:
+            log.warning("%s again: exiting now, without waiting for running requests (exit status %d)",
+                        signal.Signals(signum).name, 128 + signum)
+            os._exit(128 + signum)
 
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            for model in served:
-                for worker in (model.engine, model.embedding and model.embedding.embedder):
-                    if worker is not None:
-                        nursery.start_soon(worker.run)
-            if state is not None and args.state_retention_days > 0:
-                nursery.start_soon(_purge_expired, state, args.state_retention_days, log)
-            app = App(registry, access, state, ClientLimits(args.rate_limit, args.max_concurrent_per_key))
-            listeners = await nursery.start(partial(serve, app, error_body, args.host, args.port, limits))
-            if state is not None and args.state_warm > 0:
-                from pycompat.api.openai.warm import warm_recent
-
-                nursery.start_soon(warm_recent, registry, state, args.state_warm)
-            host, port = listeners[0].socket.getsockname()[:2]
-            shown = f"[{host}]" if ":" in host else host
-            log.info("serving %s at http://%s:%d/v1", ", ".join(registry.all_ids()), shown, port)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                if state is not None and args.state_retention_days > 0:
+                    nursery.start_soon(_purge_expired, state, args.state_retention_days, log)
+                listeners = await nursery.start(partial(serve, app, error_body, args.host, args.port, limits, lifecycle=lifecycle))
+                host, port = listeners[0].socket.getsockname()[:2]
+                shown = f"[{host}]" if ":" in host else host
+                url = f"http://{shown}:{port}/v1"
+                log.info("listening at %s; loading the models (/health says 'loading' until they are ready)", url)
+                nursery.start_soon(load_then_serve, nursery, url)
+                async for signum in signals:
+                    break
+                nursery.start_soon(exit_on_second, signals)
+                log.info("%s: draining: no new connections or requests; %d running get up to %g s to finish",
+                         signal.Signals(signum).name, lifecycle.running, args.drain_timeout)
+                cut = await lifecycle.drain(args.drain_timeout)
+                if cut:
+                    log.warning("drain timeout: %d requests still running were ended with an error; exiting", cut)
+                else:
+                    log.info("drained: every running request finished; exiting")
+                nursery.cancel_scope.cancel()
 
     try:
         trio.run(main)
-    except KeyboardInterrupt:
-        pass
     finally:
         if state is not None:
-            trio.run(state.close)
+            trio.run(state.close)  # every write is committed already: this closes the file cleanly
+    if failed:
+        raise failed[0]
     return 0
 
 

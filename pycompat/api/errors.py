@@ -106,3 +106,12 @@ class PromptRejected(ServiceError):
         super().__init__(reason)
         self.reason = reason
         self.field = field
+
+
+class ShuttingDown(ServiceError):
+    """The server is draining: it takes no new request, and cuts the ones still
+    running when the drain's deadline comes."""
+
+
+class Loading(ServiceError):
+    """The server is still loading its models."""

@@ -8,11 +8,18 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from contextvars import ContextVar
 
-from pycompat.api.errors import APIError, ServiceError
+from pycompat.api.errors import APIError, ServiceError, ShuttingDown
 from pycompat.http.messages import Response
+from pycompat.lifecycle import READY, Lifecycle
 
 log = logging.getLogger(__name__)
+
+# The server's lifecycle, set by the App for the task that answers a request:
+# the stream is built deep in a dialect that does not know the server, and
+# read later by the HTTP layer in that same task.
+request_lifecycle: ContextVar[Lifecycle] = ContextVar("request_lifecycle", default=Lifecycle(READY))
 
 ErrorEvent = Callable[[APIError | ServiceError], bytes]
 
@@ -33,10 +40,20 @@ async def _guarded(events: AsyncIterator[bytes], error_event: ErrorEvent) -> Asy
     """Passes events through; if producing one fails, the client gets an error
     event (which the OpenAI SDKs raise as an APIError) instead of a cut stream.
     Closing it closes ``events`` at once, and with it the generation behind
-    them (which frees the request's place in the engine)."""
+    them (which frees the request's place in the engine). At a drain's
+    deadline, the wait for the next event is cut and the stream ends with a
+    ShuttingDown error event."""
+    lifecycle = request_lifecycle.get()
     try:
         async with aclosing(events) as inner:
-            async for e in inner:
+            while True:
+                with lifecycle.cuttable() as scope:  # never held across the yield below
+                    try:
+                        e = await anext(inner)
+                    except StopAsyncIteration:
+                        return
+                if scope.cancelled_caught:
+                    raise ShuttingDown()
                 yield e
     except (APIError, ServiceError) as e:
         yield error_event(e)

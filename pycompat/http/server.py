@@ -45,6 +45,7 @@ import h11
 import trio
 
 from pycompat.http.messages import Request, Response
+from pycompat.lifecycle import READY, Lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,10 @@ class _RequestRejected(Exception):
 
 
 class _Connection:
-    def __init__(self, stream: trio.abc.Stream, limits: Limits, client: str):
+    def __init__(self, stream: trio.abc.Stream, limits: Limits, client: str, lifecycle: Lifecycle | None = None):
         self.stream = stream
         self.limits = limits
+        self.lifecycle = lifecycle or Lifecycle(READY)
         self.client = client
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         self.request: Request | None = None  # the one being served, for logs
@@ -354,12 +356,15 @@ class _Connection:
                 return
             if request is None:
                 return
-            if not await self.respond(handler, request):
-                return  # the client went away mid-request
+            with self.lifecycle.request():
+                if not await self.respond(handler, request):
+                    return  # the client went away mid-request
             self.served += 1
             self.request, self.response_started = None, False
             if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is h11.MUST_CLOSE:
                 return
+            if self.lifecycle.draining.is_set():
+                return  # its request is answered: the server is stopping, so the connection goes too
             self.conn.start_next_cycle()
 
 
@@ -372,11 +377,11 @@ def _peer_name(stream: trio.abc.Stream) -> str:
 
 
 async def serve_connection(stream: trio.abc.Stream, handler: Handler, error_body: ErrorBody, limits: Limits,
-                           on_open: Callable[[_Connection], None] | None = None) -> None:
+                           on_open: Callable[[_Connection], None] | None = None, lifecycle: Lifecycle | None = None) -> None:
     """Serves requests on one connection until either side closes it. Never
     raises but for cancellation: this is the boundary that keeps a failure in
     one connection in that connection."""
-    c = _Connection(stream, limits, _peer_name(stream))
+    c = _Connection(stream, limits, _peer_name(stream), lifecycle)
     if on_open is not None:
         on_open(c)
     try:
@@ -431,13 +436,20 @@ async def serve(
     port: int,
     limits: Limits | None = None,
     *,
+    lifecycle: Lifecycle | None = None,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listens on host:port and serves each connection in its own task.
 
     ``task_status.started`` receives the listeners (so a caller can learn the port when it asked for 0).
+    When ``lifecycle`` starts draining, the listeners close (new connections are
+    refused, so a load balancer moves on), each connection closes once its
+    current request is answered, and idle kept-alive ones stay open until the
+    caller cancels this: a request sent on one meanwhile gets the handler's answer
+    (the App's 503). Running requests are counted in ``lifecycle``.
     """
     limits = limits or Limits()
+    lifecycle = lifecycle or Lifecycle(READY)
     listeners = await trio.open_tcp_listeners(port, host=host)
     slots = _ConnectionSlots(limits.max_connections)
 
@@ -449,7 +461,7 @@ async def serve(
             slots.track(c)
 
         try:
-            await serve_connection(stream, handler, error_body, limits, on_open=on_open)
+            await serve_connection(stream, handler, error_body, limits, on_open=on_open, lifecycle=lifecycle)
         finally:
             slots.forget(opened[0] if opened else None)
 
@@ -471,7 +483,13 @@ async def serve(
             nursery.start_soon(run, stream)
 
     async with trio.open_nursery() as nursery:
-        for listener in listeners:
-            nursery.start_soon(partial(accept_loop, listener, nursery))
-        task_status.started(listeners)
+        async with trio.open_nursery() as accepting:
+            for listener in listeners:
+                accepting.start_soon(partial(accept_loop, listener, nursery))
+            task_status.started(listeners)
+            await lifecycle.draining.wait()
+            accepting.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            for listener in listeners:
+                await listener.aclose()
         await trio.sleep(math.inf)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
-from pycompat.api.errors import (APIError, Busy, ContextExceeded, InputTooLong, MaxTokensOverLimit, PromptRejected, ServiceError,
-                                  UnknownModel, WrongModelKind)
+from pycompat.api.errors import (APIError, Busy, ContextExceeded, InputTooLong, Loading, MaxTokensOverLimit, PromptRejected,
+                                  ServiceError, ShuttingDown, UnknownModel, WrongModelKind)
 from pycompat.api.structured import GrammarRejected
 from pycompat.http.messages import Response
 
@@ -37,6 +37,12 @@ def as_api_error(e: APIError | ServiceError) -> APIError:
     if isinstance(e, MaxTokensOverLimit):  # worded as OpenAI words a max_tokens over a model's output limit
         return APIError(400, f"{e.field} is too large: {e.asked}. This server supports at most {e.limit} completion tokens "
                         f"per request, whereas you provided {e.asked}.", param=e.field, code="invalid_value")
+    if isinstance(e, ShuttingDown):
+        return APIError(503, "The server is shutting down and could not finish this request. Please retry it.",
+                        code="server_shutting_down", headers=[("connection", "close")])
+    if isinstance(e, Loading):
+        return APIError(503, "The server is still loading its models. Please retry shortly.",
+                        code="server_loading", headers=[("retry-after", "1")])
     if isinstance(e, WrongModelKind):
         if e.wanted == "embed":
             message = f"The model `{e.model}` generates text and cannot make embeddings; use an embedding model with /v1/embeddings."
