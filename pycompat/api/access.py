@@ -29,6 +29,8 @@ from pycompat.http.messages import Request
 
 # Routes that answer without a key: liveness probes.
 PUBLIC_ROUTES = {("GET", "/health"), ("HEAD", "/health"), ("GET", "/"), ("HEAD", "/")}
+# Public too with --metrics-public: a Prometheus scraper that holds no key.
+METRICS_ROUTES = {("GET", "/metrics"), ("HEAD", "/metrics")}
 ALLOWED_METHODS = "GET, POST, DELETE, HEAD, OPTIONS"
 # Schemes of origins that are apps on this machine, not web pages (editors' webviews, desktop shells, extensions).
 APP_SCHEMES = {"app", "tauri", "vscode-webview", "vscode-file", "chrome-extension", "moz-extension", "safari-web-extension"}
@@ -80,7 +82,9 @@ class AccessPolicy:
         listen_host: the address the server listens on; on loopback, Host headers are checked.
     """
 
-    def __init__(self, api_keys: Iterable[str] = (), cors_origins: Iterable[str] = (), listen_host: str = "127.0.0.1"):
+    def __init__(self, api_keys: Iterable[str] = (), cors_origins: Iterable[str] = (), listen_host: str = "127.0.0.1",
+                 metrics_public: bool = False):
+        self._public = PUBLIC_ROUTES | (METRICS_ROUTES if metrics_public else set())
         self._keys = [k.encode("utf-8") for k in api_keys if k]  # as a client sends them: UTF-8
         origins = [o.rstrip("/") for o in cors_origins]
         self._any_origin = "*" in origins or bool(self._keys)
@@ -91,6 +95,10 @@ class AccessPolicy:
     @property
     def keys_required(self) -> bool:
         return bool(self._keys)
+
+    def is_public(self, request: Request) -> bool:
+        """A route that answers without a key (and outside per-client limits): liveness probes, and /metrics with --metrics-public."""
+        return (request.method, request.path) in self._public
 
     def origin_allowed(self, origin: str) -> bool:
         if self._any_origin or origin.lower() in self._origins:
@@ -114,7 +122,7 @@ class AccessPolicy:
         if origin is not None and not self.origin_allowed(origin):
             raise APIError(403, f"Browser pages from {origin[:100]!r} may not use this server. Start it with "
                            f"--cors-origin {origin[:100]} (or with --api-key) to allow them.", code="origin_not_allowed")
-        if not self._keys or request.method == "OPTIONS" or (request.method, request.path) in PUBLIC_ROUTES or not route_known:
+        if not self._keys or request.method == "OPTIONS" or self.is_public(request) or not route_known:
             return
         self._check_key(request.header("authorization"))
 

@@ -11,16 +11,27 @@ The App also answers for the server's lifecycle (pycompat.lifecycle): while
 the models load, every route but ``/`` and ``/health`` is a 503; while the
 server drains, every new request is a 503 that closes its connection, and
 ``/health`` says ``draining`` (with a 503, so a load balancer stops sending).
+
+And it is where each request is observed (exchange.py): it gets an id
+(``x-request-id``, the client's own if sane) and ``openai-processing-ms`` on
+its response, and when it ends (a stream: when its last event is sent or its
+client leaves) it is counted in the metrics (metrics.py, served at
+``/metrics``) and written to the access log (access_log.py).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 
-from pycompat.api import openai
-from pycompat.api.access import ALLOWED_METHODS, PUBLIC_ROUTES, AccessPolicy
+from pycompat.api import exchange, openai
+from pycompat.api.access import ALLOWED_METHODS, AccessPolicy
+from pycompat.api.access_log import AccessLog
 from pycompat.api.errors import APIError, Loading, ServiceError, ShuttingDown
 from pycompat.api.limits import ClientLimits
+from pycompat.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from pycompat.api.registry import Registry
 from pycompat.api.render import json_response, request_lifecycle
 from pycompat.api.router import Match, Route, Router
@@ -38,14 +49,16 @@ class App:
     them (with ``lifecycle``, the CLI's; without, the App is ready at once)."""
 
     def __init__(self, registry: Registry | None, access: AccessPolicy | None = None, state: Store | None = None,
-                 lifecycle: Lifecycle | None = None, limits: ClientLimits | None = None):
+                 lifecycle: Lifecycle | None = None, limits: ClientLimits | None = None, access_log: AccessLog | None = None):
         self.registry = registry
+        self.metrics = Metrics(lambda: self.registry.models if self.registry is not None else [])
+        self.access_log = access_log or AccessLog()
         self.access = access or AccessPolicy()
         self.limits = limits or ClientLimits()
         self.state = state
         self.lifecycle = lifecycle or Lifecycle(READY)
         self.router = Router()
-        self.router.add([Route("GET", "/", self._root), Route("GET", "/health", self._health)])
+        self.router.add([Route("GET", "/", self._root), Route("GET", "/health", self._health), Route("GET", "/metrics", self._metrics)])
         if registry is not None:
             self.serve_models(registry)
 
@@ -56,15 +69,44 @@ class App:
         self.lifecycle.ready()
 
     async def __call__(self, request: Request) -> Response:
+        ex = exchange.Exchange(exchange.request_id_for(request.header("x-request-id")), request.method, request.target[:200],
+                               request.client, keep_content=self.access_log.content)
+        exchange.current.set(ex)  # for the layers below, the stream, and log lines, all in this task
+        try:
+            response = await self._answer(request, ex)
+        except BaseException:  # cancelled: the client went away before its response was ready (or the server stops)
+            ex.status, ex.cancelled = exchange.CLIENT_CLOSED, True
+            self._ended(ex, request)
+            raise
+        ex.status, ex.head_at = response.status, time.monotonic()
+        response.headers += [("x-request-id", ex.id), ("openai-processing-ms", str(ex.processing_ms))]
+        if response.stream is not None and request.method != "HEAD":
+            ex.streamed, response.stream = True, _watched(response.stream, ex)
+        response.on_close = _then(response.on_close, lambda: self._ended(ex, request))
+        return response
+
+    def _ended(self, ex: exchange.Exchange, request: Request) -> None:
+        """Counts and logs a request that has ended; never fails the request for it."""
+        ex.ended_at = time.monotonic()
+        ex.cancelled = ex.cancelled or (ex.streamed and not ex.stream_done)
+        try:
+            self.metrics.observe(ex)
+            self.access_log.write(ex, request.body)
+        except Exception:
+            log.exception("could not record %s", request.describe())
+
+    async def _answer(self, request: Request, ex: exchange.Exchange) -> Response:
         match = None
         request_lifecycle.set(self.lifecycle)  # for the streams this request's task reads
         try:
             if request.method == "OPTIONS" and request.path.rstrip("/") == "*":  # "OPTIONS * HTTP/1.1": about the server itself
                 response = Response(204, content_type="text/plain", headers=[("allow", ALLOWED_METHODS)])
-            elif self.lifecycle.phase != READY and request.path.rstrip("/") not in ("", "/health"):
+            elif self.lifecycle.phase != READY and request.path.rstrip("/") not in ("", "/health", "/metrics"):
                 raise Loading() if self.lifecycle.phase == LOADING else ShuttingDown()
             else:
                 match = self.router.resolve(request.path)
+                if match is not None:
+                    ex.route = match.template
                 with self.lifecycle.cuttable() as scope:
                     response = await self._dispatch(request, match)
                 if scope.cancelled_caught:
@@ -93,7 +135,7 @@ class App:
             raise APIError(405, f"Method {request.method[:20]} is not allowed for {request.path[:200]}; use {match.allow}.",
                            code="method_not_allowed", headers=[("allow", match.allow)])
         # Per-client limits, on every route the access check guards (liveness probes and preflights pass free).
-        if (request.method, request.path) in PUBLIC_ROUTES:
+        if self.access.is_public(request):
             return await handler(request, **match.params)
         admission = self.limits.admit(*self.access.client_of(request))
         try:
@@ -110,6 +152,10 @@ class App:
     async def _root(self, request: Request) -> Response:
         return Response(200, b"pycompat is running\n", content_type="text/plain; charset=utf-8")
 
+    async def _metrics(self, request: Request) -> Response:
+        """The Prometheus exposition (metrics.py)."""
+        return Response(200, self.metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
+
     async def _health(self, request: Request) -> Response:
         """200 ``ok`` when ready; 503 ``loading`` or ``draining`` when requests would be refused."""
         models = self.registry.models if self.registry is not None else []
@@ -125,6 +171,15 @@ class App:
         if stats:  # the first text model's cache (most servers serve one)
             body["kv_cache"] = stats[0]["kv_cache"]
         return json_response(body, 200 if phase == READY else 503)
+
+
+async def _watched(stream: AsyncIterator[bytes], ex: exchange.Exchange) -> AsyncIterator[bytes]:
+    """Passes a stream through; one the HTTP layer stops reading before its end
+    (its client went away) marks its request cancelled."""
+    async with aclosing(stream) as pieces:
+        async for piece in pieces:
+            yield piece
+    ex.stream_done = True
 
 
 def _then(first, second):

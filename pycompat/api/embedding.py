@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import trio
 
+from pycompat.api import exchange
 from pycompat.api.errors import Busy, InputTooLong
 from pycompat.api.registry import ServedModel
 from pycompat.engine.embedder import EmbedderQueueFull
@@ -47,6 +48,7 @@ async def embed(served: ServedModel, ids: list[list[int]], dimensions: int | Non
         rows = await served.embedding.embedder.embed(ids)
     except EmbedderQueueFull:
         raise Busy() from None
+    exchange.note_embedded(sum(len(one) for one in ids))
     if dimensions is not None and dimensions < rows.shape[1]:
         rows = rows[:, :dimensions]
         norms = np.linalg.norm(rows, axis=1, keepdims=True)

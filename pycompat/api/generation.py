@@ -17,13 +17,16 @@ engine; the routes get its event types (PromptLogprobs, TextPiece, Finished) fro
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
 
+from pycompat.api import exchange
 from pycompat.api.errors import Busy, ContextExceeded, MaxTokensOverLimit, PromptRejected
 from pycompat.api.registry import ServedModel
 from pycompat.engine.engine import ContextOverflow, QueueFull
@@ -127,10 +130,14 @@ class Result:
 class Choices:
     """One request's generations, queued together (all or none) and given up
     together. A dialect streams each one's ``events()`` in its own framing, or
-    awaits ``run_to_end`` for all of them at once."""
+    awaits ``run_to_end`` for all of them at once. Either way, what the
+    operator's metrics and logs need of them (tokens, timing) is reported to the
+    request's exchange as their events pass. ``n``: choices per prompt."""
 
-    def __init__(self, generations: Sequence[Generation | _NothingToGenerate]):
+    def __init__(self, generations: Sequence[Generation | _NothingToGenerate], n: int = 1):
         self.generations = list(generations)
+        self.n = n
+        self._first_text_at: dict[int, float] = {}
 
     def __len__(self) -> int:
         return len(self.generations)
@@ -144,12 +151,14 @@ class Choices:
         if all(isinstance(g, Generation) for g in self.generations):
             async with aclosing(merged_events(self.generations)) as events:
                 async for item in events:
+                    self._observe(*item)
                     yield item
             return
         try:
             for index, g in enumerate(self.generations):  # nothing to generate: each has finished already
                 async with aclosing(g.events()) as events:
                     async for event in events:
+                        self._observe(index, event)
                         yield index, event
         finally:
             self.cancel()
@@ -164,11 +173,11 @@ class Choices:
         once (the engine batches them). Cancels them all on the way out."""
         try:
             if len(self.generations) == 1:
-                return [await _run_to_end(self.generations[0])]
+                return [await _run_to_end(self.generations[0], partial(self._observe, 0))]
             results: list[Result | None] = [None] * len(self.generations)
 
             async def run(index: int) -> None:
-                results[index] = await _run_to_end(self.generations[index])
+                results[index] = await _run_to_end(self.generations[index], partial(self._observe, index))
 
             async with trio.open_nursery() as nursery:
                 for index in range(len(self.generations)):
@@ -176,6 +185,18 @@ class Choices:
             return results
         finally:
             self.cancel()
+
+    def _observe(self, index: int, event: Event) -> None:
+        if isinstance(event, TextPiece):
+            if index not in self._first_text_at and event.text:
+                self._first_text_at[index] = time.monotonic()
+            exchange.note_text(index, event.text)
+        elif isinstance(event, Finished):
+            seq = getattr(self.generations[index], "seq", None)
+            queue_wait = seq.admitted_at - seq.queued_at if seq is not None and seq.admitted_at is not None else None
+            exchange.note_generation_done(event.prompt_tokens, event.completion_tokens, event.cached_tokens,
+                                          counts_prompt=index % self.n == 0, first_token_at=self._first_text_at.get(index),
+                                          queue_wait=queue_wait)
 
 
 def start(served: ServedModel, prompts: list[list[int]], opts: SamplingOptions, field: str) -> Choices:
@@ -190,8 +211,8 @@ def start(served: ServedModel, prompts: list[list[int]], opts: SamplingOptions, 
         if opts.max_tokens == 0 and not opts.prompt_logprobs:
             for ids in prompts:
                 engine.check_fits(len(ids), 0)
-            return Choices([_NothingToGenerate(Finished("length", len(ids), 0)) for ids in prompts for _ in range(opts.n)])
-        return Choices(start_engine(engine, prompts, opts))
+            return Choices([_NothingToGenerate(Finished("length", len(ids), 0)) for ids in prompts for _ in range(opts.n)], opts.n)
+        return Choices(start_engine(engine, prompts, opts), opts.n)
     except QueueFull:
         raise Busy() from None
     except ContextOverflow as e:
@@ -211,10 +232,11 @@ class _NothingToGenerate:
         yield self.finished
 
 
-async def _run_to_end(generation: Generation | _NothingToGenerate) -> Result:
+async def _run_to_end(generation: Generation | _NothingToGenerate, observe: Callable[[Event], None]) -> Result:
     pieces, logprobs, prompt_logprobs = [], None, None
     async with aclosing(generation.events()) as events:
         async for ev in events:
+            observe(ev)
             if isinstance(ev, PromptLogprobs):
                 prompt_logprobs = ev.tokens
             elif isinstance(ev, TextPiece):

@@ -8,7 +8,7 @@ import functools
 from dataclasses import dataclass
 from typing import Protocol
 
-from pycompat.api import tools
+from pycompat.api import exchange, tools
 from pycompat.api.errors import UnknownModel, WrongModelKind
 from pycompat.engine.embedder import Embedder
 from pycompat.engine.engine import Engine
@@ -75,9 +75,11 @@ class Registry:
     def get(self, model_id: str) -> ServedModel:
         """The model served as ``model_id``; raises UnknownModel."""
         try:
-            return self._by_id[model_id]
+            served = self._by_id[model_id]
         except KeyError:
             raise UnknownModel(model_id) from None
+        exchange.note_model(served.ids[0])  # the request's model, for metrics and logs
+        return served
 
     def generator(self, model_id: str) -> ServedModel:
         """The model served as ``model_id``, which must generate text; raises

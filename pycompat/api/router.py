@@ -49,6 +49,7 @@ class Match:
     methods: dict[str, Handler]
     params: dict[str, str]
     owner: object = None
+    template: str = ""  # the route's template with its prefix ("/v1/models/{model...}"), for metrics
 
     @property
     def allow(self) -> str:
@@ -162,11 +163,11 @@ class Router:
             return None
         exact = self._exact.get(path.rstrip("/") or "/")
         if exact is not None:
-            return Match(exact.methods, {}, exact.owner)
+            return Match(exact.methods, {}, exact.owner, exact.text)
         segments = _segments(path)
         for template in self._templates:
             params = template.match(segments)
             if params is not None:
-                return Match(template.methods, params, template.owner)
+                return Match(template.methods, params, template.owner, template.text)
         return None
 

@@ -26,6 +26,7 @@ The rules:
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -61,8 +62,9 @@ class Scheduler:
 
     def add(self, group: SequenceGroup) -> None:
         """Queues a request's sequences (the caller checked ``has_room``)."""
+        now = time.monotonic()
         for seq in group.sequences:
-            seq.group, seq.status = group, Status.WAITING
+            seq.group, seq.status, seq.queued_at = group, Status.WAITING, now
             self.waiting.append(seq)
         self._queued[group] = len(group.sequences)
 
@@ -90,7 +92,7 @@ class Scheduler:
         while self.waiting and budget > 0 and self._admit(self.waiting[0]):
             seq = self.waiting.popleft()
             self._unqueue(seq)
-            seq.status = Status.PREFILLING
+            seq.status, seq.admitted_at = Status.PREFILLING, time.monotonic()
             self.running.append(seq)
             add(seq)
         return chunks

@@ -60,6 +60,9 @@ class Sequence:
     generated: int = 0
     cancelled: bool = False  # its request is gone: it leaves at the next step
     output: Any = None  # the engine's per-sequence output state (text, stop strings, outbox)
+    # When it was queued and admitted (time.monotonic()), for the queue-wait metric.
+    queued_at: float = 0.0
+    admitted_at: float | None = None
 
     @property
     def pending(self) -> int:
