@@ -133,7 +133,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="on SIGTERM or SIGINT, stop accepting and give running requests this many seconds to "
                        "finish; then end the rest with an error and exit 0. A second signal exits at once "
                        f"(default: {DEFAULT_DRAIN_TIMEOUT:g})")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity (default: info)")
+    observe = serve.add_argument_group("logs and metrics")
+    observe.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity (default: info)")
+    observe.add_argument("--log-format", default="text", choices=["text", "json"],
+                         help="log lines as text, or each as one JSON object (access lines included) (default: text)")
+    observe.add_argument("--log-content", action="store_true",
+                         help="write each request's prompt and completion in its access-log line (off by default: they are private)")
+    observe.add_argument("--metrics-public", action="store_true",
+                         help="serve /metrics without an API key even when keys are set (for a scraper on a trusted network)")
 
     convert = sub.add_parser(
         "convert",
@@ -151,6 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
     import trio
 
     from pycompat.api.access import AccessPolicy, is_local_host
+    from pycompat.api.access_log import AccessLog
     from pycompat.api.app import App
     from pycompat.api.limits import ClientLimits
     from pycompat.api.openai.errors import error_body
@@ -174,14 +182,15 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit("pycompat: error: --drain-timeout must be a number of seconds, at least 0")
     limits = _limits(args, log)
     keys = args.api_key + ([os.environ["PYCOMPAT_API_KEY"]] if os.environ.get("PYCOMPAT_API_KEY") else [])
-    access = AccessPolicy(keys, args.cors_origin, args.host)
+    access = AccessPolicy(keys, args.cors_origin, args.host, metrics_public=args.metrics_public)
     if not keys and not is_local_host(args.host):
         log.warning("listening on %s without an API key: anyone who can reach this address can use the model "
                     "(set --api-key or PYCOMPAT_API_KEY)", args.host)
 
     state = _open_state(args, log)
     lifecycle = Lifecycle()
-    app = App(None, access, state, lifecycle, ClientLimits(args.rate_limit, args.max_concurrent_per_key))
+    app = App(None, access, state, lifecycle, ClientLimits(args.rate_limit, args.max_concurrent_per_key),
+              access_log=AccessLog(content=args.log_content))
     failed: list[BaseException] = []  # a model that would not load: raised once trio has stopped
 
     def load() -> Registry:
@@ -388,7 +397,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.__dict__.get("log_level", "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pycompat.api import access_log
+
+    access_log.configure(args.__dict__.get("log_level", "info"), args.__dict__.get("log_format", "text"))
     from pycompat.loading.errors import ModelFileError
 
     try:
