@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -35,12 +35,16 @@ PER_TOKEN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08,
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
+# No ``*_created`` series beside each counter and histogram: a series per label set that says when it began
+# doubles the exposition for what Prometheus does not need (it sees a counter reset by itself).
+disable_created_metrics()
+
 
 class Metrics:
     """``models``: the served models now (none while they load), read at each scrape."""
 
     def __init__(self, models: Callable[[], Iterable[ServedModel]]):
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("pycompat_requests", "Requests answered, by route template, model and HTTP status "
                                 "(499: the client went away before its response was ready).",
