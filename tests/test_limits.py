@@ -21,8 +21,7 @@ from pycompat.api.registry import Registry, ServedModel
 from pycompat.engine.config import EngineConfig
 from pycompat.engine.engine import Engine
 from pycompat.http.messages import Request, Response
-from pycompat.loading.load import load_model
-from tiny_models import TinyConfig, byte_vocab, random_weights, write_hf_model
+from tiny_models import TinyConfig, load_tiny_chat_model
 
 MODEL = "tiny"
 CFG = TinyConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, context_length=512)
@@ -40,9 +39,7 @@ class FakeClock:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("limits") / "tiny"
-    write_hf_model(path, CFG, random_weights(CFG, len(byte_vocab()[0]), seed=5))
-    return load_model(path)
+    return load_tiny_chat_model(tmp_path_factory.mktemp("limits") / "tiny", CFG, seed=5)
 
 
 @pytest.fixture

@@ -22,8 +22,7 @@ from pycompat.engine.config import EngineConfig
 from pycompat.engine.embedder import Embedder
 from pycompat.engine.engine import Engine
 from pycompat.http.messages import Request
-from pycompat.loading.load import load_model
-from tiny_models import TinyConfig, byte_vocab, random_weights, write_hf_model
+from tiny_models import TinyConfig, load_tiny_chat_model
 
 MODEL = "tiny"
 CFG = TinyConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, context_length=2048)
@@ -34,9 +33,7 @@ CHAT = "/v1/chat/completions"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("metrics") / "tiny"
-    write_hf_model(path, CFG, random_weights(CFG, len(byte_vocab()[0]), seed=7))
-    return load_model(path)
+    return load_tiny_chat_model(tmp_path_factory.mktemp("metrics") / "tiny", CFG, seed=7)
 
 
 @pytest.fixture

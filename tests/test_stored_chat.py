@@ -19,9 +19,8 @@ from pycompat.api.app import App
 from pycompat.api.registry import Registry, ServedModel
 from pycompat.engine.config import EngineConfig
 from pycompat.engine.engine import Engine
-from pycompat.loading.load import load_model
 from pycompat.state.store import RESPONSE, Record
-from tiny_models import TinyConfig, byte_vocab, random_weights, write_hf_model
+from tiny_models import TinyConfig, load_tiny_chat_model
 
 MODEL, ALIAS = "tiny", "tiny-alias"
 CFG = TinyConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, context_length=2048)
@@ -30,9 +29,7 @@ HI = [{"role": "user", "content": "Hi"}]
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("stored") / "tiny"
-    write_hf_model(path, CFG, random_weights(CFG, len(byte_vocab()[0]), seed=5))
-    return load_model(path)
+    return load_tiny_chat_model(tmp_path_factory.mktemp("stored") / "tiny", CFG, seed=5)
 
 
 @pytest.fixture

@@ -299,3 +299,13 @@ def reference_config(cfg: TinyConfig, vocab: int) -> dict:
 def reference_weights(stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Hugging Face names -> the GGUF names the numpy reference reads."""
     return {gguf_name(k): v for k, v in stored.items()}
+
+
+def load_tiny_chat_model(directory: Path, cfg: TinyConfig, seed: int):
+    """A random-weight chat model over the byte vocabulary, written to
+    ``directory`` as a Hugging Face model and loaded: what the in-process App
+    tests serve."""
+    from pycompat.loading.load import load_model
+
+    write_hf_model(directory, cfg, random_weights(cfg, len(byte_vocab()[0]), seed=seed))
+    return load_model(directory)
