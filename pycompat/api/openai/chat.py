@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 
-from pycompat.api import generation, json_body, structured, tools
+from pycompat.api import chat as chat_service
+from pycompat.api import generation, json_body, tools
 from pycompat.api.generation import Choices, Finished
 from pycompat.api.openai import logprobs as logprob_shapes
 from pycompat.api.openai import sse, stored
@@ -122,7 +123,8 @@ async def create(registry: Registry, state: Store | None, request: Request) -> R
     tool_fields = openai_tools.read(fields)
     # The tier that served it, when the request names one: there is one tier here.
     tier = {"service_tier": "default"} if fields.get("service_tier") is not None else {}
-    calls, choices = await start(served, messages, tool_fields, output, opts, "messages")
+    calls, choices = await chat_service.start(served, messages, tool_fields and tool_fields.request, output, opts, "messages",
+                                              legacy=tool_fields is not None and tool_fields.legacy)
 
     completion_id, created = new_id("chatcmpl-"), now()
     tokenizer = served.engine.model.tokenizer
@@ -156,82 +158,7 @@ async def create(registry: Registry, state: Store | None, request: Request) -> R
     return json_response(body)
 
 
-async def start(served, messages: list[dict], tool_fields: openai_tools.ToolFields | None,
-                output: structured.OutputGrammar | None, opts: generation.SamplingOptions, field: str,
-                format_field: str = "response_format") -> tuple[_Calls, Choices]:
-    """Queues a chat: ``messages`` (as parse_messages gives them) answered under
-    the tools and output grammar asked for. Returns how calls are read from the
-    answer, and its choices. ``field`` names the request field that holds the
-    messages, and ``format_field`` the one that holds the output format, for
-    errors. Shared by chat completions and responses."""
-    # Before any work: messages that cannot fit the context whatever their tokens.
-    generation.check_prompt_bytes(served, sum(len(m["content"].encode("utf-8")) for m in messages), opts.max_tokens, field)
-    calls = _Calls.plan(served, tool_fields, output, format_field)
-    prompt_text = generation.chat_prompt(served, calls.messages(messages), field, tools=calls.template_tools())
-    grammar = calls.grammar() or output
-    opts.special_text = calls.needs_special_text
-    if grammar is not None:
-        opts.grammar = await structured.compile(served, grammar)
-    prompt = await generation.tokenize(served, prompt_text)
-    return calls, generation.start(served, [prompt], opts, field)
-
-
-def history_prompt(served, messages: list[dict]) -> str:
-    """The text every later turn after ``messages`` begins with, when it offers
-    no tools: their prompt without the assistant's turn opened. What warming
-    the prefix cache computes."""
-    calls = _Calls.plan(served, None, None)
-    return generation.chat_prompt(served, calls.messages(messages), "messages", add_generation_prompt=False)
-
-
-class _Calls:
-    """How one request's answer deals with tools: the format the model is told
-    about them in, and the parser that reads calls out of its text (None: the
-    answer is plain text)."""
-
-    def __init__(self, format: tools.JsonFormat | tools.HermesFormat, request: tools.ToolRequest, legacy: bool):
-        self.format, self.request, self.legacy = format, request, legacy
-
-    @classmethod
-    def plan(cls, served, tool_fields: openai_tools.ToolFields | None, output: structured.OutputGrammar | None,
-             format_field: str = "response_format") -> _Calls:
-        fmt = served.call_format
-        if tool_fields is None:
-            return cls(fmt, tools.ToolRequest([], tools.ToolChoice(tools.NONE)), legacy=False)
-        if output is not None and tool_fields.request.choice.mode == tools.AUTO:
-            raise invalid_value(format_field, "a response format together with tools the model may call ('tool_choice': 'auto') "
-                                "is not supported yet: use one, or force the call with 'tool_choice'.")
-        return cls(fmt, tool_fields.request, tool_fields.legacy)
-
-    @property
-    def parses(self) -> bool:
-        return self.request.choice.mode != tools.NONE
-
-    @property
-    def forced(self) -> bool:
-        """Whether the answer must be calls (tool_choice required, or a named function)."""
-        return self.request.choice.mode in (tools.REQUIRED, tools.NAMED)
-
-    @property
-    def needs_special_text(self) -> bool:
-        """Whether the call markers are special tokens, which the text must then keep."""
-        return self.parses and getattr(self.format, "open_is_special", False)
-
-    def messages(self, messages: list[dict]) -> list[dict]:
-        return self.format.prompt_messages(messages, self.request)
-
-    def template_tools(self) -> list[dict] | None:
-        return self.format.template_tools(self.request)
-
-    def grammar(self) -> structured.OutputGrammar | None:
-        field = "functions" if self.legacy else "tools"
-        return self.format.grammar(self.request, field)
-
-    def parser(self) -> tools.CallParser | None:
-        return self.format.parser(self.forced) if self.parses else None
-
-
-def _choice(index: int, result: generation.Result, calls: _Calls, tokenizer, opts, parser: tools.CallParser | None = None) -> dict:
+def _choice(index: int, result: generation.Result, calls: chat_service.Calls, tokenizer, opts, parser: tools.CallParser | None = None) -> dict:
     """One choice of the answer. ``parser``: one that has read the whole text
     already (a stream's: the calls keep the ids its client was sent)."""
     message = {"role": "assistant", "content": result.text, "refusal": None, "annotations": []}
@@ -307,7 +234,7 @@ def _tool_delta(event: tools.ToolEvent, legacy: bool) -> dict:
 
 
 async def _stream(choices: Choices, completion_id: str, created: int, model_id: str, include_usage: bool,
-                  tokenizer, tier: dict, calls: _Calls,
+                  tokenizer, tier: dict, calls: chat_service.Calls,
                   keep: Callable[[list[generation.Result], list], Awaitable[None]] | None) -> AsyncIterator[bytes]:
     """The choices' chunks interleaved as the engine makes them, each with its index.
     ``keep``: stores the finished choices as one completion (the body a request

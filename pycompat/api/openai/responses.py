@@ -4,7 +4,7 @@ GET /v1/responses/{id}/input_items.
 A response is a chat turn: its input items (after the history it continues:
 a ``previous_response_id``'s chain, or a ``conversation``'s items) are turned
 into chat messages and answered by the same machinery as chat completions
-(chat.start: tools, output grammars, the engine). Its output is a message
+(pycompat.api.chat: tools, output grammars, the engine). Its output is a message
 item, or function_call items.
 
 Stored (``store``, the default) it keeps its input items and its body, and a
@@ -20,10 +20,11 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from pycompat.api import chat as chat_service
 from pycompat.api import generation, json_body, tools
 from pycompat.api.errors import APIError, ServiceError
 from pycompat.api.generation import Finished
-from pycompat.api.openai import chat, items, stored
+from pycompat.api.openai import items, stored
 from pycompat.api.openai import structured as openai_structured
 from pycompat.api.openai import tools as openai_tools
 from pycompat.api.openai.bodies import new_id, now
@@ -80,7 +81,8 @@ async def create(registry: Registry, state: Store | None, request: Request) -> R
     if not earlier and not input_items:
         raise missing("input")
     messages = instruction_messages + items.to_messages(earlier + input_items)
-    calls, choices = await chat.start(served, messages, tool_fields, output, opts, "input", format_field="text.format")
+    calls, choices = await chat_service.start(served, messages, tool_fields and tool_fields.request, output, opts, "input",
+                                              format_field="text.format")
 
     turn = _Turn(
         id=new_id("resp_"), created_at=now(), model=model_id, metadata=metadata, input_items=input_items,

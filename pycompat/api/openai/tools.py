@@ -73,6 +73,11 @@ def read_flat(tools, choice, parallel: bool) -> ToolFields | None:
     return ToolFields(ToolRequest(parsed, _choice(choice, "tool_choice", parsed, legacy=False), parallel=parallel), legacy=False)
 
 
+def function_tools(value, field: str = "tools") -> list[Tool]:
+    """A list of function tools in chat's spelling, checked (Ollama's /api/chat takes the same shape)."""
+    return _checked_list(value, field, _tool)
+
+
 def _flat_tool(tool, where: str) -> Tool:
     if not isinstance(tool, dict):
         raise invalid_type(where, "an object", tool)

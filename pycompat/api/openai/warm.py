@@ -7,7 +7,7 @@ that a client continuing one finds its earlier turns in the cache
 (``cached_tokens``), as before the restart.
 
 The warmed text is what a later turn begins with when it brings no
-instructions and offers no tools (chat.history_prompt); a turn that does
+instructions and offers no tools (pycompat.api.chat.history_prompt); a turn that does
 shares less of it. Nothing here can fail the server: a history that cannot be
 warmed (its model gone, too long) is skipped.
 """
@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import time
 
+from pycompat.api import chat as chat_service
 from pycompat.api import generation
 from pycompat.api.errors import APIError, ServiceError
-from pycompat.api.openai import chat, items, responses
+from pycompat.api.openai import items, responses
 from pycompat.api.openai.errors import as_api_error
 from pycompat.api.openai.protocol import sampling_defaults
 from pycompat.api.registry import Registry
@@ -78,7 +79,7 @@ async def _recent_histories(state: Store, count: int) -> list[tuple[str | None, 
 async def _warm(registry: Registry, model_id: str | None, history: list[dict]) -> int:
     """Computes one history; returns its tokens."""
     served = registry.generator(model_id) if model_id in registry.all_ids() else _first_text_model(registry)
-    text = chat.history_prompt(served, items.to_messages(history))
+    text = chat_service.history_prompt(served, items.to_messages(history))
     generation.check_prompt_bytes(served, len(text.encode("utf-8")), 1, "history")
     prompt = await generation.tokenize(served, text)
     opts = generation.sampling_options(served, 1, {}, sampling_defaults())
