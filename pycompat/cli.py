@@ -334,12 +334,24 @@ def _load_served(name: str, args: argparse.Namespace, log: logging.Logger):
         log.info("loaded %s from %s in %.1f s (embedding model: %d dimensions, inputs up to %d tokens)",
                  encoder.name, path, encoder.load_seconds, encoder.dim, encoder.context_length)
         embedding = Embedding(Embedder(encoder.kernel), encoder.tokenizer, encoder.context_length)
-        return ServedModel([model_id], created, embedding=embedding)
+        return ServedModel([model_id], created, embedding=embedding, card=_card(path, log))
     engine = _text_engine(path, args, log)
     # A text model embeds too (its hidden states, mean-pooled), as llama.cpp's server does.
     model = engine.model
     embedder = Embedder(model.kernel, EmbedderConfig(batch_tokens=DECODER_EMBED_BATCH_TOKENS))
-    return ServedModel([model_id], created, engine=engine, embedding=Embedding(embedder, model.tokenizer, model.context_length))
+    return ServedModel([model_id], created, engine=engine, embedding=Embedding(embedder, model.tokenizer, model.context_length),
+                       card=_card(path, log))
+
+
+def _card(path: Path, log: logging.Logger):
+    """What the model's files say of it (for Ollama's model listings); None if they cannot be read so."""
+    from pycompat.loading.card import describe
+
+    try:
+        return describe(path)
+    except Exception:
+        log.warning("could not read %s's headers to describe it; Ollama's /api/tags and /api/show will say less", path, exc_info=True)
+        return None
 
 
 def _text_engine(path: Path, args: argparse.Namespace, log: logging.Logger):

@@ -2,7 +2,7 @@
 ask (access.py) and how often (limits.py), and the guarantee that whatever goes wrong, the client gets
 an error in the shape of the API it called.
 
-Each API dialect (today only ``openai``) is a package that supplies its
+Each API dialect (``openai``, and ``ollama``: Ollama's native /api routes) is a package that supplies its
 routes, the prefixes they are served under, and its error rendering; errors
 outside any dialect's routes (an unknown path, ``/health``) are rendered by
 the first dialect, the default.
@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-from pycompat.api import exchange, openai
+from pycompat.api import exchange, ollama, openai
 from pycompat.api.access import ALLOWED_METHODS, AccessPolicy
 from pycompat.api.access_log import AccessLog
 from pycompat.api.errors import APIError, Loading, ServiceError, ShuttingDown
@@ -41,7 +41,7 @@ from pycompat.state.store import Store
 
 log = logging.getLogger(__name__)
 
-DIALECTS = (openai,)
+DIALECTS = (openai, ollama)
 
 
 class App:
@@ -150,7 +150,8 @@ class App:
         return response
 
     async def _root(self, request: Request) -> Response:
-        return Response(200, b"pycompat is running\n", content_type="text/plain; charset=utf-8")
+        # Ollama's words: its clients and tools probe / to tell whether the server is up.
+        return Response(200, ollama.ROOT_TEXT, content_type="text/plain; charset=utf-8")
 
     async def _metrics(self, request: Request) -> Response:
         """The Prometheus exposition (metrics.py)."""

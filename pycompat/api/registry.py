@@ -12,6 +12,7 @@ from pycompat.api import exchange, tools
 from pycompat.api.errors import UnknownModel, WrongModelKind
 from pycompat.engine.embedder import Embedder
 from pycompat.engine.engine import Engine
+from pycompat.loading.card import ModelCard
 
 GENERATE, EMBED = "generate", "embed"
 
@@ -43,6 +44,7 @@ class ServedModel:
     created: int  # unix time of the model file
     engine: Engine | None = None  # generates text
     embedding: Embedding | None = None  # embeds text
+    card: ModelCard | None = None  # what its files say of it (None: a model built in memory, in tests)
 
     @property
     def kinds(self) -> set[str]:
@@ -66,6 +68,7 @@ class Registry:
     def __init__(self, models: list[ServedModel]):
         self.models = models
         self._by_id: dict[str, ServedModel] = {}
+        self._added: set[str] = set()  # aliases added while serving
         for m in models:
             for i in m.ids:
                 if i in self._by_id:
@@ -96,6 +99,30 @@ class Registry:
         if kind not in served.kinds:
             raise WrongModelKind(model_id, kind)
         return served
+
+    def add_alias(self, model_id: str, alias: str) -> ServedModel:
+        """Serves the model served as ``model_id`` as ``alias`` too (Ollama's
+        ``copy``), until ``remove_alias``; raises UnknownModel, or ValueError when
+        ``alias`` already names another model. Kept in memory only."""
+        served = self.get(model_id)
+        other = self._by_id.get(alias)
+        if other is not None and other is not served:
+            raise ValueError(f"{alias!r} already names another model")
+        if other is None:
+            served.ids.append(alias)
+            self._by_id[alias] = served
+            self._added.add(alias)
+        return served
+
+    def remove_alias(self, alias: str) -> None:
+        """Stops serving ``alias``; raises UnknownModel, or ValueError for an id
+        the server was started with (only aliases added since can go)."""
+        served = self.get(alias)
+        if alias not in self._added:
+            raise ValueError(f"{alias!r} is a model this server was started with")
+        served.ids.remove(alias)
+        del self._by_id[alias]
+        self._added.discard(alias)
 
     def all_ids(self) -> list[str]:
         """Every id served, each model's primary id first, then its aliases."""

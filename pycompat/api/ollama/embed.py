@@ -1,0 +1,94 @@
+"""POST /api/embed (texts in, ``embeddings`` out) and the older POST
+/api/embeddings (one ``prompt``, one ``embedding``), served by the same
+embedders as /v1/embeddings."""
+
+from __future__ import annotations
+
+import trio
+
+from pycompat.api import embedding, json_body
+from pycompat.api.errors import InputTooLong
+from pycompat.api.ollama import names
+from pycompat.api.ollama.fields import Body, bad, read_options
+from pycompat.api.ollama.replies import Clock, json_reply
+from pycompat.api.registry import Registry, ServedModel
+from pycompat.http.messages import Request, Response
+
+EMBED_FIELDS = {"model", "input", "truncate", "options", "keep_alive", "dimensions"}
+EMBEDDINGS_FIELDS = {"model", "prompt", "options", "keep_alive"}
+MAX_INPUTS = 2048
+
+
+async def embed(registry: Registry, request: Request) -> Response:
+    clock = Clock()
+    body = Body(await json_body.parse_object(request.body), EMBED_FIELDS)
+    name = body.required("model", str)
+    given = body.get("input", (str, list), [])
+    truncate = body.get("truncate", bool, True)
+    dimensions = body.get("dimensions", int)
+    body.get("keep_alive", (str, int, float))
+    served = names.embedder(registry, name)
+    clock.model_found()
+    _check_options(served, body)
+    inputs = [given] if isinstance(given, str) else given
+    if not all(isinstance(x, str) for x in inputs):
+        raise bad("invalid input: expected a string or an array of strings")
+    if len(inputs) > MAX_INPUTS:
+        raise bad(f"invalid input: at most {MAX_INPUTS} texts at once")
+    dim = served.embedding.embedder.dim
+    if dimensions is not None and not 1 <= dimensions <= dim:
+        raise bad(f"invalid dimensions: this model's embeddings have {dim}; ask for 1 to {dim}")
+    if not inputs:
+        return json_reply({"model": name, "embeddings": []})
+    ids = await _token_ids(served, inputs, truncate)
+    rows = await embedding.embed(served, ids, dimensions)
+    clock.finished()
+    return json_reply({
+        "model": name,
+        "embeddings": rows.astype("float64").tolist(),
+        "total_duration": clock.durations()["total_duration"],
+        "load_duration": clock.durations()["load_duration"],
+        "prompt_eval_count": sum(len(one) for one in ids),
+    })
+
+
+async def embeddings(registry: Registry, request: Request) -> Response:
+    body = Body(await json_body.parse_object(request.body), EMBEDDINGS_FIELDS)
+    name = body.required("model", str)
+    prompt = body.get("prompt", str, "")
+    body.get("keep_alive", (str, int, float))
+    served = names.embedder(registry, name)
+    _check_options(served, body)
+    if not prompt:  # as Ollama answers an empty prompt
+        return json_reply({"embedding": []})
+    ids = await _token_ids(served, [prompt], truncate=False, field="prompt")
+    rows = await embedding.embed(served, ids)
+    return json_reply({"embedding": rows[0].astype("float64").tolist()})
+
+
+def _check_options(served: ServedModel, body: Body) -> None:
+    """``options`` are checked as on generation; none of them changes an embedding."""
+    read_options(body.get("options", dict), served.embedding.context_length)
+
+
+async def _token_ids(served: ServedModel, texts: list[str], truncate: bool, field: str = "input") -> list[list[int]]:
+    """Each text's ids with the model's special tokens; one too long for the
+    model is cut to fit (keeping its special tokens) when ``truncate``, else refused."""
+    tokenizer, limit = served.embedding.tokenizer, served.embedding.context_length
+    ids = await trio.to_thread.run_sync(lambda: [tokenizer.encode(t) for t in texts])
+    for index, one in enumerate(ids):
+        if len(one) <= limit:
+            continue
+        if not truncate:
+            raise InputTooLong(field, index if len(texts) > 1 else None, len(one), limit)
+        ids[index] = _cut(tokenizer, one, limit)
+    return ids
+
+
+def _cut(tokenizer, ids: list[int], limit: int) -> list[int]:
+    """``ids`` (a text's, special tokens around it) cut to ``limit`` tokens, the special ones kept."""
+    marker = -1
+    wrapped = tokenizer.wrap([marker])
+    before, after = wrapped.index(marker), len(wrapped) - wrapped.index(marker) - 1
+    inner = ids[before:len(ids) - after]
+    return tokenizer.wrap(inner[:limit - before - after])

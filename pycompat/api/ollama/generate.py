@@ -1,0 +1,113 @@
+"""POST /api/generate: a completion of one prompt, put through the model's
+template (or the request's own ``template``, or none with ``raw``), with
+``system``, ``suffix`` (fill-in-the-middle) and ``context`` (the tokens of an
+earlier exchange, which the final object returns for the next)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from pycompat.api import generation, json_body
+from pycompat.api.ollama import generating, names, template
+from pycompat.api.ollama.fields import Body, bad, read_options
+from pycompat.api.ollama.replies import Clock, json_reply, line, ndjson_reply, timestamp
+from pycompat.api.registry import Registry, ServedModel
+from pycompat.http.messages import Request, Response
+
+FIELDS = {"model", "prompt", "suffix", "system", "template", "context", "stream", "raw", "format", "keep_alive", "images",
+          "options", "think", "truncate", "shift"}
+
+
+async def create(registry: Registry, request: Request) -> Response:
+    clock = Clock()
+    body = Body(await json_body.parse_object(request.body), FIELDS)
+    name = body.required("model", str)
+    prompt = body.get("prompt", str, "")
+    suffix = body.get("suffix", str, "")
+    system = body.get("system", str)
+    own_template = body.get("template", str)
+    context = body.get("context", list, [])
+    stream = body.get("stream", bool, True)
+    raw = body.get("raw", bool, False)
+    generating.check_keep_alive(body)
+    body.get("truncate", bool)
+    body.get("shift", bool)
+    served = names.generator(registry, name)
+    clock.model_found()
+    generating.check_think(body, name)
+    generating.refuse_images(body.get("images", list), "images")
+    options = read_options(body.get("options", dict), served.engine.model.context_length)
+    output = generating.read_format(body.value.get("format"))
+    if raw and (system is not None or own_template is not None or context):
+        raise bad("raw mode sends the prompt as it is: it takes no system, template or context")
+    if not prompt and not suffix and not context:  # Ollama's way to load a model: it is loaded already
+        return json_reply({"model": name, "created_at": timestamp(), "response": "", "done_reason": "load", "done": True})
+    opts = generating.sampling(served, options)
+    generation.check_prompt_bytes(served, len(prompt.encode("utf-8")) + len(suffix.encode("utf-8")), opts.max_tokens, "prompt")
+    ids = await _prompt_ids(served, prompt, suffix, system, own_template, context, raw)
+    await generating.compile_format(served, output, opts)
+    choices = generation.start(served, [ids], opts, "prompt")
+    events = generating.answer(choices, clock)
+    if stream:
+        return ndjson_reply(_lines(name, events, clock, raw), on_close=choices.cancel)
+    try:
+        async with aclosing(events):
+            return json_reply(await _whole(name, events, clock, raw))
+    finally:
+        choices.cancel()
+
+
+async def _prompt_ids(served: ServedModel, prompt: str, suffix: str, system: str | None, own_template: str | None,
+                      context: list, raw: bool) -> list[int]:
+    model = served.engine.model
+    if suffix:
+        if model.tokenizer.fim_ids is None:
+            raise bad(f'"{served.ids[0]}" does not support insert: it has no fill-in-the-middle tokens, so a suffix cannot be used')
+        if system is not None or own_template is not None or context:
+            raise bad("a prompt with a suffix is filled in the middle: it takes no system, template or context")
+        before = await generation.tokenize(served, prompt, add_bos=False)
+        after = await generation.tokenize(served, suffix, add_bos=False)
+        return model.tokenizer.fill_in_the_middle(before, after)
+    if raw:
+        return await generation.tokenize(served, prompt)
+    if own_template is not None:
+        text = template.render(own_template, system or "", prompt)
+    else:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        text = generation.chat_prompt(served, messages, "prompt")
+    earlier = _context_ids(context, served.vocab_size)
+    # After an earlier exchange the model has its start of text already.
+    return earlier + await generation.tokenize(served, text, add_bos=False if earlier else None)
+
+
+def _context_ids(context: list, vocab_size: int) -> list[int]:
+    for i, t in enumerate(context):
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size:
+            raise bad(f"invalid context[{i}]: expected a token id of this model (0 to {vocab_size - 1})")
+    return list(context)
+
+
+def _final(name: str, response: str, done: generating.Done, clock: Clock, raw: bool) -> dict:
+    body = {"model": name, "created_at": timestamp(), "response": response, **generating.final_fields(done, clock)}
+    if not raw:  # as Ollama: raw mode returns no context
+        body["context"] = done.tokens
+    return body
+
+
+async def _lines(name: str, events: AsyncIterator, clock: Clock, raw: bool) -> AsyncIterator[bytes]:
+    async for event in events:
+        if isinstance(event, generating.Text):
+            yield line({"model": name, "created_at": timestamp(), "response": event.text, "done": False})
+        elif isinstance(event, generating.Done):
+            yield line(_final(name, "", event, clock, raw))
+
+
+async def _whole(name: str, events: AsyncIterator, clock: Clock, raw: bool) -> dict:
+    text: list[str] = []
+    async for event in events:
+        if isinstance(event, generating.Text):
+            text.append(event.text)
+        elif isinstance(event, generating.Done):
+            return _final(name, "".join(text), event, clock, raw)
+    raise RuntimeError("the answer ended without finishing")

@@ -1,0 +1,134 @@
+"""What /api/chat and /api/generate share: reading ``format``, ``think`` and
+``images``; sampling options from ``options`` (Ollama's defaults where the
+model recommends none); and the answer's events in the order Ollama sends
+them, each generation's phases timed for its final object."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+from pycompat.api import generation, structured, tools
+from pycompat.api.generation import Choices, Finished
+from pycompat.api.ollama.fields import Body, Options, bad
+from pycompat.api.ollama.replies import Clock
+from pycompat.api.registry import ServedModel
+
+# Ollama's defaults for what neither the request nor the model sets (its api/types.go).
+# Its repeat_penalty default (1.1 over the last 64 tokens) is left out: its newer engine
+# does not apply it either, and the penalty here has no window.
+OLLAMA_DEFAULTS = {"temperature": 0.8, "top_p": 0.9, "top_k": 40, "min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                   "repetition_penalty": 1.0, "ignore_eos": False}
+
+
+def read_format(value: Any, field_name: str = "format") -> structured.OutputGrammar | None:
+    """``format``: ``"json"`` (any JSON object), a JSON schema, or ``""`` (free text)."""
+    if value is None or value == "":
+        return None
+    if value == "json":
+        return structured.any_json_object(field_name)
+    if isinstance(value, dict):
+        return structured.json_schema(value, field_name)
+    raise bad(f"invalid format: expected \"json\" or a JSON schema object, got {json.dumps(value)[:60]}")
+
+
+def check_think(body: Body, model_name: str) -> None:
+    """``think``: the models here do not reason, so only false (or leaving it out) is accepted, as Ollama answers."""
+    think = body.get("think", (bool, str))
+    if think not in (None, False):
+        raise bad(f'"{model_name[:200]}" does not support thinking')
+
+
+def refuse_images(images: Any, where: str) -> None:
+    if images:
+        raise bad(f"{where}: this model reads text only and cannot take images")
+
+
+def check_keep_alive(body: Body) -> None:
+    """``keep_alive`` is accepted: the models here stay loaded for the server's whole life."""
+    body.get("keep_alive", (str, int, float))
+
+
+def sampling(served: ServedModel, options: Options) -> generation.SamplingOptions:
+    opts = generation.sampling_options(served, options.num_predict, options.sampling, OLLAMA_DEFAULTS,
+                                       max_tokens_field="options.num_predict")
+    if options.num_ctx is not None:  # no answer runs past the window asked for
+        opts.max_tokens = options.num_ctx if opts.max_tokens is None else min(opts.max_tokens, options.num_ctx)
+    return opts
+
+
+async def compile_format(served: ServedModel, output: structured.OutputGrammar | None, opts: generation.SamplingOptions) -> None:
+    if output is not None:
+        opts.grammar = await structured.compile(served, output)
+
+
+@dataclass
+class Text:
+    text: str
+
+
+@dataclass
+class Calls:
+    calls: list[dict]  # in Ollama's shape: {"function": {"index", "name", "arguments": {...}}}
+
+
+@dataclass
+class Done:
+    finished: Finished
+    tokens: list[int] = field(default_factory=list)  # the prompt and answer, for generate's context
+
+
+async def answer(choices: Choices, clock: Clock, parser: tools.CallParser | None = None) -> AsyncIterator[Text | Calls | Done]:
+    """The one choice's text as it comes (through ``parser`` when tools were
+    offered: its content, then its complete calls), then Done."""
+    generation_ = choices[0]
+    async with aclosing(choices.stream()) as events:
+        async for _, event in events:
+            if isinstance(event, Finished):
+                clock.finished()
+                if parser is not None:
+                    for e in parser.finish():
+                        if isinstance(e, tools.ContentDelta) and e.text:
+                            yield Text(e.text)
+                    calls = [ollama_call(i, c) for i, c in enumerate(parser.calls) if c.complete]
+                    if calls:
+                        yield Calls(calls)
+                seq = getattr(generation_, "seq", None)
+                yield Done(event, seq.all_tokens if seq is not None else [])
+                return
+            if not isinstance(event, generation.TextPiece):
+                continue
+            clock.token()
+            if parser is None:
+                if event.text:
+                    yield Text(event.text)
+                continue
+            for e in parser.feed(event.text):
+                if isinstance(e, tools.ContentDelta) and e.text:
+                    yield Text(e.text)
+
+
+def ollama_call(index: int, call: tools.ToolCall) -> dict:
+    try:
+        arguments = json.loads(call.arguments)
+    except ValueError:
+        arguments = {}
+    return {"function": {"index": index, "name": call.name, "arguments": arguments}}
+
+
+def final_fields(done: Done, clock: Clock) -> dict:
+    """The statistics every generation's last object carries, in Ollama's order."""
+    d = clock.durations()
+    return {
+        "done_reason": done.finished.reason,
+        "done": True,
+        "total_duration": d["total_duration"],
+        "load_duration": d["load_duration"],
+        "prompt_eval_count": done.finished.prompt_tokens,
+        "prompt_eval_duration": d["prompt_eval_duration"],
+        "eval_count": done.finished.completion_tokens,
+        "eval_duration": d["eval_duration"],
+    }
