@@ -8,7 +8,9 @@ arguments), not on how wise the answers are."""
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 
 import jsonschema
 import pytest
@@ -16,7 +18,8 @@ import pytest
 from clients.conftest import CHAT_MODEL, EMBEDDING_DIMENSIONS, EMBEDDING_MODEL, require_module
 
 langchain_openai = require_module("langchain_openai", "LangChain (langchain-openai)")
-from pydantic import BaseModel, Field  # noqa: E402  (pydantic comes with it)
+from langchain_core.messages import HumanMessage, ToolMessage  # noqa: E402  (langchain-core comes with it)
+from pydantic import BaseModel, Field  # noqa: E402
 
 
 class City(BaseModel):
@@ -87,6 +90,22 @@ def test_bind_tools_with_a_forced_call(client_server):
     assert call["name"] == "get_weather"
     assert isinstance(call["args"]["city"], str) and call["id"]
     assert reply.response_metadata["finish_reason"] == "tool_calls"
+
+
+def test_a_streamed_tool_call_and_its_result_sent_back(client_server):
+    """The agent loop: the tool call streamed (LangChain adds up the chunks by their index),
+    then the tool's result goes back as a tool message and the model answers in text."""
+    llm = chat(client_server)
+    messages = [HumanMessage("What is the weather in Paris?")]
+    chunks = list(llm.bind_tools([get_weather], tool_choice="get_weather").stream(messages))
+    assert len(chunks) > 1
+    reply = functools.reduce(operator.add, chunks)
+    assert reply.invalid_tool_calls == []
+    [call] = reply.tool_calls
+    assert call["name"] == "get_weather" and isinstance(call["args"]["city"], str)
+    messages += [reply, ToolMessage("sunny, 21 C", tool_call_id=call["id"])]
+    answer = llm.invoke(messages)
+    assert isinstance(answer.content, str) and answer.content.strip() and not answer.tool_calls
 
 
 def test_responses_api_invoke_and_stream(client_server):
