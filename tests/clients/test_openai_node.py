@@ -1,5 +1,5 @@
 """openai-node (npm `openai`) against a real pycompat server: chat, stream,
-`chat.completions.parse` with a zod schema, a forced tool call, embeddings and
+`chat.completions.parse` with a zod schema (whole and streamed), a forced tool call, embeddings and
 the Responses API (plain, streamed, and `responses.parse` with zod).
 
 Each case is one run of node/openai_client.mjs, which prints what the SDK
@@ -46,6 +46,14 @@ def test_stream_comes_in_pieces_that_join_to_the_whole_answer(node, client_serve
 def test_chat_completions_parse_with_zod(node, client_server):
     out = run_case(node, client_server, "parse")
     assert out["refusal"] is None
+    parsed = out["parsed"]
+    assert set(parsed) == {"name", "country"} and all(isinstance(v, str) for v in parsed.values())
+    assert json.loads(out["content"]) == parsed
+
+
+def test_streamed_chat_completions_parse_with_zod(node, client_server):
+    out = run_case(node, client_server, "stream_parse")
+    assert out["deltas"] > 1
     parsed = out["parsed"]
     assert set(parsed) == {"name", "country"} and all(isinstance(v, str) for v in parsed.values())
     assert json.loads(out["content"]) == parsed

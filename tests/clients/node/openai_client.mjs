@@ -70,6 +70,22 @@ const cases = {
     return { content: message.content, parsed: message.parsed, refusal: message.refusal };
   },
 
+  async stream_parse() {
+    // The streaming helper: JSON arrives in pieces, the SDK parses the whole at the end.
+    const stream = client.chat.completions.stream({
+      model: CHAT_MODEL,
+      messages: [{ role: "user", content: "Give a city in France and its country." }],
+      response_format: zodResponseFormat(City, "city"),
+      temperature: 0,
+      max_tokens: 64,
+    });
+    let deltas = 0;
+    stream.on("content.delta", () => { deltas += 1; });
+    const completion = await stream.finalChatCompletion();
+    const message = completion.choices[0].message;
+    return { deltas, content: message.content, parsed: message.parsed };
+  },
+
   async tools() {
     const completion = await client.chat.completions.create({
       model: CHAT_MODEL,
