@@ -1,5 +1,5 @@
 """LangChain's OpenAI integration (`langchain-openai`) against a real pycompat server:
-ChatOpenAI's invoke and stream, with_structured_output by each of its methods,
+ChatOpenAI's invoke, stream and logprobs, with_structured_output by each of its methods,
 bind_tools with a forced call, the Responses API, and OpenAIEmbeddings.
 
 The model is tiny: the checks are on shapes and validity (the structured output
@@ -60,6 +60,16 @@ def test_stream_comes_in_pieces_that_join_to_the_whole_answer(client_server):
     # stream_usage asked for stream_options.include_usage: the counts arrive in a chunk of their own.
     usage = [c.usage_metadata for c in chunks if c.usage_metadata]
     assert usage and usage[-1]["output_tokens"] > 0
+
+
+def test_logprobs(client_server):
+    reply = chat(client_server, logprobs=True, top_logprobs=2, max_tokens=8).invoke("What is 2 + 2?")
+    tokens = reply.response_metadata["logprobs"]["content"]
+    assert "".join(t["token"] for t in tokens) == reply.content
+    for t in tokens:
+        assert t["logprob"] <= 0 and len(t["top_logprobs"]) == 2
+        # Greedy: the chosen token is the likeliest.
+        assert t["top_logprobs"][0]["logprob"] == t["logprob"] >= t["top_logprobs"][1]["logprob"]
 
 
 @pytest.mark.parametrize("method", ["json_schema", "function_calling", "json_mode"])
