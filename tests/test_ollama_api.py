@@ -210,7 +210,7 @@ def test_chat_refuses_what_it_cannot_do(base):
 
     assert "mirostat" in error_of(chat(options={"mirostat": 2}), 400)
     assert "unknown option" in error_of(chat(options={"temprature": 0.5}), 400)
-    assert "num_ctx" in error_of(chat(options={"num_ctx": 10**6}), 400)
+    assert "num_ctx" in error_of(chat(options={"num_ctx": -5}), 400)
     assert "thinking" in error_of(chat(think=True), 400)
     assert "images" in error_of(post(base, "/api/chat", {"model": CHAT_MODEL, "messages": [
         {"role": "user", "content": "What is this?", "images": ["iVBORw0KGgo="]}]}), 400)
@@ -363,3 +363,38 @@ def test_errors_are_shaped_by_the_dialect_of_the_route(base, server_url):
     # A wrong method on an Ollama route: Ollama's shape, with the Allow header.
     wrong = httpx.get(base + "/api/chat")
     assert "not allowed" in error_of(wrong, 405) and "POST" in wrong.headers["allow"]
+
+
+# --- log-probabilities -----------------------------------------------------------
+
+
+def test_chat_logprobs_streamed_and_whole(base):
+    request = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "Name a color."}], "logprobs": True,
+               "top_logprobs": 3, "options": {"num_predict": 6, "temperature": 0}}
+    whole = post(base, "/api/chat", {**request, "stream": False}).json()
+    entries = whole["logprobs"]
+    assert len(entries) == whole["eval_count"] == 6
+    assert "".join(e["token"] for e in entries) == whole["message"]["content"]
+    for e in entries:
+        assert e["logprob"] <= 0 and bytes(e["bytes"]).decode("utf-8", "replace") == e["token"]
+        assert len(e["top_logprobs"]) == 3
+        # Greedy: the token chosen is the likeliest, and the alternatives come likeliest first.
+        assert e["top_logprobs"][0]["token"] == e["token"] and abs(e["top_logprobs"][0]["logprob"] - e["logprob"]) < 1e-4
+        assert [t["logprob"] for t in e["top_logprobs"]] == sorted((t["logprob"] for t in e["top_logprobs"]), reverse=True)
+    objs = lines(post(base, "/api/chat", request))
+    streamed = [e for o in objs for e in o["logprobs"]]
+    assert [e["token"] for e in streamed] == [e["token"] for e in entries]
+    assert max(abs(a["logprob"] - b["logprob"]) for a, b in zip(streamed, entries)) < 1e-3
+    # Not asked for: not there.
+    assert "logprobs" not in post(base, "/api/chat", {**request, "logprobs": False, "top_logprobs": None, "stream": False}).json()
+    assert "top_logprobs" in error_of(post(base, "/api/chat", {**request, "logprobs": False}), 400)
+    assert "top_logprobs" in error_of(post(base, "/api/chat", {**request, "top_logprobs": 21}), 400)
+
+
+def test_generate_logprobs_cover_a_constrained_answer(base):
+    body = post(base, "/api/generate", {"model": CHAT_MODEL, "stream": False, "format": "json", "logprobs": True,
+                                        "prompt": 'Give a JSON object with the key "color" and a color as its value.',
+                                        "options": {"temperature": 0}}).json()
+    assert len(body["logprobs"]) == body["eval_count"]
+    assert "".join(e["token"] for e in body["logprobs"]) == body["response"]
+    assert all(e["top_logprobs"] == [] for e in body["logprobs"])

@@ -63,11 +63,12 @@ def test_options_map_to_sampling():
     assert read_options({"num_predict": -1}, 2048).num_predict is None
     assert read_options({"num_predict": -2}, 2048).num_predict is None
     assert read_options(None, 2048).sampling == {}
+    assert read_options({"num_ctx": 4096}, 2048).num_ctx == 2048  # Open WebUI's users set 4096 and more
 
 
 @pytest.mark.parametrize("options, words", [
     ({"mirostat": 1}, "mirostat"), ({"typical_p": 0.7}, "typical_p"), ({"tfs_z": 0.5}, "tfs_z"),
-    ({"num_ctx": 4096}, "num_ctx"), ({"temperature": "hot"}, "temperature"), ({"top_p": 1.5}, "top_p"),
+    ({"num_ctx": 0}, "num_ctx"), ({"temperature": "hot"}, "temperature"), ({"top_p": 1.5}, "top_p"),
     ({"stop": "x" * 2000}, "stop"), ({"made_up": 1}, "unknown option"),
     ({"repeat_last_n": 64, "repeat_penalty": 1.1}, "repeat_last_n"),
 ])
@@ -113,3 +114,20 @@ def test_model_card_of_a_safetensors_directory(tmp_path):
     assert (card.format, card.family, card.parameter_count, card.quantization) == ("safetensors", "bert", 35, "F32")
     assert card.info == {"general.architecture": "bert", "general.parameter_count": 35, "bert.embedding_length": 8,
                          "bert.block_count": 2, "bert.context_length": 64}
+
+
+def test_messages_in_open_webuis_spelling_keep_their_call_ids():
+    """Open WebUI sends assistant calls with ids and tool results with ``tool_call_id`` (OpenAI's habit) to /api/chat."""
+    from pycompat.api.ollama.chat import parse_messages
+
+    messages = parse_messages([
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"index": 0, "id": "call_abc",
+                                                             "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "sunny", "tool_call_id": "call_abc"},
+        {"role": "tool", "content": "rainy", "tool_name": "get_weather"},
+    ])
+    assert messages[1]["tool_calls"] == [{"id": "call_abc", "type": "function",
+                                          "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]
+    assert messages[2] == {"role": "tool", "content": "sunny", "tool_call_id": "call_abc"}
+    assert messages[3] == {"role": "tool", "content": "rainy", "name": "get_weather"}

@@ -135,3 +135,11 @@ def test_errors_raise_as_the_library_raises_ollamas(client):
         client.chat(model=CHAT_MODEL, messages=[{"role": "user", "content": "Hi"}], think=True)
     assert "thinking" in e.value.error
     assert client.pull(CHAT_MODEL).status == "success"
+
+
+def test_logprobs(client):
+    response = client.chat(model=CHAT_MODEL, messages=[{"role": "user", "content": "Name a color."}], options=GREEDY,
+                           logprobs=True, top_logprobs=2)
+    assert len(response.logprobs) == response.eval_count
+    assert "".join(t.token for t in response.logprobs) == response.message.content
+    assert all(len(t.top_logprobs) == 2 and t.top_logprobs[0].token == t.token for t in response.logprobs)

@@ -15,7 +15,8 @@ from pycompat.api.openai.tools import function_tools
 from pycompat.api.registry import Registry
 from pycompat.http.messages import Request, Response
 
-FIELDS = {"model", "messages", "tools", "format", "options", "stream", "keep_alive", "think", "truncate", "shift"}
+FIELDS = {"model", "messages", "tools", "format", "options", "stream", "keep_alive", "think", "truncate", "shift", "logprobs",
+          "top_logprobs"}
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -41,8 +42,11 @@ def parse_messages(value) -> list[dict]:
         entry: dict = {"role": role, "content": content}
         if role == "assistant" and msg.get("tool_calls"):
             entry["tool_calls"] = [_past_call(c, f"{where}.tool_calls[{j}]", f"call_{i}_{j}") for j, c in enumerate(msg["tool_calls"])]
-        if role == "tool" and isinstance(msg.get("tool_name"), str):
-            entry["name"] = msg["tool_name"]
+        if role == "tool":  # Ollama names the function; OpenAI-minded clients (Open WebUI) send the call's id
+            if isinstance(msg.get("tool_name"), str):
+                entry["name"] = msg["tool_name"]
+            if isinstance(msg.get("tool_call_id"), str):
+                entry["tool_call_id"] = msg["tool_call_id"]
         out.append(entry)
     return out
 
@@ -53,7 +57,9 @@ def _past_call(call, where: str, call_id: str) -> dict:
         raise bad(f"invalid {where}: expected {{\"function\": {{\"name\": ..., \"arguments\": {{...}}}}}}")
     arguments = function.get("arguments", {})
     text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
-    return {"id": call_id, "type": "function", "function": {"name": function["name"], "arguments": text}}
+    given = call.get("id")  # Ollama's calls have none; Open WebUI's carry the id its tool results refer to
+    return {"id": given if isinstance(given, str) and given else call_id, "type": "function",
+            "function": {"name": function["name"], "arguments": text}}
 
 
 def _tool_request(value) -> tools.ToolRequest | None:
@@ -79,17 +85,20 @@ async def create(registry: Registry, request: Request) -> Response:
     options = read_options(body.get("options", dict), served.engine.model.context_length)
     output = generating.read_format(body.value.get("format"))
     tool_request = _tool_request(body.get("tools", list))
+    top_logprobs = generating.read_logprobs(body)
     if not messages:  # Ollama's way to load a model: it is loaded already
         return json_reply({"model": name, "created_at": timestamp(), "message": {"role": "assistant", "content": ""},
                            "done_reason": "load", "done": True})
     opts = generating.sampling(served, options)
+    opts.top_logprobs = top_logprobs
+    scored = (lambda tokens: generating.logprob_entries(served, tokens)) if top_logprobs is not None else None
     calls, choices = await chat_service.start(served, messages, tool_request, output, opts, "messages", format_field="format")
     events = generating.answer(choices, clock, calls.parser())
     if stream:
-        return ndjson_reply(_lines(name, events, clock), on_close=choices.cancel)
+        return ndjson_reply(_lines(name, events, clock, scored), on_close=choices.cancel)
     try:
         async with aclosing(events):
-            return json_reply(await _whole(name, events, clock))
+            return json_reply(await _whole(name, events, clock, scored))
     finally:
         choices.cancel()
 
@@ -98,26 +107,29 @@ def _chunk(name: str, message: dict) -> dict:
     return {"model": name, "created_at": timestamp(), "message": {"role": "assistant", **message}, "done": False}
 
 
-async def _lines(name: str, events: AsyncIterator, clock: Clock) -> AsyncIterator[bytes]:
+async def _lines(name: str, events: AsyncIterator, clock: Clock, scored) -> AsyncIterator[bytes]:
     async for event in events:
         if isinstance(event, generating.Text):
-            yield line(_chunk(name, {"content": event.text}))
+            yield line(generating.scored(_chunk(name, {"content": event.text}), event.logprobs, scored))
         elif isinstance(event, generating.Calls):
-            yield line(_chunk(name, {"content": "", "tool_calls": event.calls}))
+            yield line(generating.scored(_chunk(name, {"content": "", "tool_calls": event.calls}), event.logprobs, scored))
         else:
-            yield line({"model": name, "created_at": timestamp(), "message": {"role": "assistant", "content": ""},
-                        **generating.final_fields(event, clock)})
+            yield line(generating.scored({"model": name, "created_at": timestamp(), "message": {"role": "assistant", "content": ""},
+                                **generating.final_fields(event, clock)}, event.logprobs, scored))
 
 
-async def _whole(name: str, events: AsyncIterator, clock: Clock) -> dict:
+async def _whole(name: str, events: AsyncIterator, clock: Clock, scored) -> dict:
     text: list[str] = []
+    tokens: list = []
     message: dict = {"role": "assistant", "content": ""}
     async for event in events:
+        tokens += event.logprobs
         if isinstance(event, generating.Text):
             text.append(event.text)
         elif isinstance(event, generating.Calls):
             message["tool_calls"] = event.calls
         else:
             message["content"] = "".join(text)
-            return {"model": name, "created_at": timestamp(), "message": message, **generating.final_fields(event, clock)}
+            return generating.scored({"model": name, "created_at": timestamp(), "message": message, **generating.final_fields(event, clock)},
+                           tokens, scored)
     raise RuntimeError("the answer ended without finishing")

@@ -113,7 +113,7 @@ def _stop(value: Any) -> list[str]:
 
 
 def read_options(value: Any, context_length: int) -> Options:
-    """``options``, checked. ``context_length``: the served model's, the most ``num_ctx`` may ask for."""
+    """``options``, checked. ``context_length``: the served model's, the most ``num_ctx`` gives."""
     if value is None:
         return Options()
     if not isinstance(value, dict):
@@ -147,10 +147,9 @@ def read_options(value: Any, context_length: int) -> Options:
             n = _integer(name, v, -2, (1 << 31) - 1)
             out.num_predict = None if n < 0 else n  # -1: no bound; -2: until the context is full
         elif name == "num_ctx":
-            n = _integer(name, v, 1, (1 << 31) - 1)
-            if n > context_length:
-                raise bad(f"invalid option 'num_ctx': {n} is more than this model's context of {context_length} tokens")
-            out.num_ctx = n
+            # Above the served context, the served context is the window (a prompt and answer
+            # that do not fit it are refused as they would be without num_ctx).
+            out.num_ctx = min(_integer(name, v, 1, (1 << 31) - 1), context_length)
         elif name in NEUTRAL_ONLY:
             if _number(name, v, -math.inf, math.inf) != NEUTRAL_ONLY[name]:
                 raise bad(f"option {name!r} is not supported by this server (only {NEUTRAL_ONLY[name]!r}, which leaves it off)")

@@ -16,7 +16,7 @@ from pycompat.api.registry import Registry, ServedModel
 from pycompat.http.messages import Request, Response
 
 FIELDS = {"model", "prompt", "suffix", "system", "template", "context", "stream", "raw", "format", "keep_alive", "images",
-          "options", "think", "truncate", "shift"}
+          "options", "think", "truncate", "shift", "logprobs", "top_logprobs"}
 
 
 async def create(registry: Registry, request: Request) -> Response:
@@ -39,21 +39,24 @@ async def create(registry: Registry, request: Request) -> Response:
     generating.refuse_images(body.get("images", list), "images")
     options = read_options(body.get("options", dict), served.engine.model.context_length)
     output = generating.read_format(body.value.get("format"))
+    top_logprobs = generating.read_logprobs(body)
     if raw and (system is not None or own_template is not None or context):
         raise bad("raw mode sends the prompt as it is: it takes no system, template or context")
     if not prompt and not suffix and not context:  # Ollama's way to load a model: it is loaded already
         return json_reply({"model": name, "created_at": timestamp(), "response": "", "done_reason": "load", "done": True})
     opts = generating.sampling(served, options)
+    opts.top_logprobs = top_logprobs
+    scored = (lambda tokens: generating.logprob_entries(served, tokens)) if top_logprobs is not None else None
     generation.check_prompt_bytes(served, len(prompt.encode("utf-8")) + len(suffix.encode("utf-8")), opts.max_tokens, "prompt")
     ids = await _prompt_ids(served, prompt, suffix, system, own_template, context, raw)
     await generating.compile_format(served, output, opts)
     choices = generation.start(served, [ids], opts, "prompt")
     events = generating.answer(choices, clock)
     if stream:
-        return ndjson_reply(_lines(name, events, clock, raw), on_close=choices.cancel)
+        return ndjson_reply(_lines(name, events, clock, raw, scored), on_close=choices.cancel)
     try:
         async with aclosing(events):
-            return json_reply(await _whole(name, events, clock, raw))
+            return json_reply(await _whole(name, events, clock, raw, scored))
     finally:
         choices.cancel()
 
@@ -95,19 +98,21 @@ def _final(name: str, response: str, done: generating.Done, clock: Clock, raw: b
     return body
 
 
-async def _lines(name: str, events: AsyncIterator, clock: Clock, raw: bool) -> AsyncIterator[bytes]:
+async def _lines(name: str, events: AsyncIterator, clock: Clock, raw: bool, scored) -> AsyncIterator[bytes]:
     async for event in events:
         if isinstance(event, generating.Text):
-            yield line({"model": name, "created_at": timestamp(), "response": event.text, "done": False})
+            yield line(generating.scored({"model": name, "created_at": timestamp(), "response": event.text, "done": False}, event.logprobs, scored))
         elif isinstance(event, generating.Done):
-            yield line(_final(name, "", event, clock, raw))
+            yield line(generating.scored(_final(name, "", event, clock, raw), event.logprobs, scored))
 
 
-async def _whole(name: str, events: AsyncIterator, clock: Clock, raw: bool) -> dict:
+async def _whole(name: str, events: AsyncIterator, clock: Clock, raw: bool, scored) -> dict:
     text: list[str] = []
+    tokens: list = []
     async for event in events:
+        tokens += event.logprobs
         if isinstance(event, generating.Text):
             text.append(event.text)
         elif isinstance(event, generating.Done):
-            return _final(name, "".join(text), event, clock, raw)
+            return generating.scored(_final(name, "".join(text), event, clock, raw), tokens, scored)
     raise RuntimeError("the answer ended without finishing")

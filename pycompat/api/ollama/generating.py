@@ -14,6 +14,7 @@ from typing import Any
 from pycompat.api import generation, structured, tools
 from pycompat.api.generation import Choices, Finished
 from pycompat.api.ollama.fields import Body, Options, bad
+from pycompat.api.openai.logprobs import chat_entries
 from pycompat.api.ollama.replies import Clock
 from pycompat.api.registry import ServedModel
 
@@ -68,23 +69,29 @@ async def compile_format(served: ServedModel, output: structured.OutputGrammar |
 @dataclass
 class Text:
     text: str
+    logprobs: list = field(default_factory=list)  # the tokens this text completes, when asked for
 
 
 @dataclass
 class Calls:
     calls: list[dict]  # in Ollama's shape: {"function": {"index", "name", "arguments": {...}}}
+    logprobs: list = field(default_factory=list)
 
 
 @dataclass
 class Done:
     finished: Finished
     tokens: list[int] = field(default_factory=list)  # the prompt and answer, for generate's context
+    logprobs: list = field(default_factory=list)  # tokens that released no text (a JSON answer's closing '"}')
 
 
 async def answer(choices: Choices, clock: Clock, parser: tools.CallParser | None = None) -> AsyncIterator[Text | Calls | Done]:
     """The one choice's text as it comes (through ``parser`` when tools were
-    offered: its content, then its complete calls), then Done."""
+    offered: its content, then its complete calls), then Done. Each piece
+    carries the log-probabilities of the tokens behind it (when asked for):
+    a token whose text a parser holds back comes with the piece that releases it."""
     generation_ = choices[0]
+    held: list = []
     async with aclosing(choices.stream()) as events:
         async for _, event in events:
             if isinstance(event, Finished):
@@ -92,23 +99,51 @@ async def answer(choices: Choices, clock: Clock, parser: tools.CallParser | None
                 if parser is not None:
                     for e in parser.finish():
                         if isinstance(e, tools.ContentDelta) and e.text:
-                            yield Text(e.text)
+                            yield Text(e.text, held)
+                            held = []
                     calls = [ollama_call(i, c) for i, c in enumerate(parser.calls) if c.complete]
                     if calls:
-                        yield Calls(calls)
+                        yield Calls(calls, held)
+                        held = []
                 seq = getattr(generation_, "seq", None)
-                yield Done(event, seq.all_tokens if seq is not None else [])
+                yield Done(event, seq.all_tokens if seq is not None else [], held)
                 return
             if not isinstance(event, generation.TextPiece):
                 continue
             clock.token()
-            if parser is None:
-                if event.text:
-                    yield Text(event.text)
-                continue
-            for e in parser.feed(event.text):
-                if isinstance(e, tools.ContentDelta) and e.text:
-                    yield Text(e.text)
+            held = held + (event.logprobs or [])
+            deltas = [event.text] if parser is None else [e.text for e in parser.feed(event.text) if isinstance(e, tools.ContentDelta)]
+            for text in deltas:
+                if text:
+                    yield Text(text, held)
+                    held = []
+
+
+def read_logprobs(body: Body) -> int | None:
+    """``logprobs`` and ``top_logprobs`` (0-20 alternatives per token): how many
+    alternatives each token's log-probability comes with; None: none asked for."""
+    wanted = body.get("logprobs", bool, False)
+    top = body.get("top_logprobs", int)
+    if top is not None and not 0 <= top <= 20:
+        raise bad(f"invalid top_logprobs: {top} is outside 0..20")
+    if not wanted:
+        if top:
+            raise bad("top_logprobs requires logprobs to be true")
+        return None
+    return top or 0
+
+
+def scored(body: dict, tokens: list, entries) -> dict:
+    """``body`` with its tokens' ``logprobs`` (``entries`` makes them) when they were asked for (``entries`` not None)."""
+    if entries is not None:
+        body["logprobs"] = entries(tokens)
+    return body
+
+
+def logprob_entries(served: ServedModel, tokens: list) -> list[dict]:
+    """Tokens' log-probabilities as Ollama's ``logprobs`` entries: token, logprob,
+    UTF-8 bytes and the likeliest alternatives (the shape OpenAI's chat uses)."""
+    return chat_entries(served.engine.model.tokenizer, tokens)
 
 
 def ollama_call(index: int, call: tools.ToolCall) -> dict:
