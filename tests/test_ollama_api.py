@@ -360,6 +360,9 @@ def test_errors_are_shaped_by_the_dialect_of_the_route(base, server_url):
     assert error_of(ollama_error, 404)
     openai_error = httpx.post(server_url + "/chat/completions", json={"model": "llama3.2", "messages": [{"role": "user", "content": "x"}]})
     assert openai_error.status_code == 404 and set(openai_error.json()["error"]) == {"message", "type", "param", "code"}
+    # A path under /api that no route serves: Ollama's shape too; under /v1, OpenAI's.
+    assert "Invalid URL" in error_of(httpx.get(base + "/api/nothing"), 404)
+    assert httpx.get(server_url + "/nothing").json()["error"]["code"] == "unknown_url"
     # A wrong method on an Ollama route: Ollama's shape, with the Allow header.
     wrong = httpx.get(base + "/api/chat")
     assert "not allowed" in error_of(wrong, 405) and "POST" in wrong.headers["allow"]

@@ -112,17 +112,22 @@ class App:
                 if scope.cancelled_caught:
                     raise ShuttingDown()
         except (APIError, ServiceError) as e:
-            response = self._dialect(match).error_response(e)
+            response = self._dialect(match, request.path).error_response(e)
         except Exception:
             log.exception("unexpected error on %s", request.describe())
-            response = self._dialect(match).error_response(APIError(500, "The server had an error while processing your request."))
+            response = self._dialect(match, request.path).error_response(APIError(500, "The server had an error while processing your request."))
         response.headers.extend(self.access.cors_headers(request))
         if self.lifecycle.phase == DRAINING and not any(k == "connection" for k, _ in response.headers):
             response.headers.append(("connection", "close"))
         return response
 
-    def _dialect(self, match: Match | None):
-        return match.owner if match is not None and match.owner is not None else DIALECTS[0]
+    def _dialect(self, match: Match | None, path: str):
+        """The dialect that renders an error: the route's owner; for a path no route
+        matches, the dialect whose prefix it is under (an unknown /api/... gets
+        Ollama's shape); else the first."""
+        if match is not None and match.owner is not None:
+            return match.owner
+        return next((d for d in DIALECTS if any(path == p or path.startswith(p + "/") for p in d.PREFIXES)), DIALECTS[0])
 
     async def _dispatch(self, request: Request, match: Match | None) -> Response:
         self.access.check(request, route_known=match is not None)

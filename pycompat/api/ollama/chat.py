@@ -8,8 +8,8 @@ from contextlib import aclosing
 
 from pycompat.api import chat as chat_service
 from pycompat.api import json_body, tools
-from pycompat.api.ollama import generating, names
-from pycompat.api.ollama.fields import Body, bad, read_options
+from pycompat.api.ollama import generating
+from pycompat.api.ollama.fields import Body, bad
 from pycompat.api.ollama.replies import Clock, json_reply, line, ndjson_reply, timestamp
 from pycompat.api.openai.tools import function_tools
 from pycompat.api.registry import Registry
@@ -72,29 +72,18 @@ def _tool_request(value) -> tools.ToolRequest | None:
 async def create(registry: Registry, request: Request) -> Response:
     clock = Clock()
     body = Body(await json_body.parse_object(request.body), FIELDS)
-    name = body.required("model", str)
     raw_messages = body.get("messages", list, [])
-    stream = body.get("stream", bool, True)
-    generating.check_keep_alive(body)
-    body.get("truncate", bool)
-    body.get("shift", bool)
-    served = names.generator(registry, name)
-    clock.model_found()
-    generating.check_think(body, name)
+    asked = generating.Asked.read(registry, body, clock)
+    name, served = asked.name, asked.served
     messages = parse_messages(raw_messages)
-    options = read_options(body.get("options", dict), served.engine.model.context_length)
-    output = generating.read_format(body.value.get("format"))
     tool_request = _tool_request(body.get("tools", list))
-    top_logprobs = generating.read_logprobs(body)
     if not messages:  # Ollama's way to load a model: it is loaded already
         return json_reply({"model": name, "created_at": timestamp(), "message": {"role": "assistant", "content": ""},
                            "done_reason": "load", "done": True})
-    opts = generating.sampling(served, options)
-    opts.top_logprobs = top_logprobs
-    scored = (lambda tokens: generating.logprob_entries(served, tokens)) if top_logprobs is not None else None
-    calls, choices = await chat_service.start(served, messages, tool_request, output, opts, "messages", format_field="format")
+    opts, scored = asked.sampling()
+    calls, choices = await chat_service.start(served, messages, tool_request, asked.output, opts, "messages", format_field="format")
     events = generating.answer(choices, clock, calls.parser())
-    if stream:
+    if asked.stream:
         return ndjson_reply(_lines(name, events, clock, scored), on_close=choices.cancel)
     try:
         async with aclosing(events):

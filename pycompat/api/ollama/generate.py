@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from pycompat.api import generation, json_body
-from pycompat.api.ollama import generating, names, template
-from pycompat.api.ollama.fields import Body, bad, read_options
+from pycompat.api.ollama import generating, template
+from pycompat.api.ollama.fields import Body, bad
 from pycompat.api.ollama.replies import Clock, json_reply, line, ndjson_reply, timestamp
 from pycompat.api.registry import Registry, ServedModel
 from pycompat.http.messages import Request, Response
@@ -22,37 +22,26 @@ FIELDS = {"model", "prompt", "suffix", "system", "template", "context", "stream"
 async def create(registry: Registry, request: Request) -> Response:
     clock = Clock()
     body = Body(await json_body.parse_object(request.body), FIELDS)
-    name = body.required("model", str)
     prompt = body.get("prompt", str, "")
     suffix = body.get("suffix", str, "")
     system = body.get("system", str)
     own_template = body.get("template", str)
     context = body.get("context", list, [])
-    stream = body.get("stream", bool, True)
     raw = body.get("raw", bool, False)
-    generating.check_keep_alive(body)
-    body.get("truncate", bool)
-    body.get("shift", bool)
-    served = names.generator(registry, name)
-    clock.model_found()
-    generating.check_think(body, name)
+    asked = generating.Asked.read(registry, body, clock)
+    name, served = asked.name, asked.served
     generating.refuse_images(body.get("images", list), "images")
-    options = read_options(body.get("options", dict), served.engine.model.context_length)
-    output = generating.read_format(body.value.get("format"))
-    top_logprobs = generating.read_logprobs(body)
     if raw and (system is not None or own_template is not None or context):
         raise bad("raw mode sends the prompt as it is: it takes no system, template or context")
     if not prompt and not suffix and not context:  # Ollama's way to load a model: it is loaded already
         return json_reply({"model": name, "created_at": timestamp(), "response": "", "done_reason": "load", "done": True})
-    opts = generating.sampling(served, options)
-    opts.top_logprobs = top_logprobs
-    scored = (lambda tokens: generating.logprob_entries(served, tokens)) if top_logprobs is not None else None
+    opts, scored = asked.sampling()
     generation.check_prompt_bytes(served, len(prompt.encode("utf-8")) + len(suffix.encode("utf-8")), opts.max_tokens, "prompt")
     ids = await _prompt_ids(served, prompt, suffix, system, own_template, context, raw)
-    await generating.compile_format(served, output, opts)
+    await generating.compile_format(served, asked.output, opts)
     choices = generation.start(served, [ids], opts, "prompt")
     events = generating.answer(choices, clock)
-    if stream:
+    if asked.stream:
         return ndjson_reply(_lines(name, events, clock, raw, scored), on_close=choices.cancel)
     try:
         async with aclosing(events):

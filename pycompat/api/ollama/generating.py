@@ -6,14 +6,15 @@ them, each generation's phases timed for its final object."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
 from pycompat.api import generation, structured, tools
 from pycompat.api.generation import Choices, Finished
-from pycompat.api.ollama.fields import Body, Options, bad
+from pycompat.api.ollama import names
+from pycompat.api.ollama.fields import Body, Options, bad, read_options
 from pycompat.api.openai.logprobs import chat_entries
 from pycompat.api.ollama.replies import Clock
 from pycompat.api.registry import ServedModel
@@ -23,6 +24,39 @@ from pycompat.api.registry import ServedModel
 # does not apply it either, and the penalty here has no window.
 OLLAMA_DEFAULTS = {"temperature": 0.8, "top_p": 0.9, "top_k": 40, "min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
                    "repetition_penalty": 1.0, "ignore_eos": False}
+
+
+@dataclass
+class Asked:
+    """What chat and generate both read from a request: the model (as the client
+    named it, and as served), ``stream``, ``options``, ``format`` and log-probabilities."""
+
+    name: str
+    served: ServedModel
+    stream: bool
+    options: Options
+    output: structured.OutputGrammar | None
+    top_logprobs: int | None
+
+    @classmethod
+    def read(cls, registry, body: Body, clock: Clock) -> Asked:
+        name = body.required("model", str)
+        stream = body.get("stream", bool, True)
+        check_keep_alive(body)
+        body.get("truncate", bool)  # the prompt is never cut here: one that does not fit is refused either way
+        body.get("shift", bool)
+        served = names.generator(registry, name)
+        clock.model_found()
+        check_think(body, name)
+        options = read_options(body.get("options", dict), served.engine.model.context_length)
+        return cls(name, served, stream, options, read_format(body.value.get("format")), read_logprobs(body))
+
+    def sampling(self) -> tuple[generation.SamplingOptions, Callable[[list], list[dict]] | None]:
+        """The sampling options, and what turns tokens into ``logprobs`` entries (None: not asked for)."""
+        opts = sampling(self.served, self.options)
+        opts.top_logprobs = self.top_logprobs
+        entries = (lambda tokens: logprob_entries(self.served, tokens)) if self.top_logprobs is not None else None
+        return opts, entries
 
 
 def read_format(value: Any, field_name: str = "format") -> structured.OutputGrammar | None:
