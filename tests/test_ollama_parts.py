@@ -131,3 +131,21 @@ def test_messages_in_open_webuis_spelling_keep_their_call_ids():
                                           "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]
     assert messages[2] == {"role": "tool", "content": "sunny", "tool_call_id": "call_abc"}
     assert messages[3] == {"role": "tool", "content": "rainy", "name": "get_weather"}
+
+
+def test_template_nesting_is_bounded():
+    deep = "{{ if .System }}" * 2000 + "x" + "{{ end }}" * 2000
+    with pytest.raises(APIError) as e:
+        template.render(deep, "s", "p")
+    assert e.value.status == 400 and "nested" in e.value.message
+    assert template.render("{{ if .System }}" * 30 + "x" + "{{ end }}" * 30, "s", "p") == "x"
+
+
+def test_a_malformed_past_call_is_a_400():
+    from pycompat.api.ollama.chat import parse_messages
+
+    for calls in (5, True, "call", [5], [{"function": "f"}]):
+        with pytest.raises(APIError) as e:
+            parse_messages([{"role": "assistant", "content": "", "tool_calls": calls}])
+        assert e.value.status == 400
+    assert parse_messages([{"role": "USER", "content": "hi"}]) == [{"role": "user", "content": "hi"}]  # Ollama lowercases roles

@@ -16,12 +16,13 @@ from pycompat.api.generation import Choices
 
 async def start(served, messages: list[dict], tool_request: tools.ToolRequest | None,
                 output: structured.OutputGrammar | None, opts: generation.SamplingOptions, field: str,
-                format_field: str = "response_format", legacy: bool = False) -> tuple[Calls, Choices]:
+                format_field: str = "response_format", legacy: bool = False, window: int | None = None) -> tuple[Calls, Choices]:
     """Queues a chat: ``messages`` answered under the tools offered and the
     output grammar asked for. Returns how calls are read from the answer, and
     its choices. ``field`` names the request field that holds the messages, and
     ``format_field`` the one that holds the output format, for errors.
-    ``legacy``: the tools came as OpenAI's deprecated ``functions``."""
+    ``legacy``: the tools came as OpenAI's deprecated ``functions``. ``window``:
+    a context smaller than the model's that prompt and answer must fit (generation.fit_window)."""
     # Before any work: messages that cannot fit the context whatever their tokens.
     generation.check_prompt_bytes(served, sum(len(m["content"].encode("utf-8")) for m in messages), opts.max_tokens, field)
     calls = Calls.plan(served, tool_request, output, format_field, legacy)
@@ -31,6 +32,7 @@ async def start(served, messages: list[dict], tool_request: tools.ToolRequest | 
     if grammar is not None:
         opts.grammar = await structured.compile(served, grammar)
     prompt = await generation.tokenize(served, prompt_text)
+    generation.fit_window(opts, len(prompt), window, field)
     return calls, generation.start(served, [prompt], opts, field)
 
 
@@ -57,8 +59,8 @@ class Calls:
         if tool_request is None:
             return cls(fmt, tools.ToolRequest([], tools.ToolChoice(tools.NONE)), legacy=False)
         if output is not None and tool_request.choice.mode == tools.AUTO:
-            raise APIError(400, f"Invalid '{format_field}': a response format together with tools the model may call "
-                           "('tool_choice': 'auto') is not supported yet: use one, or force the call with 'tool_choice'.",
+            raise APIError(400, f"Invalid '{format_field}': an output format together with tools the model may choose to call "
+                           "is not supported yet: use one of them, or force the call (OpenAI's 'tool_choice').",
                            param=format_field, code="invalid_value")
         return cls(fmt, tool_request, legacy)
 

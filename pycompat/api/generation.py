@@ -34,7 +34,7 @@ from pycompat.engine.request import (Event, Finished, Generation, PromptLogprobs
                                      merged_events, start as start_engine)
 from pycompat.loading.chat_template import TemplateError
 
-__all__ = ["Choices", "Event", "Finished", "Generation", "PromptLogprobs", "Result", "SamplingOptions", "TextPiece", "TokenLogprob", "chat_prompt", "check_prompt_bytes",
+__all__ = ["Choices", "Event", "Finished", "Generation", "PromptLogprobs", "Result", "SamplingOptions", "TextPiece", "TokenLogprob", "chat_prompt", "check_prompt_bytes", "fit_window",
            "sampling_options", "start", "tokenize"]
 
 # The sampling fields a model may recommend values for (generation_config.json, GGUF general.sampling.*).
@@ -98,6 +98,18 @@ def check_prompt_bytes(served: ServedModel, n_bytes: int, max_tokens: int | None
     room = model.context_length - (max_tokens if max_tokens is not None else 1)
     if at_least > room:
         raise ContextExceeded(model.context_length, at_least, max_tokens, field, prompt_bytes=n_bytes)
+
+
+def fit_window(opts: SamplingOptions, prompt_tokens: int, window: int | None, field: str) -> None:
+    """Bounds the answer so that prompt and answer fit ``window`` tokens (a
+    context smaller than the model's that a request asks for: Ollama's
+    ``num_ctx``); a prompt that fills it is refused (ContextExceeded)."""
+    if window is None:
+        return
+    room = window - prompt_tokens
+    if room <= 0:
+        raise ContextExceeded(window, prompt_tokens, None, field)
+    opts.max_tokens = room if opts.max_tokens is None else min(opts.max_tokens, room)
 
 
 async def tokenize(served: ServedModel, text: str, add_bos: bool | None = None) -> list[int]:

@@ -227,7 +227,6 @@ class Engine:
         if token in self.model.tokenizer.stop_ids and not seq.sampler.ignore_eos:
             return self._finish(seq, "stop")
         seq.generated += 1
-        seq.last_token = token
         out = seq.output
         if out.top_logprobs is not None:
             out.logprobs.append(TokenLogprob(token, result.logprob, result.top_logprobs))

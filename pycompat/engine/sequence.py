@@ -58,18 +58,11 @@ class Sequence:
     reserved: int = 0  # blocks it may still allocate
     # The output, as the engine keeps it.
     generated: int = 0
-    last_token: int | None = None  # the latest generated (the last one is never fed back, so not in ``tokens``)
     cancelled: bool = False  # its request is gone: it leaves at the next step
     output: Any = None  # the engine's per-sequence output state (text, stop strings, outbox)
     # When it was queued and admitted (time.monotonic()), for the queue-wait metric.
     queued_at: float = 0.0
     admitted_at: float | None = None
-
-    @property
-    def all_tokens(self) -> list[int]:
-        """The prompt and every token generated (stop tokens aside), the last one included."""
-        fed_back = len(self.tokens) - self.prompt_len
-        return self.tokens + [self.last_token] if self.generated > fed_back and self.last_token is not None else list(self.tokens)
 
     @property
     def pending(self) -> int:

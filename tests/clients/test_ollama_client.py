@@ -58,7 +58,7 @@ def test_chat_stream_joins_to_the_whole_answer(client):
 
 def test_generate_and_its_context(client):
     first = client.generate(model=CHAT_MODEL, prompt="My favourite number is 7.", options={"temperature": 0, "num_predict": 5})
-    assert first.response and first.context and len(first.context) == first.prompt_eval_count + first.eval_count
+    assert first.response and first.context and abs(len(first.context) - first.prompt_eval_count - first.eval_count) <= 1
     second = client.generate(model=CHAT_MODEL, prompt="What is my favourite number?", context=first.context,
                              options={"temperature": 0, "num_predict": 5})
     assert list(second.context[:len(first.context)]) == list(first.context)

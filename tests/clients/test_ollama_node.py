@@ -38,7 +38,7 @@ def test_chat_whole_and_streamed(out):
 
 def test_generate(out):
     g = out["generate"]
-    assert g["response"].strip() and g["context_length"] == g["prompt_eval_count"] + g["eval_count"]
+    assert g["response"].strip() and abs(g["context_length"] - g["prompt_eval_count"] - g["eval_count"]) <= 1
 
 
 def test_embed(out):

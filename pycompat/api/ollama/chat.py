@@ -31,6 +31,7 @@ def parse_messages(value) -> list[dict]:
         if not isinstance(msg, dict):
             raise bad(f"invalid {where}: expected an object")
         role = msg.get("role")
+        role = role.lower() if isinstance(role, str) else role  # as Ollama reads it
         if role not in ROLES:
             raise bad(f"invalid {where}.role: {str(role)[:40]!r} is not one of {list(ROLES)}")
         content = msg.get("content")
@@ -41,6 +42,8 @@ def parse_messages(value) -> list[dict]:
         generating.refuse_images(msg.get("images"), where)
         entry: dict = {"role": role, "content": content}
         if role == "assistant" and msg.get("tool_calls"):
+            if not isinstance(msg["tool_calls"], list):
+                raise bad(f"invalid {where}.tool_calls: expected an array")
             entry["tool_calls"] = [_past_call(c, f"{where}.tool_calls[{j}]", f"call_{i}_{j}") for j, c in enumerate(msg["tool_calls"])]
         if role == "tool":  # Ollama names the function; OpenAI-minded clients (Open WebUI) send the call's id
             if isinstance(msg.get("tool_name"), str):
@@ -77,11 +80,12 @@ async def create(registry: Registry, request: Request) -> Response:
     name, served = asked.name, asked.served
     messages = parse_messages(raw_messages)
     tool_request = _tool_request(body.get("tools", list))
-    if not messages:  # Ollama's way to load a model: it is loaded already
+    if not messages:  # Ollama's way to load (keep_alive 0: unload) a model; models here stay loaded
         return json_reply({"model": name, "created_at": timestamp(), "message": {"role": "assistant", "content": ""},
-                           "done_reason": "load", "done": True})
+                           "done_reason": generating.load_reason(body), "done": True})
     opts, scored = asked.sampling()
-    calls, choices = await chat_service.start(served, messages, tool_request, asked.output, opts, "messages", format_field="format")
+    calls, choices = await chat_service.start(served, messages, tool_request, asked.output, opts, "messages", format_field="format",
+                                              window=asked.window)
     events = generating.answer(choices, clock, calls.parser())
     if asked.stream:
         return ndjson_reply(_lines(name, events, clock, scored), on_close=choices.cancel)

@@ -29,7 +29,7 @@ async def embed(registry: Registry, request: Request) -> Response:
     body.get("keep_alive", (str, int, float))
     served = names.embedder(registry, name)
     clock.model_found()
-    _check_options(served, body)
+    limit = _limit(served, body)
     inputs = [given] if isinstance(given, str) else given
     if not all(isinstance(x, str) for x in inputs):
         raise bad("invalid input: expected a string or an array of strings")
@@ -40,7 +40,7 @@ async def embed(registry: Registry, request: Request) -> Response:
         raise bad(f"invalid dimensions: this model's embeddings have {dim}; ask for 1 to {dim}")
     if not inputs:
         return json_reply({"model": name, "embeddings": []})
-    ids = await _token_ids(served, inputs, truncate)
+    ids = await _token_ids(served, inputs, truncate, limit)
     rows = await embedding.embed(served, ids, dimensions)
     clock.finished()
     return json_reply({
@@ -58,23 +58,26 @@ async def embeddings(registry: Registry, request: Request) -> Response:
     prompt = body.get("prompt", str, "")
     body.get("keep_alive", (str, int, float))
     served = names.embedder(registry, name)
-    _check_options(served, body)
+    limit = _limit(served, body)
     if not prompt:  # as Ollama answers an empty prompt
         return json_reply({"embedding": []})
-    ids = await _token_ids(served, [prompt], truncate=False, field="prompt")
+    ids = await _token_ids(served, [prompt], False, limit, field="prompt")
     rows = await embedding.embed(served, ids)
     return json_reply({"embedding": rows[0].astype("float64").tolist()})
 
 
-def _check_options(served: ServedModel, body: Body) -> None:
-    """``options`` are checked as on generation; none of them changes an embedding."""
-    read_options(body.get("options", dict), served.embedding.context_length)
+def _limit(served: ServedModel, body: Body) -> int:
+    """The most tokens an input may have: the model's, or ``options.num_ctx`` when
+    smaller (as Ollama cuts inputs to it). The other options (checked as on
+    generation) change nothing in an embedding."""
+    options = read_options(body.get("options", dict), served.embedding.context_length)
+    return min(options.num_ctx or served.embedding.context_length, served.embedding.context_length)
 
 
-async def _token_ids(served: ServedModel, texts: list[str], truncate: bool, field: str = "input") -> list[list[int]]:
-    """Each text's ids with the model's special tokens; one too long for the
-    model is cut to fit (keeping its special tokens) when ``truncate``, else refused."""
-    tokenizer, limit = served.embedding.tokenizer, served.embedding.context_length
+async def _token_ids(served: ServedModel, texts: list[str], truncate: bool, limit: int, field: str = "input") -> list[list[int]]:
+    """Each text's ids with the model's special tokens; one over ``limit`` tokens
+    is cut to fit (keeping its special tokens) when ``truncate``, else refused."""
+    tokenizer = served.embedding.tokenizer
     ids = await trio.to_thread.run_sync(lambda: [tokenizer.encode(t) for t in texts])
     for index, one in enumerate(ids):
         if len(one) <= limit:

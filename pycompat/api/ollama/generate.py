@@ -33,19 +33,24 @@ async def create(registry: Registry, request: Request) -> Response:
     generating.refuse_images(body.get("images", list), "images")
     if raw and (system is not None or own_template is not None or context):
         raise bad("raw mode sends the prompt as it is: it takes no system, template or context")
-    if not prompt and not suffix and not context:  # Ollama's way to load a model: it is loaded already
-        return json_reply({"model": name, "created_at": timestamp(), "response": "", "done_reason": "load", "done": True})
+    if not prompt and not suffix and not context:  # Ollama's way to load (keep_alive 0: unload) a model; models here stay loaded
+        return json_reply({"model": name, "created_at": timestamp(), "response": "", "done_reason": generating.load_reason(body),
+                           "done": True})
     opts, scored = asked.sampling()
     generation.check_prompt_bytes(served, len(prompt.encode("utf-8")) + len(suffix.encode("utf-8")), opts.max_tokens, "prompt")
     ids = await _prompt_ids(served, prompt, suffix, system, own_template, context, raw)
+    generation.fit_window(opts, len(ids), asked.window, "prompt")
     await generating.compile_format(served, asked.output, opts)
     choices = generation.start(served, [ids], opts, "prompt")
     events = generating.answer(choices, clock)
+    # The context to send back: the prompt's tokens and the answer's text as tokens (as Ollama
+    # makes it: the text the client saw, without a stop string that ended it). None in raw mode.
+    context_of = None if raw else (lambda text: _context(served, ids, text))
     if asked.stream:
-        return ndjson_reply(_lines(name, events, clock, raw, scored), on_close=choices.cancel)
+        return ndjson_reply(_lines(name, events, clock, context_of, scored), on_close=choices.cancel)
     try:
         async with aclosing(events):
-            return json_reply(await _whole(name, events, clock, raw, scored))
+            return json_reply(await _whole(name, events, clock, context_of, scored))
     finally:
         choices.cancel()
 
@@ -69,8 +74,14 @@ async def _prompt_ids(served: ServedModel, prompt: str, suffix: str, system: str
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         text = generation.chat_prompt(served, messages, "prompt")
     earlier = _context_ids(context, served.vocab_size)
-    # After an earlier exchange the model has its start of text already.
-    return earlier + await generation.tokenize(served, text, add_bos=False if earlier else None)
+    if earlier:  # after an earlier exchange the text goes on: no second start of sequence
+        # A template that writes the BOS the tokenizer adds anyway (Llama 3's) starts with it: cut.
+        # Where BOS is not added (SmolLM2's <|im_start|> opens every turn) it is the template's own text.
+        bos = model.tokenizer.bos_text
+        if bos and model.tokenizer.add_bos and text.startswith(bos):
+            text = text[len(bos):]
+        return earlier + await generation.tokenize(served, text, add_bos=False)
+    return await generation.tokenize(served, text)
 
 
 def _context_ids(context: list, vocab_size: int) -> list[int]:
@@ -80,22 +91,31 @@ def _context_ids(context: list, vocab_size: int) -> list[int]:
     return list(context)
 
 
-def _final(name: str, response: str, done: generating.Done, clock: Clock, raw: bool) -> dict:
+async def _context(served: ServedModel, prompt_ids: list[int], text: str) -> list[int]:
+    return prompt_ids + (await generation.tokenize(served, text, add_bos=False) if text else [])
+
+
+async def _final(name: str, response: str, text: str, done: generating.Done, clock: Clock, context_of) -> dict:
+    """The last object: ``response`` (the whole text, or "" after a stream), the
+    statistics, and the context of ``text`` (the whole text in either case)."""
     body = {"model": name, "created_at": timestamp(), "response": response, **generating.final_fields(done, clock)}
-    if not raw:  # as Ollama: raw mode returns no context
-        body["context"] = done.tokens
+    if context_of is not None:
+        body["context"] = await context_of(text)
     return body
 
 
-async def _lines(name: str, events: AsyncIterator, clock: Clock, raw: bool, scored) -> AsyncIterator[bytes]:
+async def _lines(name: str, events: AsyncIterator, clock: Clock, context_of, scored) -> AsyncIterator[bytes]:
+    text: list[str] = []
     async for event in events:
         if isinstance(event, generating.Text):
-            yield line(generating.scored({"model": name, "created_at": timestamp(), "response": event.text, "done": False}, event.logprobs, scored))
+            text.append(event.text)
+            yield line(generating.scored({"model": name, "created_at": timestamp(), "response": event.text, "done": False},
+                                         event.logprobs, scored))
         elif isinstance(event, generating.Done):
-            yield line(generating.scored(_final(name, "", event, clock, raw), event.logprobs, scored))
+            yield line(generating.scored(await _final(name, "", "".join(text), event, clock, context_of), event.logprobs, scored))
 
 
-async def _whole(name: str, events: AsyncIterator, clock: Clock, raw: bool, scored) -> dict:
+async def _whole(name: str, events: AsyncIterator, clock: Clock, context_of, scored) -> dict:
     text: list[str] = []
     tokens: list = []
     async for event in events:
@@ -103,5 +123,6 @@ async def _whole(name: str, events: AsyncIterator, clock: Clock, raw: bool, scor
         if isinstance(event, generating.Text):
             text.append(event.text)
         elif isinstance(event, generating.Done):
-            return generating.scored(_final(name, "".join(text), event, clock, raw), tokens, scored)
+            whole = "".join(text)
+            return generating.scored(await _final(name, whole, whole, event, clock, context_of), tokens, scored)
     raise RuntimeError("the answer ended without finishing")

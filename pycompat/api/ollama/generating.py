@@ -51,6 +51,10 @@ class Asked:
         options = read_options(body.get("options", dict), served.engine.model.context_length)
         return cls(name, served, stream, options, read_format(body.value.get("format")), read_logprobs(body))
 
+    @property
+    def window(self) -> int | None:
+        return window(self.options, self.served)
+
     def sampling(self) -> tuple[generation.SamplingOptions, Callable[[list], list[dict]] | None]:
         """The sampling options, and what turns tokens into ``logprobs`` entries (None: not asked for)."""
         opts = sampling(self.served, self.options)
@@ -82,17 +86,27 @@ def refuse_images(images: Any, where: str) -> None:
         raise bad(f"{where}: this model reads text only and cannot take images")
 
 
+def load_reason(body: Body) -> str:
+    """``done_reason`` of a request with nothing to generate: Ollama loads the model
+    then (unloads it with ``keep_alive`` 0); here it is loaded already and stays."""
+    return "unload" if body.value.get("keep_alive") in (0, "0", "0s", "0m") else "load"
+
+
 def check_keep_alive(body: Body) -> None:
     """``keep_alive`` is accepted: the models here stay loaded for the server's whole life."""
     body.get("keep_alive", (str, int, float))
 
 
 def sampling(served: ServedModel, options: Options) -> generation.SamplingOptions:
-    opts = generation.sampling_options(served, options.num_predict, options.sampling, OLLAMA_DEFAULTS,
+    return generation.sampling_options(served, options.num_predict, options.sampling, OLLAMA_DEFAULTS,
                                        max_tokens_field="options.num_predict")
-    if options.num_ctx is not None:  # no answer runs past the window asked for
-        opts.max_tokens = options.num_ctx if opts.max_tokens is None else min(opts.max_tokens, options.num_ctx)
-    return opts
+
+
+def window(options: Options, served: ServedModel) -> int | None:
+    """The context window ``num_ctx`` asks for, when it is smaller than the served
+    context (at or above it, the served context is the window anyway)."""
+    n = options.num_ctx
+    return n if n is not None and n < served.engine.model.context_length else None
 
 
 async def compile_format(served: ServedModel, output: structured.OutputGrammar | None, opts: generation.SamplingOptions) -> None:
@@ -115,7 +129,6 @@ class Calls:
 @dataclass
 class Done:
     finished: Finished
-    tokens: list[int] = field(default_factory=list)  # the prompt and answer, for generate's context
     logprobs: list = field(default_factory=list)  # tokens that released no text (a JSON answer's closing '"}')
 
 
@@ -124,7 +137,6 @@ async def answer(choices: Choices, clock: Clock, parser: tools.CallParser | None
     offered: its content, then its complete calls), then Done. Each piece
     carries the log-probabilities of the tokens behind it (when asked for):
     a token whose text a parser holds back comes with the piece that releases it."""
-    generation_ = choices[0]
     held: list = []
     async with aclosing(choices.stream()) as events:
         async for _, event in events:
@@ -139,8 +151,7 @@ async def answer(choices: Choices, clock: Clock, parser: tools.CallParser | None
                     if calls:
                         yield Calls(calls, held)
                         held = []
-                seq = getattr(generation_, "seq", None)
-                yield Done(event, seq.all_tokens if seq is not None else [], held)
+                yield Done(event, held)
                 return
             if not isinstance(event, generation.TextPiece):
                 continue
@@ -160,9 +171,7 @@ def read_logprobs(body: Body) -> int | None:
     top = body.get("top_logprobs", int)
     if top is not None and not 0 <= top <= 20:
         raise bad(f"invalid top_logprobs: {top} is outside 0..20")
-    if not wanted:
-        if top:
-            raise bad("top_logprobs requires logprobs to be true")
+    if not wanted:  # as Ollama: top_logprobs only counts with logprobs
         return None
     return top or 0
 
@@ -176,8 +185,13 @@ def scored(body: dict, tokens: list, entries) -> dict:
 
 def logprob_entries(served: ServedModel, tokens: list) -> list[dict]:
     """Tokens' log-probabilities as Ollama's ``logprobs`` entries: token, logprob,
-    UTF-8 bytes and the likeliest alternatives (the shape OpenAI's chat uses)."""
-    return chat_entries(served.engine.model.tokenizer, tokens)
+    UTF-8 bytes and, when asked for, the likeliest alternatives (left out when
+    none were, as Ollama leaves out empty fields)."""
+    entries = chat_entries(served.engine.model.tokenizer, tokens)
+    for e in entries:
+        if not e["top_logprobs"]:
+            del e["top_logprobs"]
+    return entries
 
 
 def ollama_call(index: int, call: tools.ToolCall) -> dict:
@@ -185,7 +199,8 @@ def ollama_call(index: int, call: tools.ToolCall) -> dict:
         arguments = json.loads(call.arguments)
     except ValueError:
         arguments = {}
-    return {"function": {"index": index, "name": call.name, "arguments": arguments}}
+    # The id, as Ollama gives one, is what a tool message's tool_call_id refers back to.
+    return {"id": call.id, "function": {"index": index, "name": call.name, "arguments": arguments}}
 
 
 def final_fields(done: Done, clock: Clock) -> dict:

@@ -14,6 +14,7 @@ chat template rendered around stand-ins, written back as such a Go template.
 from __future__ import annotations
 
 import re
+from collections import deque
 
 from pycompat.api.errors import APIError
 
@@ -29,7 +30,7 @@ class TemplateUnsupported(APIError):
 
 def render(template: str, system: str, prompt: str) -> str:
     """The prompt ``template`` makes of ``system`` and ``prompt``, up to where the response begins."""
-    nodes, end = _parse(_tokens(template), 0)
+    nodes, end = _parse(deque(_tokens(template)), 0)
     if end is not None:
         raise TemplateUnsupported("{{ " + end + " }} without {{ if }}")
     out: list[str] = []
@@ -57,12 +58,17 @@ def _tokens(template: str) -> list[tuple[str, str]]:
     return tokens
 
 
-def _parse(tokens: list[tuple[str, str]], i: int) -> tuple[list, str | None]:
-    """Nodes from ``tokens[i]`` up to an ``else`` or ``end`` (consumed, and named
-    in the result) or the end of the template (None). Consumes ``tokens`` from the front."""
+MAX_NESTING = 32  # ifs within ifs: a prompt template needs two or three
+
+
+def _parse(tokens: deque[tuple[str, str]], depth: int) -> tuple[list, str | None]:
+    """Nodes up to an ``else`` or ``end`` (consumed, and named in the result) or
+    the end of the template (None). Consumes ``tokens`` from the front."""
+    if depth > MAX_NESTING:
+        raise TemplateUnsupported(f"more than {MAX_NESTING} nested {{{{ if }}}}s")
     nodes: list = []
     while tokens:
-        kind, value = tokens.pop(0)
+        kind, value = tokens.popleft()
         if kind == "text":
             nodes.append(("text", value))
         elif value in _FIELDS:
@@ -71,10 +77,10 @@ def _parse(tokens: list[tuple[str, str]], i: int) -> tuple[list, str | None]:
             condition = value[3:].strip()
             if condition not in _FIELDS:
                 raise TemplateUnsupported("{{ " + value + " }}")
-            then, closed = _parse(tokens, 0)
+            then, closed = _parse(tokens, depth + 1)
             otherwise: list = []
             if closed == "else":
-                otherwise, closed = _parse(tokens, 0)
+                otherwise, closed = _parse(tokens, depth + 1)
             if closed != "end":
                 raise TemplateUnsupported("{{ if }} without {{ end }}")
             nodes.append(("if", condition, then, otherwise))
