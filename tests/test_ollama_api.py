@@ -149,6 +149,7 @@ def test_copy_and_delete_refusals(base):
     assert post(base, "/api/copy", {"source": CHAT_MODEL, "destination": "gpt-3.5-turbo"}).status_code == 200
     if __import__("importlib.util").util.find_spec("all_minilm_l6_v2"):
         assert "already names" in error_of(post(base, "/api/copy", {"source": CHAT_MODEL, "destination": EMBEDDER}), 400)
+    assert "256" in error_of(post(base, "/api/copy", {"source": CHAT_MODEL, "destination": "x" * 100_000}), 400)
     # A model the server was started with is not deleted.
     assert "--model" in error_of(httpx.request("DELETE", base + "/api/delete", json={"model": CHAT_MODEL}), 400)
     assert CHAT_MODEL + ":latest" in [m["name"] for m in httpx.get(base + "/api/tags").json()["models"]]

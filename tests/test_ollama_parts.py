@@ -149,3 +149,23 @@ def test_a_malformed_past_call_is_a_400():
             parse_messages([{"role": "assistant", "content": "", "tool_calls": calls}])
         assert e.value.status == 400
     assert parse_messages([{"role": "USER", "content": "hi"}]) == [{"role": "user", "content": "hi"}]  # Ollama lowercases roles
+
+
+def test_aliases_added_while_serving_are_bounded(monkeypatch):
+    """Ollama's copy keeps each alias in memory: a client may not add long ones, or without end."""
+    from pycompat.api import registry as registry_module
+    from pycompat.api.registry import Registry, ServedModel
+
+    registry = Registry([ServedModel(["m"], 0)])
+    for bad in ("", "x" * 257):
+        with pytest.raises(ValueError):
+            registry.add_alias("m", bad)
+    monkeypatch.setattr(registry_module, "MAX_ADDED_ALIASES", 3)
+    for i in range(3):
+        registry.add_alias("m", f"copy-{i}")
+    with pytest.raises(ValueError, match="at most 3"):
+        registry.add_alias("m", "one-more")
+    registry.add_alias("m", "copy-0")  # again: nothing new
+    registry.remove_alias("copy-0")
+    registry.add_alias("m", "one-more")
+    assert "one-more" in registry and "copy-0" not in registry

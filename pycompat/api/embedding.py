@@ -21,13 +21,17 @@ from pycompat.engine.embedder import EmbedderQueueFull
 INLINE_TOKENIZE_CHARS = 2000
 
 
-async def token_ids(served: ServedModel, inputs: list[str | list[int]], field: str, single: bool) -> list[list[int]]:
+async def token_ids(served: ServedModel, inputs: list[str | list[int]], field: str, single: bool,
+                    limit: int | None = None, truncate: bool = False) -> list[list[int]]:
     """Each input's token ids as the model embeds them (special tokens
-    included); raises InputTooLong naming the first that does not fit. Texts are
-    tokenized all in one go, off the event loop unless they are short. ``single``: the field held one
+    included), at most ``limit`` (default: the model's context) each: one
+    longer is cut to fit, its special tokens kept, when ``truncate``, else
+    refused (InputTooLong names the first). Texts are tokenized all in one go,
+    off the event loop unless they are short. ``single``: the field held one
     input (an error then names the field, not an index)."""
     embedding = served.embedding
     tokenizer = embedding.tokenizer
+    limit = embedding.context_length if limit is None else min(limit, embedding.context_length)
 
     def encode_all() -> list[list[int]]:
         return [tokenizer.encode(x) if isinstance(x, str) else tokenizer.wrap(list(x)) for x in inputs]
@@ -35,9 +39,21 @@ async def token_ids(served: ServedModel, inputs: list[str | list[int]], field: s
     text_chars = sum(len(x) for x in inputs if isinstance(x, str))
     ids = await trio.to_thread.run_sync(encode_all) if text_chars > INLINE_TOKENIZE_CHARS else encode_all()
     for index, one in enumerate(ids):
-        if len(one) > embedding.context_length:
-            raise InputTooLong(field, None if single else index, len(one), embedding.context_length)
+        if len(one) <= limit:
+            continue
+        if not truncate:
+            raise InputTooLong(field, None if single else index, len(one), limit)
+        ids[index] = _cut(tokenizer, one, limit)
     return ids
+
+
+def _cut(tokenizer, ids: list[int], limit: int) -> list[int]:
+    """``ids`` (an input's, special tokens around it) cut to ``limit`` tokens, the special ones kept."""
+    marker = -1
+    wrapped = tokenizer.wrap([marker])
+    before, after = wrapped.index(marker), len(wrapped) - wrapped.index(marker) - 1
+    inner = ids[before:len(ids) - after]
+    return tokenizer.wrap(inner[:limit - before - after])
 
 
 async def embed(served: ServedModel, ids: list[list[int]], dimensions: int | None = None) -> np.ndarray:

@@ -15,6 +15,9 @@ from pycompat.engine.engine import Engine
 from pycompat.loading.card import ModelCard
 
 GENERATE, EMBED = "generate", "embed"
+# Bounds on the aliases clients add while serving (Ollama's copy): each is kept in memory.
+MAX_ALIAS_LENGTH = 256
+MAX_ADDED_ALIASES = 1000
 
 
 class EmbeddingTokenizer(Protocol):
@@ -75,6 +78,9 @@ class Registry:
                     raise ValueError(f"two models are served as {i!r}")
                 self._by_id[i] = m
 
+    def __contains__(self, model_id: str) -> bool:
+        return model_id in self._by_id
+
     def get(self, model_id: str) -> ServedModel:
         """The model served as ``model_id``; raises UnknownModel."""
         try:
@@ -105,10 +111,14 @@ class Registry:
         ``copy``), until ``remove_alias``; raises UnknownModel, or ValueError when
         ``alias`` already names another model. Kept in memory only."""
         served = self.get(model_id)
+        if not alias or len(alias) > MAX_ALIAS_LENGTH:
+            raise ValueError(f"a model name is 1 to {MAX_ALIAS_LENGTH} characters long")
         other = self._by_id.get(alias)
         if other is not None and other is not served:
             raise ValueError(f"{alias!r} already names another model")
         if other is None:
+            if len(self._added) >= MAX_ADDED_ALIASES:
+                raise ValueError(f"this server keeps at most {MAX_ADDED_ALIASES} copies; delete one first")
             served.ids.append(alias)
             self._by_id[alias] = served
             self._added.add(alias)

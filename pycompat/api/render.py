@@ -24,8 +24,8 @@ request_lifecycle: ContextVar[Lifecycle] = ContextVar("request_lifecycle", defau
 ErrorEvent = Callable[[APIError | ServiceError], bytes]
 
 
-def json_response(body: dict, status: int = 200) -> Response:
-    return Response(status, json.dumps(body, ensure_ascii=False).encode("utf-8", "replace"))
+def json_response(body: dict, status: int = 200, content_type: str = "application/json") -> Response:
+    return Response(status, json.dumps(body, ensure_ascii=False).encode("utf-8", "replace"), content_type=content_type)
 
 
 def stream_response(events: AsyncIterator[bytes], content_type: str, headers: list[tuple[str, str]], error_event: ErrorEvent,

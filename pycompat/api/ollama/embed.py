@@ -4,10 +4,7 @@ embedders as /v1/embeddings."""
 
 from __future__ import annotations
 
-import trio
-
 from pycompat.api import embedding, json_body
-from pycompat.api.errors import InputTooLong
 from pycompat.api.ollama import names
 from pycompat.api.ollama.fields import Body, bad, read_options
 from pycompat.api.ollama.replies import Clock, json_reply
@@ -40,7 +37,7 @@ async def embed(registry: Registry, request: Request) -> Response:
         raise bad(f"invalid dimensions: this model's embeddings have {dim}; ask for 1 to {dim}")
     if not inputs:
         return json_reply({"model": name, "embeddings": []})
-    ids = await _token_ids(served, inputs, truncate, limit)
+    ids = await embedding.token_ids(served, inputs, "input", isinstance(given, str), limit, truncate)
     rows = await embedding.embed(served, ids, dimensions)
     clock.finished()
     return json_reply({
@@ -61,7 +58,7 @@ async def embeddings(registry: Registry, request: Request) -> Response:
     limit = _limit(served, body)
     if not prompt:  # as Ollama answers an empty prompt
         return json_reply({"embedding": []})
-    ids = await _token_ids(served, [prompt], False, limit, field="prompt")
+    ids = await embedding.token_ids(served, [prompt], "prompt", True, limit)
     rows = await embedding.embed(served, ids)
     return json_reply({"embedding": rows[0].astype("float64").tolist()})
 
@@ -71,27 +68,4 @@ def _limit(served: ServedModel, body: Body) -> int:
     smaller (as Ollama cuts inputs to it). The other options (checked as on
     generation) change nothing in an embedding."""
     options = read_options(body.get("options", dict), served.embedding.context_length)
-    return min(options.num_ctx or served.embedding.context_length, served.embedding.context_length)
-
-
-async def _token_ids(served: ServedModel, texts: list[str], truncate: bool, limit: int, field: str = "input") -> list[list[int]]:
-    """Each text's ids with the model's special tokens; one over ``limit`` tokens
-    is cut to fit (keeping its special tokens) when ``truncate``, else refused."""
-    tokenizer = served.embedding.tokenizer
-    ids = await trio.to_thread.run_sync(lambda: [tokenizer.encode(t) for t in texts])
-    for index, one in enumerate(ids):
-        if len(one) <= limit:
-            continue
-        if not truncate:
-            raise InputTooLong(field, index if len(texts) > 1 else None, len(one), limit)
-        ids[index] = _cut(tokenizer, one, limit)
-    return ids
-
-
-def _cut(tokenizer, ids: list[int], limit: int) -> list[int]:
-    """``ids`` (a text's, special tokens around it) cut to ``limit`` tokens, the special ones kept."""
-    marker = -1
-    wrapped = tokenizer.wrap([marker])
-    before, after = wrapped.index(marker), len(wrapped) - wrapped.index(marker) - 1
-    inner = ids[before:len(ids) - after]
-    return tokenizer.wrap(inner[:limit - before - after])
+    return options.num_ctx or served.embedding.context_length

@@ -156,7 +156,7 @@ async def answer(choices: Choices, clock: Clock, parser: tools.CallParser | None
             if not isinstance(event, generation.TextPiece):
                 continue
             clock.token()
-            held = held + (event.logprobs or [])
+            held.extend(event.logprobs or ())
             deltas = [event.text] if parser is None else [e.text for e in parser.feed(event.text) if isinstance(e, tools.ContentDelta)]
             for text in deltas:
                 if text:

@@ -136,8 +136,8 @@ async def copy(registry: Registry, request: Request) -> Response:
     target = destination.removesuffix(names.LATEST)
     try:
         registry.add_alias(names.served_id(registry, source), target)
-    except ValueError:
-        raise bad(f'destination "{destination[:200]}" already names another model') from None
+    except ValueError as e:
+        raise bad(f'cannot copy to "{destination[:200]}": {e}') from None
     return Response(200, b"", content_type="text/plain; charset=utf-8")
 
 

@@ -18,10 +18,11 @@ def listed(model_id: str) -> str:
 
 def served_id(registry: Registry, name: str) -> str:
     """The id ``name`` names here (``x:latest`` names ``x``); raises UnknownModel."""
-    for candidate in (name, name.removesuffix(LATEST) if name.endswith(LATEST) else None):
-        if candidate and candidate in registry.all_ids():
-            return candidate
-    raise UnknownModel(name)
+    if name.endswith(LATEST) and name not in registry and name.removesuffix(LATEST) in registry:
+        return name.removesuffix(LATEST)
+    if name not in registry:
+        raise UnknownModel(name)
+    return name
 
 
 def find(registry: Registry, name: str) -> ServedModel:

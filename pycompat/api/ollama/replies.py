@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 
 from pycompat.api.ollama.errors import CONTENT_TYPE, error_bytes
-from pycompat.api.render import stream_response
+from pycompat.api.render import json_response, stream_response
 from pycompat.http.messages import Response
 
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
@@ -33,7 +33,7 @@ def line(body: dict) -> bytes:
 
 
 def json_reply(body: dict, status: int = 200) -> Response:
-    return Response(status, json.dumps(body, ensure_ascii=False).encode("utf-8", "replace"), content_type=CONTENT_TYPE)
+    return json_response(body, status, CONTENT_TYPE)
 
 
 def ndjson_reply(lines: AsyncIterator[bytes], on_close: Callable[[], None] | None = None) -> Response:
